@@ -1,0 +1,499 @@
+//! Configuration: one TOML file (`WHEREABOUTS_CONFIG`) for all three services.
+//! Without a file, a one-household default serves. See
+//! `whereabouts.example.toml` for every key, commented.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::topic::TopicPattern;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default = "default_households")]
+    pub households: BTreeMap<String, Household>,
+    #[serde(default)]
+    pub presence: PresenceConfig,
+    #[serde(default)]
+    pub notifier: NotifierConfig,
+    #[serde(default)]
+    pub streams: StreamsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ingest: IngestConfig::default(),
+            households: default_households(),
+            presence: PresenceConfig::default(),
+            notifier: NotifierConfig::default(),
+            streams: StreamsConfig::default(),
+        }
+    }
+}
+
+pub const DEFAULT_HOUSEHOLD: &str = "home";
+
+fn default_households() -> BTreeMap<String, Household> {
+    BTreeMap::from([(DEFAULT_HOUSEHOLD.to_string(), Household::default())])
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// `owntracks/{user}/{device}` or `owntracks/{household}/{user}/{device}`.
+    pub topic_pattern: String,
+    /// The household of every user when the pattern has no `{household}`.
+    pub default_household: String,
+    /// Per-user households, overriding `default_household`.
+    pub user_households: BTreeMap<String, String>,
+    /// MQTT client id; stable so the broker keeps the session across restarts.
+    pub client_id: String,
+    /// Payloads above this size are rejected as `too_large`.
+    pub max_payload_bytes: usize,
+    /// HTTP-mode credentials and encryption secrets.
+    pub devices: Vec<DeviceEntry>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            topic_pattern: "owntracks/{user}/{device}".into(),
+            default_household: DEFAULT_HOUSEHOLD.into(),
+            user_households: BTreeMap::new(),
+            client_id: "whereabouts-ingest".into(),
+            max_payload_bytes: 512 * 1024,
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// One device's (or, without `device`, every device of a user's) credentials.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEntry {
+    #[serde(default)]
+    pub household: Option<String>,
+    pub user: String,
+    #[serde(default)]
+    pub device: Option<String>,
+    /// HTTP mode Basic-auth password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// OwnTracks payload encryption secret.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Household {
+    /// Bearer token granting this household only. None: open (local use only).
+    pub token: Option<String>,
+    /// Places in priority order; matched to region names case-insensitively.
+    pub places: Vec<String>,
+    pub labels: Labels,
+    pub people: Vec<Person>,
+    pub regions: Vec<Region>,
+    /// Whether a device no person claims becomes a person named after its user.
+    pub unmapped_devices_are_people: bool,
+}
+
+impl Default for Household {
+    fn default() -> Self {
+        Household {
+            token: None,
+            places: vec!["Home".into(), "Work".into(), "School".into()],
+            labels: Labels::default(),
+            people: Vec::new(),
+            regions: Vec::new(),
+            unmapped_devices_are_people: true,
+        }
+    }
+}
+
+impl Household {
+    /// The person a `user/device` belongs to: configured, else (unless the
+    /// household says otherwise) a person named after the user.
+    pub fn person_for(&self, user: &str, device: &str) -> Option<String> {
+        let id = format!("{user}/{device}");
+        self.people
+            .iter()
+            .find(|p| p.devices.iter().any(|d| d == &id))
+            .map(|p| p.name.clone())
+            .or_else(|| self.unmapped_devices_are_people.then(|| user.to_string()))
+    }
+
+    pub fn person(&self, name: &str) -> Option<&Person> {
+        self.people.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Labels {
+    pub traveling: String,
+    pub away: String,
+    pub lost: String,
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Labels {
+            traveling: "Traveling".into(),
+            away: "Away".into(),
+            lost: "Lost".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Person {
+    pub name: String,
+    /// `user/device` pairs.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Hand colour on the clock (CSS colour).
+    #[serde(default)]
+    pub color: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// Metres.
+    pub radius: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    pub traveling_kmh: f64,
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lost_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lwt_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_fix_age: Duration,
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// Server-side geofences: hysteresis margin in metres.
+    pub geofence_margin: f64,
+    /// Server-side geofences: how long a fix must stay inside before enter.
+    #[serde(with = "humantime_serde")]
+    pub geofence_dwell: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            traveling_kmh: 10.0,
+            stale_after: Duration::from_secs(2 * 3600),
+            lost_after: Duration::from_secs(6 * 3600),
+            lwt_grace: Duration::from_secs(15 * 60),
+            max_fix_age: Duration::from_secs(15 * 60),
+            debounce: Duration::from_secs(60),
+            geofence_margin: 25.0,
+            geofence_dwell: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifierConfig {
+    /// Origins allowed by CORS on the API; empty: same origin only; `*`: any.
+    pub cors_origins: Vec<String>,
+    /// Interval of SSE heartbeats.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        NotifierConfig {
+            cors_origins: Vec::new(),
+            heartbeat: Duration::from_secs(15),
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// Which events a sink receives. Empty lists mean all.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkFilter {
+    pub households: Vec<String>,
+    pub people: Vec<String>,
+    /// `place`, `status`, `region`.
+    pub kinds: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    Webhook {
+        /// Unique among sinks; names the durable consumer.
+        name: Option<String>,
+        url: String,
+        /// HMAC-SHA256 key for the `X-Whereabouts-Signature` header.
+        secret: Option<String>,
+        #[serde(default = "default_timeout", with = "humantime_serde")]
+        timeout: Duration,
+        #[serde(flatten)]
+        filter: SinkFilter,
+    },
+    Mqtt {
+        name: Option<String>,
+        /// Broker URL; defaults to `MQTT_URL`.
+        url: Option<String>,
+        #[serde(default = "default_state_topic")]
+        topic: String,
+        /// Home Assistant discovery prefix; empty disables discovery.
+        #[serde(default = "default_discovery_prefix")]
+        discovery_prefix: String,
+        #[serde(flatten)]
+        filter: SinkFilter,
+    },
+    Magicmirror {
+        name: Option<String>,
+        /// MMM-Remote-Control base URL, e.g. `http://mirror:8080`.
+        url: String,
+        api_key: Option<String>,
+        #[serde(default = "default_mm_notification")]
+        notification: String,
+        #[serde(flatten)]
+        filter: SinkFilter,
+    },
+    Ntfy {
+        name: Option<String>,
+        /// Topic URL, e.g. `https://ntfy.sh/weasleys`.
+        url: String,
+        token: Option<String>,
+        /// `{person}`, `{place}`, `{previous_place}`, `{household}` are replaced.
+        #[serde(default = "default_ntfy_template")]
+        template: String,
+        /// Only these places (empty: all).
+        #[serde(default)]
+        places: Vec<String>,
+        #[serde(flatten)]
+        filter: SinkFilter,
+    },
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_state_topic() -> String {
+    "whereabouts/{household}/{person}".into()
+}
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+fn default_mm_notification() -> String {
+    "WHEREABOUTS_PRESENCE".into()
+}
+fn default_ntfy_template() -> String {
+    "{person} arrived at {place}".into()
+}
+
+/// Stream and bucket limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    #[serde(with = "humantime_serde")]
+    pub owntracks_max_age: Duration,
+    pub owntracks_max_bytes: i64,
+    #[serde(with = "humantime_serde")]
+    pub rejected_max_age: Duration,
+    pub rejected_max_bytes: i64,
+    #[serde(with = "humantime_serde")]
+    pub presence_max_age: Duration,
+    pub presence_max_bytes: i64,
+    /// JetStream duplicate window for `Nats-Msg-Id`.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    pub replicas: usize,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        StreamsConfig {
+            owntracks_max_age: Duration::from_secs(30 * DAY),
+            owntracks_max_bytes: 4 << 30,
+            rejected_max_age: Duration::from_secs(7 * DAY),
+            rejected_max_bytes: 256 << 20,
+            presence_max_age: Duration::from_secs(30 * DAY),
+            presence_max_bytes: 1 << 30,
+            duplicate_window: Duration::from_secs(10 * 60),
+            replicas: 1,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the TOML file at `path`, or the default without one.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                Config::from_toml(&text).with_context(|| format!("in config {}", path.display()))?
+            }
+        };
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let pattern =
+            TopicPattern::parse(&self.ingest.topic_pattern).context("ingest.topic_pattern")?;
+        if !pattern.has_household() && !self.households.contains_key(&self.ingest.default_household)
+        {
+            bail!(
+                "ingest.default_household {:?} is not among [households]",
+                self.ingest.default_household
+            );
+        }
+        let mut tokens = BTreeMap::new();
+        for (name, household) in &self.households {
+            if let Some(token) = &household.token {
+                if token.len() < 16 {
+                    bail!("households.{name}.token is shorter than 16 characters");
+                }
+                if let Some(other) = tokens.insert(token.clone(), name) {
+                    bail!("households {other} and {name} share a token");
+                }
+            }
+            for person in &household.people {
+                for device in &person.devices {
+                    if device.split('/').count() != 2 {
+                        bail!(
+                            "households.{name}: device {device:?} of {} is not user/device",
+                            person.name
+                        );
+                    }
+                }
+            }
+            for region in &household.regions {
+                if !(region.radius > 0.0)
+                    || !(-90.0..=90.0).contains(&region.lat)
+                    || !(-180.0..=180.0).contains(&region.lon)
+                {
+                    bail!(
+                        "households.{name}: region {:?} has an invalid centre or radius",
+                        region.name
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The household of `user` when the topic does not name one.
+    pub fn household_of_user(&self, user: &str) -> &str {
+        self.ingest
+            .user_households
+            .get(user)
+            .unwrap_or(&self.ingest.default_household)
+    }
+
+    /// The credentials entry of a device: an exact one, else the user's.
+    pub fn device_entry(&self, household: &str, user: &str, device: &str) -> Option<&DeviceEntry> {
+        let matches = |e: &&DeviceEntry| {
+            e.user == user && e.household.as_deref().is_none_or(|h| h == household)
+        };
+        let entries = || self.ingest.devices.iter().filter(matches);
+        entries()
+            .find(|e| e.device.as_deref() == Some(device))
+            .or_else(|| entries().find(|e| e.device.is_none()))
+    }
+
+    /// The household a bearer token grants, if any.
+    pub fn household_for_token(&self, token: &str) -> Option<&str> {
+        self.households.iter().find_map(|(name, h)| {
+            let t = h.token.as_deref()?;
+            constant_time_eq(t.as_bytes(), token.as_bytes()).then_some(name.as_str())
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../../whereabouts.example.toml");
+        let config = Config::from_toml(text).expect("example config");
+        assert!(config.households.contains_key("weasleys"));
+        assert!(!config.notifier.sinks.is_empty());
+    }
+
+    #[test]
+    fn default_serves_one_household() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.household_of_user("anyone"), DEFAULT_HOUSEHOLD);
+        let h = &config.households[DEFAULT_HOUSEHOLD];
+        assert_eq!(h.person_for("jane", "phone").as_deref(), Some("jane"));
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        assert!(Config::from_toml("[presence]\nstale_afer = \"1h\"").is_err());
+        assert!(Config::from_toml("[ingest]\ntopic_pattern = \"owntracks/{device}\"").is_err());
+        assert!(
+            Config::from_toml("[households.a]\ntoken = \"short\"").is_err(),
+            "short tokens are refused"
+        );
+    }
+
+    #[test]
+    fn device_entries_fall_back_to_the_user() {
+        let config = Config::from_toml(
+            r#"
+            [[ingest.devices]]
+            user = "jane"
+            secret = "user-wide"
+            [[ingest.devices]]
+            user = "jane"
+            device = "tablet"
+            secret = "tablet-only"
+            "#,
+        )
+        .unwrap();
+        let secret = |d| {
+            config
+                .device_entry("home", "jane", d)
+                .and_then(|e| e.secret.clone())
+        };
+        assert_eq!(secret("tablet").as_deref(), Some("tablet-only"));
+        assert_eq!(secret("phone").as_deref(), Some("user-wide"));
+        assert!(config.device_entry("home", "bob", "phone").is_none());
+    }
+}

@@ -1,0 +1,2 @@
+//! OwnTracks payload encryption: libsodium `crypto_secretbox`.
+//! (Skeleton: being filled in.)

@@ -1,0 +1,112 @@
+//! Idempotent creation of the streams and the KV bucket of the contract.
+
+use anyhow::Context;
+use async_nats::jetstream::{self, kv, stream};
+
+use crate::config::StreamsConfig;
+use crate::subjects::{OWNTRACKS_STREAM, PRESENCE_BUCKET, PRESENCE_STREAM, REJECTED_STREAM};
+
+fn file_stream(
+    name: &str,
+    subjects: &str,
+    max_age: std::time::Duration,
+    max_bytes: i64,
+    c: &StreamsConfig,
+) -> stream::Config {
+    stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age,
+        max_bytes,
+        duplicate_window: c.duplicate_window,
+        num_replicas: c.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates or updates a stream so that its limits follow the config.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> anyhow::Result<()> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Ok(_) => {
+            js.update_stream(config)
+                .await
+                .with_context(|| format!("updating stream {name}"))?;
+        }
+        Err(_) => {
+            js.get_or_create_stream(config)
+                .await
+                .with_context(|| format!("creating stream {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `OWNTRACKS` and `REJECTED`: what ingest writes.
+pub async fn ensure_ingest_streams(
+    js: &jetstream::Context,
+    c: &StreamsConfig,
+) -> anyhow::Result<()> {
+    ensure_stream(
+        js,
+        file_stream(
+            OWNTRACKS_STREAM,
+            "owntracks.>",
+            c.owntracks_max_age,
+            c.owntracks_max_bytes,
+            c,
+        ),
+    )
+    .await?;
+    ensure_stream(
+        js,
+        file_stream(
+            REJECTED_STREAM,
+            "rejected.>",
+            c.rejected_max_age,
+            c.rejected_max_bytes,
+            c,
+        ),
+    )
+    .await
+}
+
+/// `PRESENCE`: what presence writes.
+pub async fn ensure_presence_stream(
+    js: &jetstream::Context,
+    c: &StreamsConfig,
+) -> anyhow::Result<()> {
+    ensure_stream(
+        js,
+        file_stream(
+            PRESENCE_STREAM,
+            "presence.>",
+            c.presence_max_age,
+            c.presence_max_bytes,
+            c,
+        ),
+    )
+    .await
+}
+
+/// The `presence` KV bucket (latest value per key, a little history).
+pub async fn ensure_presence_bucket(
+    js: &jetstream::Context,
+    c: &StreamsConfig,
+) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(PRESENCE_BUCKET).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: PRESENCE_BUCKET.into(),
+        history: 5,
+        storage: stream::StorageType::File,
+        num_replicas: c.replicas,
+        ..Default::default()
+    })
+    .await
+    .context("creating KV bucket presence")
+}

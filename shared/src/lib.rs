@@ -1,0 +1,27 @@
+//! What the Whereabouts services share: the message model, the names of the
+//! NATS contract, configuration and telemetry. No business logic lives here.
+//!
+//! Layout:
+//! - `owntracks`: OwnTracks payloads parsed tolerantly, with reject reasons.
+//! - `crypto`: decryption (and encryption) of `encrypted` payloads.
+//! - `topic`: MQTT topic patterns (`owntracks/{user}/{device}`, suffixes).
+//! - `token`: the reversible encoding of names into subject tokens.
+//! - `subjects`: stream, subject, bucket and key names of the contract.
+//! - `envelope`: what ingest publishes around each message.
+//! - `state`: person and device state, presence events.
+//! - `config`: the TOML file shared by the three services.
+//! - `jetstream`: idempotent creation of streams and the KV bucket.
+//! - `telemetry`: logging and Prometheus helpers.
+//! - `server`: `/metrics`, `/healthz`, `/readyz` and signal handling.
+
+pub mod config;
+pub mod crypto;
+pub mod envelope;
+pub mod jetstream;
+pub mod owntracks;
+pub mod server;
+pub mod state;
+pub mod subjects;
+pub mod telemetry;
+pub mod token;
+pub mod topic;

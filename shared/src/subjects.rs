@@ -1,0 +1,117 @@
+//! Names of the public NATS contract: streams, subjects, KV bucket and keys.
+//! Every name part goes through [`crate::token::encode`].
+
+use crate::token::encode;
+
+pub const OWNTRACKS_STREAM: &str = "OWNTRACKS";
+pub const REJECTED_STREAM: &str = "REJECTED";
+pub const PRESENCE_STREAM: &str = "PRESENCE";
+pub const PRESENCE_BUCKET: &str = "presence";
+pub const COMMANDS_SERVICE: &str = "whereabouts-commands";
+
+/// Header carrying the short reason code on `rejected.>`.
+pub const REASON_HEADER: &str = "Whereabouts-Reason";
+/// Placeholder token where a name is unknown (only on `rejected.>`).
+pub const UNKNOWN: &str = "_";
+
+/// `owntracks.<household>.<user>.<device>.<type>`
+pub fn owntracks(household: &str, user: &str, device: &str, kind: &str) -> String {
+    format!(
+        "owntracks.{}.{}.{}.{}",
+        encode(household),
+        encode(user),
+        encode(device),
+        kind
+    )
+}
+
+/// `rejected.<household>.<user>.<device>`, `_` for the parts not known.
+pub fn rejected(household: Option<&str>, user: Option<&str>, device: Option<&str>) -> String {
+    let part = |p: Option<&str>| p.map(encode).unwrap_or_else(|| UNKNOWN.to_string());
+    format!(
+        "rejected.{}.{}.{}",
+        part(household),
+        part(user),
+        part(device)
+    )
+}
+
+/// `presence.<household>.<person>`
+pub fn presence(household: &str, person: &str) -> String {
+    format!("presence.{}.{}", encode(household), encode(person))
+}
+
+/// `presence.<household>.>`: every person of one household.
+pub fn presence_household(household: &str) -> String {
+    format!("presence.{}.>", encode(household))
+}
+
+/// KV key of a person: `<household>.person.<person>`.
+pub fn person_key(household: &str, person: &str) -> String {
+    format!("{}.person.{}", encode(household), encode(person))
+}
+
+/// KV key of a device: `<household>.device.<user>.<device>`.
+pub fn device_key(household: &str, user: &str, device: &str) -> String {
+    format!(
+        "{}.device.{}.{}",
+        encode(household),
+        encode(user),
+        encode(device)
+    )
+}
+
+/// The parts of an `owntracks.>` subject, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwntracksSubject {
+    pub household: String,
+    pub user: String,
+    pub device: String,
+    pub kind: String,
+}
+
+/// Parses an `owntracks.<household>.<user>.<device>.<type>` subject.
+pub fn parse_owntracks(subject: &str) -> Option<OwntracksSubject> {
+    let mut parts = subject.split('.');
+    if parts.next()? != "owntracks" {
+        return None;
+    }
+    let household = crate::token::decode(parts.next()?)?;
+    let user = crate::token::decode(parts.next()?)?;
+    let device = crate::token::decode(parts.next()?)?;
+    let kind = parts.next()?.to_string();
+    parts.next().is_none().then_some(OwntracksSubject {
+        household,
+        user,
+        device,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_encode_every_name() {
+        assert_eq!(
+            owntracks("weasleys", "jane.doe", "My Phone", "location"),
+            "owntracks.weasleys.jane_2Edoe.My_20Phone.location"
+        );
+        assert_eq!(rejected(None, Some("a"), None), "rejected._.a._");
+        assert_eq!(presence("w", "Jörg"), "presence.w.J_C3_B6rg");
+        assert_eq!(device_key("w", "u.x", "d"), "w.device.u_2Ex.d");
+        assert_eq!(person_key("w", "Harry Potter"), "w.person.Harry_20Potter");
+    }
+
+    #[test]
+    fn owntracks_subjects_parse_back() {
+        let s = owntracks("h h", "jane.doe", "Jörg's", "transition");
+        let p = parse_owntracks(&s).unwrap();
+        assert_eq!(p.household, "h h");
+        assert_eq!(p.user, "jane.doe");
+        assert_eq!(p.device, "Jörg's");
+        assert_eq!(p.kind, "transition");
+        assert_eq!(parse_owntracks("presence.a.b"), None);
+    }
+}

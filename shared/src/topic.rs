@@ -1,0 +1,157 @@
+//! MQTT topic patterns: `owntracks/{user}/{device}` (default) or
+//! `owntracks/{household}/{user}/{device}`. Levels after the pattern are the
+//! suffix (`event`, `info`, `cmd`, …).
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Level {
+    Literal(String),
+    Household,
+    User,
+    Device,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPattern {
+    levels: Vec<Level>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PatternError {
+    #[error("the pattern must contain {{user}} and {{device}} once each")]
+    MissingPlaceholder,
+    #[error("level {0:?} is neither a literal nor a single placeholder")]
+    BadLevel(String),
+}
+
+/// The names a topic carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMatch {
+    pub household: Option<String>,
+    pub user: String,
+    pub device: String,
+    /// Levels after the pattern joined by `/`; `None` on the base topic.
+    pub suffix: Option<String>,
+}
+
+impl TopicPattern {
+    pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        let mut levels = Vec::new();
+        for level in pattern.split('/') {
+            levels.push(match level {
+                "{household}" => Level::Household,
+                "{user}" => Level::User,
+                "{device}" => Level::Device,
+                l if l.is_empty() || l.contains(['{', '}', '+', '#']) => {
+                    return Err(PatternError::BadLevel(l.to_string()));
+                }
+                l => Level::Literal(l.to_string()),
+            });
+        }
+        let count = |want: &Level| levels.iter().filter(|l| *l == want).count();
+        if count(&Level::User) != 1 || count(&Level::Device) != 1 || count(&Level::Household) > 1 {
+            return Err(PatternError::MissingPlaceholder);
+        }
+        Ok(TopicPattern { levels })
+    }
+
+    pub fn has_household(&self) -> bool {
+        self.levels.contains(&Level::Household)
+    }
+
+    /// The MQTT subscription that covers the base topics and every suffix.
+    /// (`a/+/+/#` matches `a/x/y` too.)
+    pub fn subscription(&self) -> String {
+        let mut parts: Vec<&str> = self
+            .levels
+            .iter()
+            .map(|l| match l {
+                Level::Literal(s) => s.as_str(),
+                _ => "+",
+            })
+            .collect();
+        parts.push("#");
+        parts.join("/")
+    }
+
+    /// Splits a topic into its names; `None` when it does not fit the pattern.
+    pub fn match_topic(&self, topic: &str) -> Option<TopicMatch> {
+        let parts: Vec<&str> = topic.split('/').collect();
+        if parts.len() < self.levels.len() {
+            return None;
+        }
+        let (mut household, mut user, mut device) = (None, None, None);
+        for (level, part) in self.levels.iter().zip(&parts) {
+            match level {
+                Level::Literal(s) if s == part => {}
+                Level::Literal(_) => return None,
+                _ if part.is_empty() => return None,
+                Level::Household => household = Some(part.to_string()),
+                Level::User => user = Some(part.to_string()),
+                Level::Device => device = Some(part.to_string()),
+            }
+        }
+        let rest = &parts[self.levels.len()..];
+        Some(TopicMatch {
+            household,
+            user: user?,
+            device: device?,
+            suffix: (!rest.is_empty()).then(|| rest.join("/")),
+        })
+    }
+
+    /// The base topic of a device, e.g. to publish a `cmd` to it.
+    pub fn topic_for(&self, household: &str, user: &str, device: &str) -> String {
+        self.levels
+            .iter()
+            .map(|l| match l {
+                Level::Literal(s) => s.as_str(),
+                Level::Household => household,
+                Level::User => user,
+                Level::Device => device,
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pattern() {
+        let p = TopicPattern::parse("owntracks/{user}/{device}").unwrap();
+        assert_eq!(p.subscription(), "owntracks/+/+/#");
+        let m = p.match_topic("owntracks/jane/phone/event").unwrap();
+        assert_eq!((m.user.as_str(), m.device.as_str()), ("jane", "phone"));
+        assert_eq!(m.suffix.as_deref(), Some("event"));
+        assert_eq!(m.household, None);
+        assert_eq!(p.match_topic("owntracks/jane/phone").unwrap().suffix, None);
+        assert_eq!(p.match_topic("owntracks/jane"), None);
+        assert_eq!(p.match_topic("other/jane/phone"), None);
+        assert_eq!(p.match_topic("owntracks//phone"), None);
+        assert_eq!(p.topic_for("h", "jane", "phone"), "owntracks/jane/phone");
+    }
+
+    #[test]
+    fn household_pattern() {
+        let p = TopicPattern::parse("owntracks/{household}/{user}/{device}").unwrap();
+        assert!(p.has_household());
+        let m = p
+            .match_topic("owntracks/weasleys/ron/Ron's phone/info")
+            .unwrap();
+        assert_eq!(m.household.as_deref(), Some("weasleys"));
+        assert_eq!(m.device, "Ron's phone");
+        assert_eq!(m.suffix.as_deref(), Some("info"));
+    }
+
+    #[test]
+    fn bad_patterns() {
+        assert!(TopicPattern::parse("owntracks/{user}").is_err());
+        assert!(TopicPattern::parse("owntracks/{user}/{user}/{device}").is_err());
+        assert!(TopicPattern::parse("owntracks/+/{user}/{device}").is_err());
+        assert!(TopicPattern::parse("owntracks/x{user}/{device}").is_err());
+    }
+}
