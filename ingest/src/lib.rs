@@ -1,1 +1,105 @@
-//! (being written)
+//! ingest: OwnTracks messages from MQTT and HTTP mode into NATS JetStream,
+//! as typed envelopes on `owntracks.>` or, with a reason, on `rejected.>`.
+//! A message is acknowledged to its sender only once JetStream stored it.
+//!
+//! Layout:
+//! - `classify`: one payload → envelope or rejection (pure).
+//! - `publish`: JetStream publishing with retries until stored.
+//! - `mqtt`: the persistent MQTT session, ordered manual acks.
+//! - `http`: OwnTracks HTTP mode, `POST /pub`.
+//! - `metrics`: ingest's Prometheus metrics.
+
+pub mod classify;
+pub mod http;
+pub mod metrics;
+pub mod mqtt;
+pub mod publish;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shared::config::Config;
+use shared::server::{Readiness, ops_router, serve};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use mqtt::MqttSettings;
+
+pub struct Settings {
+    pub nats_url: String,
+    /// `None` runs HTTP mode only.
+    pub mqtt: Option<MqttSettings>,
+    pub config: Config,
+}
+
+/// Runs ingest until `shutdown` is cancelled. `listener` serves HTTP mode
+/// and the operational endpoints.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let registry = shared::telemetry::registry();
+    let metrics = metrics::Metrics::new(&registry);
+    let readiness = Readiness::default();
+    let nats_ready = readiness.check("nats");
+    let streams_ready = readiness.check("streams");
+
+    let classifier = Arc::new(classify::Classifier::new(settings.config.clone())?);
+    let client =
+        shared::jetstream::connect(&settings.nats_url, "whereabouts-ingest", nats_ready).await?;
+    let js = async_nats::jetstream::new(client);
+
+    let app = ops_router(registry, readiness.clone()).merge(http::router(http::HttpState {
+        classifier: classifier.clone(),
+        js: js.clone(),
+        metrics: metrics.clone(),
+    }));
+    let http = tokio::spawn(serve(listener, app, shutdown.clone()));
+
+    // Streams first: publishing to a missing stream has no responder.
+    let mut backoff = shared::mqtt::Backoff::default();
+    loop {
+        match shared::jetstream::ensure_ingest_streams(&js, &settings.config.streams).await {
+            Ok(()) => break,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot set up streams yet"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    streams_ready.set(true);
+
+    if let Some(mqtt_settings) = settings.mqtt {
+        let mqtt_ready = readiness.check("mqtt");
+        let bridge = mqtt::run(
+            mqtt_settings,
+            classifier,
+            js,
+            metrics,
+            mqtt_ready,
+            shutdown.clone(),
+        );
+        // In-flight publishes get a bounded time to finish on shutdown; what
+        // is not acked stays with the broker.
+        tokio::select! {
+            result = bridge => result.context("MQTT bridge")?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(Duration::from_secs(10)).await } => {
+                tracing::warn!("MQTT bridge did not drain in time; the broker keeps unacked messages");
+            }
+        }
+    }
+    http.await
+        .context("HTTP server task")?
+        .context("HTTP server")?;
+    Ok(())
+}

@@ -110,3 +110,36 @@ pub async fn ensure_presence_bucket(
     .await
     .context("creating KV bucket presence")
 }
+
+/// Connects to NATS, retrying the first connection too, and keeps `ready`
+/// in step with the connection state.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    ready: crate::server::ReadyFlag,
+) -> anyhow::Result<async_nats::Client> {
+    let flag = ready.clone();
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let flag = flag.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connected");
+                        flag.set(true);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected");
+                        flag.set(false);
+                    }
+                    other => tracing::warn!(event = %other, "NATS event"),
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))?;
+    Ok(client)
+}

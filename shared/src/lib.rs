@@ -10,14 +10,18 @@
 //! - `envelope`: what ingest publishes around each message.
 //! - `state`: person and device state, presence events.
 //! - `config`: the TOML file shared by the three services.
-//! - `jetstream`: idempotent creation of streams and the KV bucket.
+//! - `cli`: command-line and environment settings common to the binaries.
+//! - `jetstream`: connecting to NATS; idempotent creation of streams and KV.
+//! - `mqtt`: MQTT connection options and reconnect backoff.
 //! - `telemetry`: logging and Prometheus helpers.
 //! - `server`: `/metrics`, `/healthz`, `/readyz` and signal handling.
 
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod envelope;
 pub mod jetstream;
+pub mod mqtt;
 pub mod owntracks;
 pub mod server;
 pub mod state;

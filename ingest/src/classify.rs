@@ -1,0 +1,315 @@
+//! Turning one raw payload into what goes to JetStream: an envelope on
+//! `owntracks.>` or the raw bytes on `rejected.>` with a reason. Pure: no I/O.
+
+use bytes::Bytes;
+use shared::config::Config;
+use shared::envelope::{Envelope, Transport, content_id};
+use shared::owntracks::{self, Reason, Rejection};
+use shared::subjects;
+use shared::topic::{TopicMatch, TopicPattern};
+use time::OffsetDateTime;
+
+/// A payload as it arrived, before any judgement.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub retained: bool,
+    pub transport: Transport,
+    pub received_at: OffsetDateTime,
+}
+
+/// What to publish for one incoming payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Accepted {
+        subject: String,
+        msg_id: String,
+        kind: &'static str,
+        envelope: Box<Envelope>,
+    },
+    Rejected {
+        subject: String,
+        msg_id: String,
+        reason: Reason,
+        detail: String,
+        /// The raw payload, cut to [`MAX_REJECTED_BYTES`] for `too_large`.
+        payload: Bytes,
+    },
+    /// A zero-length payload: the apps mean "clear" (a retained message
+    /// removed, a friend deleted). Nothing to publish.
+    Cleared,
+}
+
+/// How much of an oversized payload is kept on `rejected.>` for diagnosis.
+pub const MAX_REJECTED_BYTES: usize = 4096;
+
+/// Classifies payloads by the configured topic pattern, keys and limits.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    pattern: TopicPattern,
+    config: Config,
+}
+
+impl Classifier {
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let pattern = TopicPattern::parse(&config.ingest.topic_pattern)?;
+        Ok(Classifier { pattern, config })
+    }
+
+    pub fn pattern(&self) -> &TopicPattern {
+        &self.pattern
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The household, user and device a topic names, if it fits the pattern.
+    pub fn identify(&self, topic: &str) -> Option<(String, TopicMatch)> {
+        let m = self.pattern.match_topic(topic)?;
+        let household = m
+            .household
+            .clone()
+            .unwrap_or_else(|| self.config.household_of_user(&m.user).to_string());
+        Some((household, m))
+    }
+
+    pub fn classify(&self, input: &Incoming<'_>) -> Verdict {
+        let who = self.identify(input.topic);
+        let names = who
+            .as_ref()
+            .map(|(h, m)| (h.as_str(), m.user.as_str(), m.device.as_str()));
+        let reject = |rejection: Rejection| {
+            let (h, u, d) = match names {
+                Some((h, u, d)) => (Some(h), Some(u), Some(d)),
+                None => (None, None, None),
+            };
+            let payload = if rejection.reason == Reason::TooLarge {
+                Bytes::copy_from_slice(
+                    &input.payload[..MAX_REJECTED_BYTES.min(input.payload.len())],
+                )
+            } else {
+                Bytes::copy_from_slice(input.payload)
+            };
+            Verdict::Rejected {
+                subject: subjects::rejected(h, u, d),
+                msg_id: content_id(&[b"rejected", input.topic.as_bytes(), input.payload]),
+                reason: rejection.reason,
+                detail: rejection.detail,
+                payload,
+            }
+        };
+
+        if input.payload.is_empty() {
+            return Verdict::Cleared;
+        }
+        let Some((household, m)) = who.clone() else {
+            return reject(Rejection {
+                reason: Reason::TopicMismatch,
+                detail: format!("topic does not fit {:?}", self.config.ingest.topic_pattern),
+            });
+        };
+        if input.payload.len() > self.config.ingest.max_payload_bytes {
+            return reject(Rejection {
+                reason: Reason::TooLarge,
+                detail: format!(
+                    "{} bytes, limit {}",
+                    input.payload.len(),
+                    self.config.ingest.max_payload_bytes
+                ),
+            });
+        }
+        let secret = self
+            .config
+            .device_entry(&household, &m.user, &m.device)
+            .and_then(|e| e.secret.as_deref());
+        let parsed = owntracks::parse(input.payload).and_then(|msg| {
+            let encrypted = msg.kind == owntracks::MessageType::Encrypted;
+            owntracks::decrypt(msg, secret).map(|msg| (msg, encrypted))
+        });
+        let (message, encrypted) = match parsed {
+            Ok(ok) => ok,
+            Err(rejection) => return reject(rejection),
+        };
+        if !owntracks::fits_suffix(m.suffix.as_deref(), message.kind) {
+            return reject(Rejection {
+                reason: Reason::TopicMismatch,
+                detail: format!(
+                    "a {} does not belong on suffix {:?}",
+                    message.kind.as_str(),
+                    m.suffix.as_deref().unwrap_or("")
+                ),
+            });
+        }
+        let kind = message.kind.as_str();
+        let envelope = Envelope {
+            household: household.clone(),
+            user: m.user.clone(),
+            device: m.device.clone(),
+            topic: input.topic.to_string(),
+            received_at: input.received_at,
+            retained: input.retained,
+            transport: input.transport,
+            encrypted,
+            message: message.body,
+        };
+        Verdict::Accepted {
+            subject: subjects::owntracks(&household, &m.user, &m.device, kind),
+            // Topic and bytes, not the receive time: a redelivery is a duplicate.
+            msg_id: content_id(&[input.topic.as_bytes(), input.payload]),
+            kind,
+            envelope: Box::new(envelope),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classifier(toml: &str) -> Classifier {
+        Classifier::new(Config::from_toml(toml).unwrap()).unwrap()
+    }
+
+    fn incoming<'a>(topic: &'a str, payload: &'a [u8]) -> Incoming<'a> {
+        Incoming {
+            topic,
+            payload,
+            retained: false,
+            transport: Transport::Mqtt,
+            received_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    const LOCATION: &[u8] =
+        br#"{"_type":"location","lat":51.5,"lon":-0.1,"tst":1700000000,"tid":"jd"}"#;
+
+    #[test]
+    fn location_becomes_an_envelope_on_its_subject() {
+        let c = classifier("");
+        let Verdict::Accepted {
+            subject,
+            envelope,
+            kind,
+            ..
+        } = c.classify(&incoming("owntracks/jane.doe/My Phone", LOCATION))
+        else {
+            panic!("expected accepted")
+        };
+        assert_eq!(kind, "location");
+        assert_eq!(subject, "owntracks.home.jane_2Edoe.My_20Phone.location");
+        assert_eq!(envelope.household, "home");
+        assert_eq!(envelope.user, "jane.doe");
+        assert!(!envelope.encrypted);
+    }
+
+    #[test]
+    fn household_from_topic_or_user_map() {
+        let c = classifier("[ingest]\ntopic_pattern = \"owntracks/{household}/{user}/{device}\"");
+        let Verdict::Accepted { subject, .. } = c.classify(&incoming("owntracks/w/u/d", LOCATION))
+        else {
+            panic!()
+        };
+        assert_eq!(subject, "owntracks.w.u.d.location");
+
+        let c = classifier(
+            "[ingest]\ndefault_household = \"a\"\nuser_households = { bob = \"b\" }\n[households.a]\n[households.b]",
+        );
+        let Verdict::Accepted { subject, .. } = c.classify(&incoming("owntracks/bob/d", LOCATION))
+        else {
+            panic!()
+        };
+        assert_eq!(subject, "owntracks.b.bob.d.location");
+    }
+
+    #[test]
+    fn garbage_is_rejected_with_a_reason() {
+        let c = classifier("[ingest]\nmax_payload_bytes = 100");
+        let cases: &[(&str, &[u8], Reason, &str)] = &[
+            (
+                "owntracks/u/d",
+                b"not json",
+                Reason::InvalidJson,
+                "rejected.home.u.d",
+            ),
+            (
+                "owntracks/u/d",
+                br#"{"_type":"locat"#,
+                Reason::InvalidJson,
+                "rejected.home.u.d",
+            ),
+            (
+                "owntracks/u/d",
+                br#"{"_type":"nope"}"#,
+                Reason::UnknownType,
+                "rejected.home.u.d",
+            ),
+            (
+                "owntracks/u",
+                LOCATION,
+                Reason::TopicMismatch,
+                "rejected._._._",
+            ),
+            (
+                "owntracks/u/d/cmd",
+                LOCATION,
+                Reason::TopicMismatch,
+                "rejected.home.u.d",
+            ),
+            (
+                "owntracks/u/d",
+                &[b'x'; 101],
+                Reason::TooLarge,
+                "rejected.home.u.d",
+            ),
+        ];
+        for (topic, payload, want, want_subject) in cases {
+            match c.classify(&incoming(topic, payload)) {
+                Verdict::Rejected {
+                    reason, subject, ..
+                } => {
+                    assert_eq!(reason, *want, "{topic}");
+                    assert_eq!(&subject, want_subject, "{topic}");
+                }
+                other => panic!("{topic}: expected rejection, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_payloads_are_kept_only_in_part() {
+        let c = classifier("");
+        let junk = vec![b'j'; 1 << 20];
+        let Verdict::Rejected {
+            payload, reason, ..
+        } = c.classify(&incoming("owntracks/u/d", &junk))
+        else {
+            panic!()
+        };
+        assert_eq!(reason, Reason::TooLarge);
+        assert_eq!(payload.len(), MAX_REJECTED_BYTES);
+    }
+
+    #[test]
+    fn empty_payload_means_clear() {
+        assert_eq!(
+            classifier("").classify(&incoming("owntracks/u/d", b"")),
+            Verdict::Cleared
+        );
+    }
+
+    #[test]
+    fn same_bytes_same_id_whatever_the_time() {
+        let c = classifier("");
+        let mut a = incoming("owntracks/u/d", LOCATION);
+        let id = |i: &Incoming<'_>| match c.classify(i) {
+            Verdict::Accepted { msg_id, .. } => msg_id,
+            _ => panic!(),
+        };
+        let first = id(&a);
+        a.received_at = OffsetDateTime::now_utc();
+        assert_eq!(first, id(&a));
+        assert_ne!(first, id(&incoming("owntracks/u/e", LOCATION)));
+    }
+}

@@ -1,0 +1,88 @@
+//! ingest's Prometheus metrics. Label values come from closed sets only.
+
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use shared::telemetry::{counter_vec, gauge, histogram_vec};
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Accepted messages by `type` and `transport`.
+    pub messages: IntCounterVec,
+    /// Rejected payloads by `reason` and `transport`.
+    pub rejected: IntCounterVec,
+    /// Zero-length ("clear") payloads by `transport`.
+    pub cleared: IntCounterVec,
+    /// JetStream publish-to-ack latency by `stream`.
+    pub publish_seconds: HistogramVec,
+    /// JetStream publishes retried after an error, by `stream`.
+    pub publish_retries: IntCounterVec,
+    pub mqtt_connected: IntGauge,
+    pub mqtt_reconnects: IntCounter,
+    /// MQTT messages received but not yet acknowledged to the broker.
+    pub inflight: IntGauge,
+    /// HTTP-mode requests by status `code`.
+    pub http_requests: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Self {
+        Metrics {
+            messages: counter_vec(
+                registry,
+                "ingest_messages_total",
+                "OwnTracks messages accepted and stored, by type and transport.",
+                &["type", "transport"],
+            ),
+            rejected: counter_vec(
+                registry,
+                "ingest_rejected_total",
+                "Payloads rejected to the REJECTED stream, by reason and transport.",
+                &["reason", "transport"],
+            ),
+            cleared: counter_vec(
+                registry,
+                "ingest_cleared_total",
+                "Zero-length payloads (the apps' 'clear'), by transport.",
+                &["transport"],
+            ),
+            publish_seconds: histogram_vec(
+                registry,
+                "ingest_jetstream_publish_seconds",
+                "Time from JetStream publish to its acknowledgement.",
+                &["stream"],
+            ),
+            publish_retries: counter_vec(
+                registry,
+                "ingest_jetstream_publish_retries_total",
+                "JetStream publishes retried after an error or timeout.",
+                &["stream"],
+            ),
+            mqtt_connected: gauge(
+                registry,
+                "ingest_mqtt_connected",
+                "1 while connected to the MQTT broker.",
+            ),
+            mqtt_reconnects: {
+                let c = IntCounter::new(
+                    "ingest_mqtt_reconnects_total",
+                    "MQTT connection losses followed by a reconnect attempt.",
+                )
+                .expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique counter");
+                c
+            },
+            inflight: gauge(
+                registry,
+                "ingest_inflight_messages",
+                "MQTT messages received and not yet acknowledged to the broker.",
+            ),
+            http_requests: counter_vec(
+                registry,
+                "ingest_http_requests_total",
+                "HTTP-mode POST /pub requests by status code.",
+                &["code"],
+            ),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The MQTT side: a persistent QoS 1 session whose messages are
+//! acknowledged to the broker only once JetStream has stored them.
+//!
+//! Two tasks, so that acknowledgements can never deadlock behind a backlog:
+//! the *event loop* only polls rumqttc and hands publishes over an unbounded
+//! channel (the broker's in-flight window bounds it); the *pipeline*
+//! classifies, publishes with up to [`MAX_IN_FLIGHT`] acks pending, and
+//! acknowledges in arrival order (MQTT requires PUBACKs in order) through
+//! the client, whose requests the event loop keeps draining.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
+use shared::envelope::Transport;
+use shared::mqtt::Backoff;
+use shared::server::ReadyFlag;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::classify::{Classifier, Incoming};
+use crate::metrics::Metrics;
+use crate::publish::{Publication, count, publish_until_stored};
+
+/// JetStream publishes awaiting their ack at once.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+pub struct MqttSettings {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Runs the bridge until `shutdown`; then stops taking messages, finishes
+/// those in flight, and disconnects.
+pub async fn run(
+    settings: MqttSettings,
+    classifier: Arc<Classifier>,
+    js: jetstream::Context,
+    metrics: Metrics,
+    ready: ReadyFlag,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut options = shared::mqtt::options(
+        &settings.url,
+        &classifier.config().ingest.client_id,
+        settings.username.as_deref(),
+        settings.password.as_deref(),
+    )?;
+    options.set_clean_session(false);
+    options.set_manual_acks(true);
+    options.set_request_channel_capacity(MAX_IN_FLIGHT);
+    let (client, eventloop) = AsyncClient::new(options, MAX_IN_FLIGHT);
+
+    // Each connection gets a generation: acks for messages received on an
+    // older connection are not sent (the broker redelivers those anyway).
+    let generation = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let subscription = classifier.pattern().subscription();
+    let stop = CancellationToken::new();
+    let poller = tokio::spawn(event_loop(
+        eventloop,
+        client.clone(),
+        subscription,
+        tx,
+        generation.clone(),
+        metrics.clone(),
+        ready.clone(),
+        stop.clone(),
+    ));
+    pipeline(
+        rx,
+        client.clone(),
+        classifier,
+        js,
+        metrics,
+        generation,
+        shutdown,
+    )
+    .await;
+    // The event loop still runs: it sends the last acks, then the DISCONNECT.
+    let _ = client.disconnect().await;
+    let mut poller = poller;
+    if tokio::time::timeout(std::time::Duration::from_secs(3), &mut poller)
+        .await
+        .is_err()
+    {
+        stop.cancel();
+        let _ = poller.await;
+    }
+    ready.set(false);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn event_loop(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    subscription: String,
+    tx: mpsc::UnboundedSender<(u64, Publish)>,
+    generation: Arc<AtomicU64>,
+    metrics: Metrics,
+    ready: ReadyFlag,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                metrics.inflight.inc();
+                if tx
+                    .send((generation.load(Ordering::Acquire), publish))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                let generation = generation.fetch_add(1, Ordering::AcqRel) + 1;
+                tracing::info!(
+                    session_present = ack.session_present,
+                    generation,
+                    "MQTT connected"
+                );
+                backoff.reset();
+                metrics.mqtt_connected.set(1);
+                ready.set(true);
+                // Always subscribe again: a broker that lost the session has
+                // forgotten the subscription. Not awaited here: the request
+                // channel may be full of acks only this loop can drain.
+                let (client, filter) = (client.clone(), subscription.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = client.subscribe(filter.as_str(), QoS::AtLeastOnce).await {
+                        tracing::error!(error = %e, "MQTT subscribe request failed");
+                    }
+                });
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                tracing::info!(return_codes = ?ack.return_codes, filter = %subscription, "MQTT subscribed");
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(error) => {
+                metrics.mqtt_connected.set(0);
+                metrics.mqtt_reconnects.inc();
+                ready.set(false);
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    metrics.mqtt_connected.set(0);
+}
+
+async fn pipeline(
+    mut rx: mpsc::UnboundedReceiver<(u64, Publish)>,
+    client: AsyncClient,
+    classifier: Arc<Classifier>,
+    js: jetstream::Context,
+    metrics: Metrics,
+    generation: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let mut in_flight = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            // Finish in-flight work first: acks free the broker's window.
+            biased;
+            // Stop intake; what is still queued was never acked, so the
+            // broker keeps it for the next run.
+            _ = shutdown.cancelled(), if open => open = false,
+            Some((conn_gen, publish)) = in_flight.next(), if !in_flight.is_empty() => {
+                let publish: Publish = publish;
+                metrics.inflight.dec();
+                if conn_gen == generation.load(Ordering::Acquire)
+                    && let Err(e) = client.ack(&publish).await
+                {
+                    tracing::warn!(error = %e, "MQTT ack not sent; the broker will redeliver");
+                }
+            }
+            received = rx.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => {
+                let Some((conn_gen, publish)) = received else {
+                    open = false;
+                    continue;
+                };
+                let (js, metrics, classifier) = (js.clone(), metrics.clone(), classifier.clone());
+                in_flight.push_back(async move {
+                    store(&classifier, &js, &metrics, &publish).await;
+                    (conn_gen, publish)
+                });
+            }
+            else => break,
+        }
+    }
+}
+
+/// Classifies one MQTT message and stores the verdict.
+async fn store(
+    classifier: &Classifier,
+    js: &jetstream::Context,
+    metrics: &Metrics,
+    publish: &Publish,
+) {
+    let topic = publish.topic.as_str();
+    let verdict = classifier.classify(&Incoming {
+        topic,
+        payload: &publish.payload,
+        retained: publish.retain,
+        transport: Transport::Mqtt,
+        received_at: OffsetDateTime::now_utc(),
+    });
+    if let crate::classify::Verdict::Rejected { reason, detail, .. } = &verdict {
+        tracing::info!(%topic, reason = reason.as_str(), %detail, bytes = publish.payload.len(), "payload rejected");
+    }
+    if let Some(publication) = Publication::from_verdict(&verdict) {
+        publish_until_stored(js, publication, metrics).await;
+    }
+    count(metrics, &verdict, Transport::Mqtt);
+}

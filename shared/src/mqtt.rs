@@ -1,0 +1,81 @@
+//! MQTT connection options from `MQTT_URL` (`mqtt://` or `mqtts://`, with
+//! optional credentials) and backoff for reconnects.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::MqttOptions;
+
+/// Options for `url`; explicit credentials override those in the URL.
+pub fn options(
+    url: &str,
+    client_id: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+) -> anyhow::Result<MqttOptions> {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let with_id = format!("{url}{separator}client_id={client_id}");
+    let mut options = MqttOptions::parse_url(&with_id).with_context(|| {
+        format!("invalid MQTT URL {url:?} (want mqtt://host:port or mqtts://…)")
+    })?;
+    if let Some(user) = username {
+        options.set_credentials(user, password.unwrap_or_default());
+    }
+    // Cards carry base64 faces; rumqttc's 10 KiB default drops the connection
+    // on them. Oversized payloads are rejected by ingest with a reason instead.
+    options.set_max_packet_size(16 << 20, 1 << 20);
+    options.set_keep_alive(Duration::from_secs(30));
+    Ok(options)
+}
+
+/// Jittered exponential backoff: 250 ms doubling to 30 s.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(30));
+        d.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls_and_credentials() {
+        let o = options("mqtt://u:p@broker:1884", "id", None, None).unwrap();
+        assert_eq!(o.broker_address(), ("broker".into(), 1884));
+        assert_eq!(o.client_id(), "id");
+        assert_eq!(o.credentials().unwrap().username, "u");
+        let o = options("mqtt://broker", "id", Some("x"), Some("y")).unwrap();
+        assert_eq!(o.broker_address().1, 1883);
+        assert_eq!(o.credentials().unwrap().username, "x");
+        assert!(options("http://broker", "id", None, None).is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let mut b = Backoff::default();
+        let delays: Vec<_> = (0..12).map(|_| b.next_delay()).collect();
+        assert!(delays[0] <= Duration::from_millis(250));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
+        assert!(delays[11] >= Duration::from_secs(15));
+    }
+}
