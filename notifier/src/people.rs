@@ -1,0 +1,105 @@
+//! The current state of every person, kept from a watch on the `presence`
+//! KV bucket, for snapshots.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use shared::state::PersonState;
+use shared::token;
+use tokio_util::sync::CancellationToken;
+
+/// household → person → state.
+#[derive(Clone, Default)]
+pub struct People {
+    inner: Arc<RwLock<BTreeMap<String, BTreeMap<String, PersonState>>>>,
+}
+
+impl People {
+    pub fn household(&self, household: &str) -> Vec<PersonState> {
+        let inner = self.inner.read().unwrap();
+        inner
+            .get(household)
+            .map(|people| people.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn set(&self, state: PersonState) {
+        let mut inner = self.inner.write().unwrap();
+        inner
+            .entry(state.household.clone())
+            .or_default()
+            .insert(state.person.clone(), state);
+    }
+
+    fn remove(&self, household: &str, person: &str) {
+        let mut inner = self.inner.write().unwrap();
+        if let Some(people) = inner.get_mut(household) {
+            people.remove(person);
+        }
+    }
+
+    /// Follows the bucket until `shutdown`; `loaded` fires once the initial
+    /// values are in. Restarts the watch when it ends (NATS reconnects).
+    pub async fn follow(
+        self,
+        store: kv::Store,
+        loaded: tokio::sync::oneshot::Sender<()>,
+        shutdown: CancellationToken,
+    ) {
+        let mut loaded = Some(loaded);
+        let mut backoff = shared::mqtt::Backoff::default();
+        while !shutdown.is_cancelled() {
+            let mut watch = match store.watch_with_history(">").await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the presence bucket; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            loop {
+                let entry = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    entry = watch.next() => entry,
+                };
+                let Some(entry) = entry else { break };
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "presence bucket watch failed");
+                        break;
+                    }
+                };
+                self.apply(&entry);
+                if entry.delta == 0
+                    && let Some(tx) = loaded.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+
+    fn apply(&self, entry: &kv::Entry) {
+        // Only person keys: `<household>.person.<person>`.
+        let mut parts = entry.key.split('.');
+        let (Some(h), Some("person"), Some(p), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice::<PersonState>(&entry.value) {
+                Ok(state) => self.set(state),
+                Err(e) => tracing::warn!(key = %entry.key, error = %e, "unreadable person state"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                if let (Some(h), Some(p)) = (token::decode(h), token::decode(p)) {
+                    self.remove(&h, &p);
+                }
+            }
+        }
+    }
+}

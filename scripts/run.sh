@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs the whole stack on loopback: nats-server (JetStream), mosquitto with the
+# project's config, and every Whereabouts service with the example config.
+# State lives in .run/ (delete it to start afresh). Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+scripts/setup.sh
+cargo build --release --bins
+
+run="$root/.run"
+mkdir -p "$run/nats" "$run/mosquitto" "$run/logs"
+nats_bin=${NATS_SERVER_BIN:-nats-server}
+mosquitto_bin=${MOSQUITTO_BIN:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
+nats_port=${NATS_PORT:-4222}
+mqtt_port=${MQTT_PORT:-1883}
+
+{
+  cat deploy/mosquitto.conf
+  echo "listener $mqtt_port 127.0.0.1"
+  echo "allow_anonymous true"
+  echo "persistence_location $run/mosquitto/"
+} > "$run/mosquitto.conf"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo "stopping…"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+"$nats_bin" -js -a 127.0.0.1 -p "$nats_port" --store_dir "$run/nats" >"$run/logs/nats.log" 2>&1 &
+pids+=($!)
+"$mosquitto_bin" -c "$run/mosquitto.conf" >"$run/logs/mosquitto.log" 2>&1 &
+pids+=($!)
+sleep 1
+
+export NATS_URL="nats://127.0.0.1:$nats_port"
+export MQTT_URL="mqtt://127.0.0.1:$mqtt_port"
+export WHEREABOUTS_CONFIG=${WHEREABOUTS_CONFIG:-$root/whereabouts.example.toml}
+for service in ingest presence notifier; do
+  "target/release/$service" 2>&1 | tee "$run/logs/$service.log" | sed -u "s/^/[$service] /" &
+  pids+=($!)
+done
+
+cat <<INFO
+Whereabouts is running (logs in .run/logs):
+  MQTT           $MQTT_URL   (point the OwnTracks app here; topic owntracks/<user>/<device>)
+  NATS           $NATS_URL
+  HTTP mode      http://127.0.0.1:8081/pub
+  board          http://127.0.0.1:8080/?household=weasleys&token=weasleys-token-change-me-please
+  metrics        :8081/metrics (ingest) :8082/metrics (presence) :8080/metrics (notifier)
+Press Ctrl-C to stop.
+INFO
+wait
