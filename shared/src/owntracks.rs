@@ -831,3 +831,541 @@ impl Message {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse_str(s: &str) -> Result<Message, Rejection> {
+        parse(s.as_bytes())
+    }
+
+    const LOC: &str = r#""_type":"location","lat":51.4,"lon":8.3,"tst":1707470410"#;
+
+    #[test]
+    fn reasons() {
+        let cases: &[(&str, Result<MessageType, Reason>)] = &[
+            ("", Err(Reason::InvalidJson)),
+            (" \n\t", Err(Reason::InvalidJson)),
+            ("{", Err(Reason::InvalidJson)),
+            ("[]", Err(Reason::UnknownType)),
+            ("null", Err(Reason::UnknownType)),
+            ("42", Err(Reason::UnknownType)),
+            (r#""location""#, Err(Reason::UnknownType)),
+            ("{}", Err(Reason::UnknownType)),
+            (r#"{"_type":null}"#, Err(Reason::UnknownType)),
+            (r#"{"_type":5}"#, Err(Reason::UnknownType)),
+            (r#"{"_type":"Location"}"#, Err(Reason::UnknownType)),
+            (r#"{"_type":"teleport"}"#, Err(Reason::UnknownType)),
+            // location
+            (&format!("{{{LOC}}}"), Ok(MessageType::Location)),
+            (
+                r#"{"_type":"location","lon":8,"tst":1}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"location","lat":1,"tst":1}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"location","lat":1,"lon":2}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"location","lat":"x","lon":2,"tst":1}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"location","lat":90.5,"lon":2,"tst":1}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"location","lat":1,"lon":-181,"tst":1}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"location","lat":1,"lon":2,"tst":0}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"location","lat":1,"lon":2,"tst":-5}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"location","lat":1,"lon":2,"tst":"soon"}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"location","lat":-90,"lon":180,"tst":1}"#,
+                Ok(MessageType::Location),
+            ),
+            // transition
+            (
+                r#"{"_type":"transition","event":"enter","tst":1,"acc":0}"#,
+                Ok(MessageType::Transition),
+            ),
+            (
+                r#"{"_type":"transition","event":"LEAVE","tst":1}"#,
+                Ok(MessageType::Transition),
+            ),
+            (
+                r#"{"_type":"transition","tst":1}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"transition","event":"stay","tst":1}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"transition","event":1,"tst":1}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"transition","event":"enter"}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"transition","event":"enter","tst":1,"lat":"x"}"#,
+                Ok(MessageType::Transition),
+            ),
+            // lwt, status, beacon, dump, configuration need nothing
+            (r#"{"_type":"lwt"}"#, Ok(MessageType::Lwt)),
+            (r#"{"_type":"lwt","tst":"garbage"}"#, Ok(MessageType::Lwt)),
+            (r#"{"_type":"status"}"#, Ok(MessageType::Status)),
+            (r#"{"_type":"beacon"}"#, Ok(MessageType::Beacon)),
+            (r#"{"_type":"dump"}"#, Ok(MessageType::Dump)),
+            (
+                r#"{"_type":"configuration"}"#,
+                Ok(MessageType::Configuration),
+            ),
+            // waypoint(s)
+            (
+                r#"{"_type":"waypoint","desc":"x","lat":1,"lon":2,"tst":3}"#,
+                Ok(MessageType::Waypoint),
+            ),
+            (
+                r#"{"_type":"waypoint","lat":1,"lon":2,"tst":3}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"waypoint","desc":"","lat":1,"lon":2,"tst":3}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"waypoint","desc":"x","lat":1,"lon":2}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"waypoints","waypoints":[]}"#,
+                Ok(MessageType::Waypoints),
+            ),
+            (r#"{"_type":"waypoints"}"#, Err(Reason::MissingField)),
+            (
+                r#"{"_type":"waypoints","waypoints":{}}"#,
+                Err(Reason::InvalidField),
+            ),
+            // card
+            (r#"{"_type":"card"}"#, Ok(MessageType::Card)),
+            (r#"{"_type":"card","face":"!!"}"#, Ok(MessageType::Card)),
+            // cmd
+            (
+                r#"{"_type":"cmd","action":"reportLocation"}"#,
+                Ok(MessageType::Cmd),
+            ),
+            (r#"{"_type":"cmd"}"#, Err(Reason::MissingField)),
+            (
+                r#"{"_type":"cmd","action":null}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"cmd","action":"selfDestruct"}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"cmd","action":"setConfiguration"}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"cmd","action":"setConfiguration","configuration":[]}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"cmd","action":"setConfiguration","configuration":{"_type":"configuration"}}"#,
+                Ok(MessageType::Cmd),
+            ),
+            (
+                r#"{"_type":"cmd","action":"setWaypoints"}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"cmd","action":"setWaypoints","waypoints":[]}"#,
+                Err(Reason::InvalidField),
+            ),
+            // request
+            (
+                r#"{"_type":"request","request":"tours"}"#,
+                Ok(MessageType::Request),
+            ),
+            (r#"{"_type":"request"}"#, Err(Reason::MissingField)),
+            (
+                r#"{"_type":"request","request":"tour1"}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"request","request":"untour"}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"request","request":"untour","uuid":"nope"}"#,
+                Err(Reason::InvalidField),
+            ),
+            (
+                r#"{"_type":"request","request":"untour","uuid":"91E8A556-ce69-482d-a29a-170139864873"}"#,
+                Ok(MessageType::Request),
+            ),
+            // steps
+            (
+                r#"{"_type":"steps","steps":1,"from":1,"to":2}"#,
+                Ok(MessageType::Steps),
+            ),
+            (
+                r#"{"_type":"steps","steps":1,"from":"1","to":"2"}"#,
+                Ok(MessageType::Steps),
+            ),
+            (
+                r#"{"_type":"steps","steps":1,"to":2}"#,
+                Err(Reason::MissingField),
+            ),
+            (
+                r#"{"_type":"steps","steps":"many","from":1,"to":2}"#,
+                Err(Reason::InvalidField),
+            ),
+            // encrypted
+            (
+                r#"{"_type":"encrypted","data":"abc"}"#,
+                Ok(MessageType::Encrypted),
+            ),
+            (r#"{"_type":"encrypted"}"#, Err(Reason::MissingField)),
+            (
+                r#"{"_type":"encrypted","data":7}"#,
+                Err(Reason::InvalidField),
+            ),
+        ];
+        for (input, expected) in cases {
+            let got = parse_str(input).map(|m| m.kind).map_err(|r| r.reason);
+            assert_eq!(&got, expected, "input: {input}");
+        }
+    }
+
+    /// (payload, key, expected value after normalisation; `None` = removed).
+    #[test]
+    fn normalisation() {
+        let cases: &[(&str, &str, Option<Value>)] = &[
+            // strings as numbers
+            (
+                r#"{"_type":"lwt","tst":"1440363922"}"#,
+                "tst",
+                Some(json!(1440363922)),
+            ),
+            (
+                r#"{"_type":"waypoint","desc":"d","lat":"1.5","lon":2,"tst":3,"rad":" 50 "}"#,
+                "rad",
+                Some(json!(50)),
+            ),
+            (
+                r#"{"_type":"waypoint","desc":"d","lat":"1.5","lon":2,"tst":3}"#,
+                "lat",
+                Some(json!(1.5)),
+            ),
+            (
+                &format!(r#"{{{LOC},"batt":"75"}}"#),
+                "batt",
+                Some(json!(75)),
+            ),
+            // ISO 8601 / RFC 3339 tst, with and without offset
+            (
+                r#"{"_type":"lwt","tst":"2021-03-22T11:11:03.690Z"}"#,
+                "tst",
+                Some(json!(1616411463)),
+            ),
+            (
+                r#"{"_type":"lwt","tst":"2021-03-22T12:11:03+01:00"}"#,
+                "tst",
+                Some(json!(1616411463)),
+            ),
+            (
+                r#"{"_type":"lwt","tst":"2021-03-22T11:11:03"}"#,
+                "tst",
+                Some(json!(1616411463)),
+            ),
+            // milliseconds and float seconds
+            (
+                r#"{"_type":"lwt","tst":1505910709000}"#,
+                "tst",
+                Some(json!(1505910709)),
+            ),
+            (
+                r#"{"_type":"transition","event":"enter","tst":1,"wtst":1505910709123}"#,
+                "wtst",
+                Some(json!(1505910709)),
+            ),
+            (
+                r#"{"_type":"lwt","tst":1700000000.5}"#,
+                "tst",
+                Some(json!(1700000000)),
+            ),
+            // ints as floats stay
+            (&format!(r#"{{{LOC},"alt":0.0}}"#), "alt", Some(json!(0.0))),
+            // wrong-typed optional fields are removed
+            (&format!(r#"{{{LOC},"batt":null}}"#), "batt", None),
+            (&format!(r#"{{{LOC},"batt":true}}"#), "batt", None),
+            (&format!(r#"{{{LOC},"batt":"abc"}}"#), "batt", None),
+            (&format!(r#"{{{LOC},"batt":{{}}}}"#), "batt", None),
+            (&format!(r#"{{{LOC},"batt":[]}}"#), "batt", None),
+            (&format!(r#"{{{LOC},"vel":null}}"#), "vel", None),
+            (&format!(r#"{{{LOC},"vel":"NaN"}}"#), "vel", None),
+            (
+                &format!(r#"{{{LOC},"inregions":"home"}}"#),
+                "inregions",
+                None,
+            ),
+            (
+                &format!(r#"{{{LOC},"inregions":["home",1,null]}}"#),
+                "inregions",
+                Some(json!(["home"])),
+            ),
+            // SSID/BSSID → ssid/bssid
+            (
+                &format!(r#"{{{LOC},"SSID":"net"}}"#),
+                "ssid",
+                Some(json!("net")),
+            ),
+            (&format!(r#"{{{LOC},"SSID":"net"}}"#), "SSID", None),
+            (
+                &format!(r#"{{{LOC},"BSSID":"aa:bb"}}"#),
+                "bssid",
+                Some(json!("aa:bb")),
+            ),
+            (
+                &format!(r#"{{{LOC},"SSID":"old","ssid":"new"}}"#),
+                "ssid",
+                Some(json!("new")),
+            ),
+            // unknown keys kept, untouched
+            (
+                &format!(r#"{{{LOC},"_cp":true}}"#),
+                "_cp",
+                Some(json!(true)),
+            ),
+            (&format!(r#"{{{LOC},"rid":"7"}}"#), "rid", Some(json!("7"))),
+            // transitions: acc 0 kept; bad coordinates dropped, event kept
+            (
+                r#"{"_type":"transition","event":"enter","tst":1,"acc":0}"#,
+                "acc",
+                Some(json!(0)),
+            ),
+            (
+                r#"{"_type":"transition","event":"Enter","tst":1}"#,
+                "event",
+                Some(json!("enter")),
+            ),
+            (
+                r#"{"_type":"transition","event":"enter","tst":1,"lat":null}"#,
+                "lat",
+                None,
+            ),
+            (
+                r#"{"_type":"transition","event":"enter","tst":1,"lat":99}"#,
+                "lat",
+                None,
+            ),
+            // card faces
+            (r#"{"_type":"card","face":"abcd!?&%"}"#, "face", None),
+            (r#"{"_type":"card","face":null}"#, "face", None),
+            (
+                r#"{"_type":"card","face":"aGVs\nbG8="}"#,
+                "face",
+                Some(json!("aGVsbG8=")),
+            ),
+            (r#"{"_type":"card","name":5}"#, "name", None),
+        ];
+        for (input, key, expected) in cases {
+            let message = parse_str(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(message.body.get(*key), expected.as_ref(), "input: {input}");
+        }
+    }
+
+    #[test]
+    fn location_view() {
+        let m = parse_str(
+            r#"{"_type":"location","lat":"52.1","lon":5,"tst":1,"acc":-1,"vel":-1,"batt":-1,
+                "cog":90,"alt":-3,"inregions":["Home"],"t":"p","tid":"JJ","created_at":2}"#,
+        )
+        .unwrap();
+        let loc = m.location().unwrap();
+        assert_eq!(
+            loc,
+            Location {
+                tst: 1,
+                lat: 52.1,
+                lon: 5.0,
+                acc: None,
+                vel: None,
+                batt: None,
+                cog: Some(90.0),
+                alt: Some(-3.0),
+                inregions: Some(vec!["Home".into()]),
+                t: Some("p".into()),
+                tid: Some("JJ".into()),
+                created_at: Some(2),
+            }
+        );
+        assert_eq!(m.transition(), None);
+        assert_eq!(m.lwt(), None);
+    }
+
+    #[test]
+    fn transition_lwt_card_views() {
+        let m = parse_str(
+            r#"{"_type":"transition","event":"leave","tst":5,"acc":0,"desc":"Home","rid":"r1",
+                "wtst":"4","trigger":"c"}"#,
+        )
+        .unwrap();
+        let t = m.transition().unwrap();
+        assert_eq!(t.event, RegionEvent::Leave);
+        assert_eq!((t.tst, t.wtst, t.acc), (5, Some(4), Some(0.0)));
+        assert_eq!(
+            (t.desc.as_deref(), t.rid.as_deref()),
+            (Some("Home"), Some("r1"))
+        );
+        assert_eq!(t.t.as_deref(), Some("c"));
+
+        let lwt = parse_str(r#"{"_type":"lwt"}"#).unwrap().lwt().unwrap();
+        assert_eq!(lwt, Lwt { tst: None });
+
+        let card = parse_str(r#"{"_type":"card","name":"Jane","tid":"JJ"}"#)
+            .unwrap()
+            .card()
+            .unwrap();
+        assert_eq!(card.name.as_deref(), Some("Jane"));
+        assert_eq!(card.face, None);
+    }
+
+    #[test]
+    fn waypoints_view_skips_bad_entries() {
+        let m = parse_str(
+            r#"{"_type":"waypoints","waypoints":[
+                {"_type":"waypoint","desc":"home","lat":1,"lon":2,"rad":"100","tst":"3"},
+                {"_type":"waypoint","lat":1,"lon":2,"tst":3},
+                {"_type":"waypoint","desc":"gone","lat":100,"lon":500,"tst":3},
+                "junk"]}"#,
+        )
+        .unwrap();
+        let wps = m.waypoints().unwrap();
+        assert_eq!(
+            wps,
+            vec![Waypoint {
+                desc: "home".into(),
+                lat: 1.0,
+                lon: 2.0,
+                rad: Some(100.0),
+                tst: 3,
+                rid: None,
+            }]
+        );
+        assert_eq!(m.waypoint(), None);
+    }
+
+    #[test]
+    fn decrypt_paths() {
+        let lwt = br#"{"_type":"lwt","tst":"7"}"#;
+        let wrap = |data: String| {
+            parse(
+                json!({"_type":"encrypted","data":data})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap()
+        };
+        let m = decrypt(wrap(crypto::encrypt(lwt, "k")), Some("k")).unwrap();
+        assert_eq!(m.lwt().unwrap().tst, Some(7));
+
+        let err = |m: Message, s: Option<&str>| decrypt(m, s).unwrap_err();
+        let e = err(wrap(crypto::encrypt(lwt, "k")), None);
+        assert_eq!(e.reason, Reason::DecryptFailed);
+        assert!(e.detail.contains("no secret"), "{}", e.detail);
+        let e = err(wrap(crypto::encrypt(lwt, "k")), Some("nope"));
+        assert_eq!(e.reason, Reason::DecryptFailed);
+        assert!(e.detail.contains("authentication"), "{}", e.detail);
+
+        // Nested encryption is refused.
+        let inner = json!({"_type":"encrypted","data":crypto::encrypt(lwt, "k")}).to_string();
+        let e = err(wrap(crypto::encrypt(inner.as_bytes(), "k")), Some("k"));
+        assert_eq!(e.reason, Reason::DecryptFailed);
+
+        // A decrypted but invalid message keeps its own reason.
+        let e = err(
+            wrap(crypto::encrypt(br#"{"_type":"location"}"#, "k")),
+            Some("k"),
+        );
+        assert_eq!(e.reason, Reason::MissingField);
+        assert!(e.detail.starts_with("decrypted payload"), "{}", e.detail);
+
+        // Non-encrypted messages pass through.
+        let plain = parse(lwt).unwrap();
+        assert_eq!(decrypt(plain.clone(), None).unwrap(), plain);
+    }
+
+    #[test]
+    fn suffixes() {
+        use MessageType::*;
+        let cases: &[(Option<&str>, MessageType, bool)] = &[
+            (None, Location, true),
+            (None, Card, true),
+            (None, Lwt, true),
+            (None, Cmd, false),
+            (None, Encrypted, true),
+            (Some("event"), Transition, true),
+            (Some("event"), Location, false),
+            (Some("event"), Encrypted, true),
+            (Some("info"), Card, true),
+            (Some("info"), Location, false),
+            (Some("waypoint"), Waypoint, true),
+            (Some("waypoints"), Waypoints, true),
+            (Some("waypoints"), Waypoint, false),
+            (Some("status"), Status, true),
+            (Some("cmd"), Cmd, true),
+            (Some("cmd"), Location, false),
+            (Some("dump"), Dump, true),
+            (Some("step"), Steps, true),
+            (Some("beacon"), Beacon, true),
+            (Some("request"), Request, true),
+            (Some("request"), Cmd, false),
+            (Some("whatever/else"), Location, true),
+        ];
+        for (suffix, kind, fits) in cases {
+            assert_eq!(fits_suffix(*suffix, *kind), *fits, "{suffix:?} {kind:?}");
+        }
+    }
+
+    #[test]
+    fn type_and_reason_names_round_trip() {
+        for t in MessageType::ALL {
+            assert_eq!(MessageType::from_type(t.as_str()), Some(t));
+        }
+        let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "invalid_json",
+                "unknown_type",
+                "missing_field",
+                "invalid_field",
+                "decrypt_failed",
+                "topic_mismatch",
+                "too_large"
+            ]
+        );
+    }
+}
