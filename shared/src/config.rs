@@ -396,6 +396,8 @@ impl Config {
                 }
             }
             for region in &household.regions {
+                // `!(x > 0.0)` on purpose: NaN must fail too.
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
                 if !(region.radius > 0.0)
                     || !(-90.0..=90.0).contains(&region.lat)
                     || !(-180.0..=180.0).contains(&region.lon)

@@ -12,10 +12,13 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
+/// Named readiness flags.
+type Checks = Vec<(&'static str, Arc<AtomicBool>)>;
+
 /// Whether a service is connected to what it needs; set by the service.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Arc<std::sync::Mutex<Vec<(&'static str, Arc<AtomicBool>)>>>,
+    checks: Arc<std::sync::Mutex<Checks>>,
 }
 
 impl Readiness {
