@@ -49,7 +49,12 @@ fn error(code: StatusCode, reason: &str) -> Response {
 }
 
 /// Lets the request through only for the household its token grants.
-fn authorise(state: &ApiState, household: &str, headers: &HeaderMap, query: &TokenQuery) -> Result<(), Response> {
+fn authorise(
+    state: &ApiState,
+    household: &str,
+    headers: &HeaderMap,
+    query: &TokenQuery,
+) -> Result<(), Response> {
     let Some(config) = state.config.households.get(household) else {
         return Err(error(StatusCode::NOT_FOUND, "unknown_household"));
     };
@@ -129,7 +134,10 @@ async fn events(
 type Tx = mpsc::Sender<Result<Event, Infallible>>;
 
 fn presence_event(e: &LiveEvent) -> Event {
-    Event::default().event("presence").id(e.seq.to_string()).data(&*e.json)
+    Event::default()
+        .event("presence")
+        .id(e.seq.to_string())
+        .data(&*e.json)
 }
 
 /// Feeds one SSE client: snapshot or replay, then the live broadcast.
@@ -159,7 +167,10 @@ async fn stream_events(
             // new, and events after the sequence are applied on top.
             let seq = state.live.last_seq();
             let body = snapshot(&state, &household).to_string();
-            let event = Event::default().event("snapshot").id(seq.to_string()).data(body);
+            let event = Event::default()
+                .event("snapshot")
+                .id(seq.to_string())
+                .data(body);
             if tx.send(Ok(event)).await.is_err() {
                 return;
             }

@@ -140,7 +140,11 @@ impl Live {
                 .and_then(shared::token::decode)
                 .unwrap_or_default();
             let json: Arc<str> = String::from_utf8_lossy(&m.payload).into();
-            Ok(LiveEvent { seq, household, json })
+            Ok(LiveEvent {
+                seq,
+                household,
+                json,
+            })
         }))
     }
 

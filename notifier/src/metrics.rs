@@ -24,7 +24,9 @@ impl Metrics {
             "Events slow SSE clients missed from the live broadcast and got by replay.",
         )
         .expect("valid counter");
-        registry.register(Box::new(sse_lagged.clone())).expect("unique counter");
+        registry
+            .register(Box::new(sse_lagged.clone()))
+            .expect("unique counter");
         Metrics {
             sse_clients: gauge(registry, "notifier_sse_clients", "Connected SSE clients."),
             sse_lagged,

@@ -86,7 +86,8 @@ impl People {
     fn apply(&self, entry: &kv::Entry) {
         // Only person keys: `<household>.person.<person>`.
         let mut parts = entry.key.split('.');
-        let (Some(h), Some("person"), Some(p), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some("person"), Some(p), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return;
         };

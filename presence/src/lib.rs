@@ -10,11 +10,16 @@ pub struct Settings {
     pub config: Config,
 }
 
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let registry = shared::telemetry::registry();
     let readiness = Readiness::default();
     let nats_ready = readiness.check("nats");
-    let _client = shared::jetstream::connect(&settings.nats_url, "whereabouts-presence", nats_ready).await?;
+    let _client =
+        shared::jetstream::connect(&settings.nats_url, "whereabouts-presence", nats_ready).await?;
     let _ = settings.config;
     serve(listener, ops_router(registry, readiness), shutdown).await?;
     Ok(())
