@@ -7,6 +7,7 @@
 //! - `board`: the web board's static files.
 //! - `people`: current person states, from a watch on the KV bucket.
 //! - `live`: the PRESENCE feed, broadcast to SSE clients; replay on resume.
+//! - `sinks`: webhook, MQTT, MagicMirror, ntfy, and their shared driver.
 //! - `metrics`: notifier's Prometheus metrics.
 
 pub mod api;
@@ -14,6 +15,7 @@ pub mod board;
 pub mod live;
 pub mod metrics;
 pub mod people;
+pub mod sinks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Settings {
     pub nats_url: String,
+    /// The broker of `mqtt` sinks that name none.
+    pub mqtt_url: String,
     pub config: Config,
 }
 
@@ -82,6 +86,21 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(3), loaded_rx).await;
     tokio::spawn(live.clone().follow(start, people.clone(), shutdown.clone()));
     state_ready.set(true);
+
+    for (index, sink_config) in config.notifier.sinks.iter().enumerate() {
+        let (name, filter, sink) =
+            sinks::Sink::from_config(sink_config, index, &settings.mqtt_url, &shutdown)
+                .with_context(|| format!("notifier.sinks[{index}]"))?;
+        tracing::info!(sink = %name, "sink started");
+        tokio::spawn(sinks::drive(
+            js.clone(),
+            name,
+            filter,
+            sink,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let api = api::router(api::ApiState {
         config: config.clone(),

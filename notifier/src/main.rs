@@ -13,6 +13,9 @@ struct Args {
     /// Address of the API, the board and `/metrics`, `/healthz`, `/readyz`.
     #[arg(long, env = "NOTIFIER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: String,
+    /// MQTT broker of `mqtt` sinks that name none.
+    #[arg(long, env = "MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+    mqtt_url: String,
 }
 
 #[tokio::main]
@@ -26,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %args.http_addr, nats = %args.common.nats_url, "notifier starting");
     let settings = notifier::Settings {
         nats_url: args.common.nats_url,
+        mqtt_url: args.mqtt_url,
         config,
     };
     notifier::run(settings, listener, shared::server::shutdown_on_signals()).await

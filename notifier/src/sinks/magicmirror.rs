@@ -1,0 +1,44 @@
+//! `magicmirror`: a POST to MMM-Remote-Control's
+//! `/api/notification/<NAME>`, for mirrors that run it; every module on
+//! the mirror receives the notification with the event as its payload.
+
+use super::DeliveryError;
+use super::webhook::classify;
+
+pub struct MagicMirror {
+    client: reqwest::Client,
+    endpoint: String,
+    api_key: Option<String>,
+}
+
+impl MagicMirror {
+    pub fn new(url: &str, api_key: Option<String>, notification: &str) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        let endpoint = format!(
+            "{}/api/notification/{notification}",
+            url.trim_end_matches('/')
+        );
+        Ok(MagicMirror {
+            client,
+            endpoint,
+            api_key,
+        })
+    }
+
+    pub async fn deliver(&self, body: &[u8]) -> Result<(), DeliveryError> {
+        let mut request = self
+            .client
+            .post(&self.endpoint)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
+        if let Some(key) = &self.api_key {
+            // MMM-Remote-Control accepts the key as a query parameter or header.
+            request = request
+                .query(&[("apiKey", key)])
+                .header(reqwest::header::AUTHORIZATION, format!("apikey {key}"));
+        }
+        classify(request.send().await)
+    }
+}

@@ -1,0 +1,315 @@
+//! Sinks and their one shared driver. A sink knows only how to deliver one
+//! event and which errors are worth retrying; the driver owns its durable
+//! consumer, filtering, ordered delivery, retries with jittered capped
+//! backoff, and metrics. Each sink has its own consumer, so a dead webhook
+//! never delays the mirror, and a restart resumes where it stopped.
+//!
+//! - `webhook`: JSON POST, optional HMAC-SHA256 signature.
+//! - `mqtt`: retained per-person state and Home Assistant discovery.
+//! - `magicmirror`: MMM-Remote-Control's notification API.
+//! - `ntfy`: push notifications from a message template.
+
+pub mod magicmirror;
+pub mod mqtt;
+pub mod ntfy;
+pub mod webhook;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt;
+use shared::config::{SinkConfig, SinkFilter};
+use shared::state::PresenceEvent;
+use shared::subjects::{PRESENCE_STREAM, presence_household};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Why a delivery failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("retryable: {0}")]
+    Retryable(String),
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// One configured sink.
+pub enum Sink {
+    Webhook(webhook::Webhook),
+    Mqtt(mqtt::MqttSink),
+    MagicMirror(magicmirror::MagicMirror),
+    Ntfy(ntfy::Ntfy),
+}
+
+impl Sink {
+    /// Builds a sink from its config; `index` names sinks without a name.
+    pub fn from_config(
+        config: &SinkConfig,
+        index: usize,
+        mqtt_url: &str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<(String, SinkFilter, Sink)> {
+        let fallback = |kind: &str| format!("{kind}-{index}");
+        Ok(match config {
+            SinkConfig::Webhook {
+                name,
+                url,
+                secret,
+                timeout,
+                filter,
+            } => (
+                name.clone().unwrap_or_else(|| fallback("webhook")),
+                filter.clone(),
+                Sink::Webhook(webhook::Webhook::new(url, secret.clone(), *timeout)?),
+            ),
+            SinkConfig::Mqtt {
+                name,
+                url,
+                topic,
+                discovery_prefix,
+                filter,
+            } => {
+                let name = name.clone().unwrap_or_else(|| fallback("mqtt"));
+                let url = url.clone().unwrap_or_else(|| mqtt_url.to_string());
+                let sink = mqtt::MqttSink::connect(
+                    &url,
+                    &name,
+                    topic,
+                    discovery_prefix,
+                    shutdown.clone(),
+                )?;
+                (name, filter.clone(), Sink::Mqtt(sink))
+            }
+            SinkConfig::Magicmirror {
+                name,
+                url,
+                api_key,
+                notification,
+                filter,
+            } => (
+                name.clone().unwrap_or_else(|| fallback("magicmirror")),
+                filter.clone(),
+                Sink::MagicMirror(magicmirror::MagicMirror::new(
+                    url,
+                    api_key.clone(),
+                    notification,
+                )?),
+            ),
+            SinkConfig::Ntfy {
+                name,
+                url,
+                token,
+                template,
+                places,
+                filter,
+            } => (
+                name.clone().unwrap_or_else(|| fallback("ntfy")),
+                filter.clone(),
+                Sink::Ntfy(ntfy::Ntfy::new(
+                    url,
+                    token.clone(),
+                    template,
+                    places.clone(),
+                )?),
+            ),
+        })
+    }
+
+    /// Whether this sink wants the event at all (beyond the common filter).
+    fn wants(&self, event: &PresenceEvent) -> bool {
+        match self {
+            Sink::Ntfy(n) => n.wants(event),
+            _ => true,
+        }
+    }
+
+    async fn deliver(&self, event: &PresenceEvent, raw: &[u8]) -> Result<(), DeliveryError> {
+        match self {
+            Sink::Webhook(s) => s.deliver(event, raw).await,
+            Sink::Mqtt(s) => s.deliver(event).await,
+            Sink::MagicMirror(s) => s.deliver(raw).await,
+            Sink::Ntfy(s) => s.deliver(event).await,
+        }
+    }
+}
+
+fn passes(filter: &SinkFilter, event: &PresenceEvent) -> bool {
+    let kind = match event.kind {
+        shared::state::EventKind::Place => "place",
+        shared::state::EventKind::Status => "status",
+        shared::state::EventKind::Region => "region",
+    };
+    (filter.people.is_empty() || filter.people.iter().any(|p| *p == event.person))
+        && (filter.kinds.is_empty() || filter.kinds.iter().any(|k| k == kind))
+}
+
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Longer than the longest retry pause; progress acks renew it.
+const ACK_WAIT: Duration = Duration::from_secs(120);
+
+/// Runs one sink until `shutdown`: one event at a time, in stream order.
+pub async fn drive(
+    js: jetstream::Context,
+    name: String,
+    filter: SinkFilter,
+    sink: Sink,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = shared::mqtt::Backoff::default();
+    while !shutdown.is_cancelled() {
+        match consume(&js, &name, &filter, &sink, &metrics, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(sink = %name, error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "sink consumer failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn consume(
+    js: &jetstream::Context,
+    name: &str,
+    filter: &SinkFilter,
+    sink: &Sink,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let durable = format!("sink-{}", shared::token::encode(name));
+    let filter_subjects = if filter.households.is_empty() {
+        vec!["presence.>".to_string()]
+    } else {
+        filter
+            .households
+            .iter()
+            .map(|h| presence_household(h))
+            .collect()
+    };
+    let stream = js.get_stream(PRESENCE_STREAM).await?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subjects,
+                // One at a time: order per person holds, and a failing
+                // delivery holds back only this sink.
+                max_ack_pending: 1,
+                ack_wait: ACK_WAIT,
+                deliver_policy: consumer::DeliverPolicy::New,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let depth = metrics.queue_depth.with_label_values(&[name]);
+    let mut messages = consumer.messages().await?;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let Some(message) = message else {
+            anyhow::bail!("consumer ended");
+        };
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Ok(info) = message.info() {
+            depth.set(info.pending as i64);
+        }
+        let event: PresenceEvent = match serde_json::from_slice(&message.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(sink = %name, error = %e, "unreadable presence event: skipped");
+                metrics
+                    .deliveries
+                    .with_label_values(&[name, "invalid"])
+                    .inc();
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        if !passes(filter, &event) || !sink.wants(&event) {
+            metrics
+                .deliveries
+                .with_label_values(&[name, "filtered"])
+                .inc();
+            message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            continue;
+        }
+        let outcome = deliver_with_retries(name, sink, &event, &message, metrics, shutdown).await;
+        match outcome {
+            Outcome::Delivered => {
+                let lag = OffsetDateTime::now_utc() - event.emitted_at;
+                metrics
+                    .delivery_seconds
+                    .with_label_values(&[name])
+                    .observe(lag.as_seconds_f64().max(0.0));
+                metrics
+                    .deliveries
+                    .with_label_values(&[name, "delivered"])
+                    .inc();
+                message
+                    .double_ack()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Outcome::GaveUp => {
+                metrics
+                    .deliveries
+                    .with_label_values(&[name, "failed"])
+                    .inc();
+                message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            // Not acked: redelivered after a restart.
+            Outcome::Stopped => return Ok(()),
+        }
+    }
+}
+
+enum Outcome {
+    Delivered,
+    GaveUp,
+    Stopped,
+}
+
+async fn deliver_with_retries(
+    name: &str,
+    sink: &Sink,
+    event: &PresenceEvent,
+    message: &jetstream::Message,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let mut delay = FIRST_RETRY;
+    loop {
+        match sink.deliver(event, &message.payload).await {
+            Ok(()) => return Outcome::Delivered,
+            Err(DeliveryError::Permanent(why)) => {
+                tracing::warn!(sink = %name, event = %event.id, %why, "delivery refused: giving up on this event");
+                return Outcome::GaveUp;
+            }
+            Err(DeliveryError::Retryable(why)) => {
+                metrics
+                    .deliveries
+                    .with_label_values(&[name, "retried"])
+                    .inc();
+                let wait = delay.mul_f64(rand::random_range(0.5..=1.0));
+                tracing::info!(sink = %name, event = %event.id, %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
+                // Keep the message ours while we wait.
+                let _ = message.ack_with(AckKind::Progress).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Outcome::Stopped,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                delay = (delay * 2).min(MAX_RETRY);
+            }
+        }
+    }
+}

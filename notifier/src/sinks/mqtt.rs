@@ -1,0 +1,184 @@
+//! `mqtt`: each person's state retained on `whereabouts/<household>/<person>`
+//! (configurable), plus Home Assistant MQTT discovery so that each person
+//! appears as a `device_tracker`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use serde_json::json;
+use shared::state::{PersonState, PresenceEvent};
+use tokio_util::sync::CancellationToken;
+
+use super::DeliveryError;
+
+pub struct MqttSink {
+    client: AsyncClient,
+    connected: Arc<AtomicBool>,
+    topic: String,
+    discovery_prefix: String,
+    /// People whose discovery config was sent on this connection.
+    announced: Arc<Mutex<HashSet<(String, String)>>>,
+}
+
+/// A name made safe as one MQTT topic level.
+pub fn level(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if matches!(c, '/' | '+' | '#') || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// An id HA accepts in `unique_id` and discovery topics: `[a-zA-Z0-9_-]`.
+fn object_id(household: &str, person: &str) -> String {
+    let raw = format!("whereabouts_{household}_{person}");
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl MqttSink {
+    pub fn connect(
+        url: &str,
+        name: &str,
+        topic: &str,
+        discovery_prefix: &str,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let client_id = format!("whereabouts-notifier-{}", shared::token::encode(name));
+        let mut options = shared::mqtt::options(url, &client_id, None, None)?;
+        options.set_clean_session(false);
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let connected = Arc::new(AtomicBool::new(false));
+        let announced = Arc::new(Mutex::new(HashSet::new()));
+        let (flag, seen) = (connected.clone(), announced.clone());
+        tokio::spawn(async move {
+            let mut backoff = shared::mqtt::Backoff::default();
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    e = eventloop.poll() => e,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff.reset();
+                        // Announce again: the broker may have lost retained configs.
+                        seen.lock().unwrap().clear();
+                        flag.store(true, Ordering::Release);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        flag.store(false, Ordering::Release);
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT sink connection lost");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        });
+        Ok(MqttSink {
+            client,
+            connected,
+            topic: topic.to_string(),
+            discovery_prefix: discovery_prefix.to_string(),
+            announced,
+        })
+    }
+
+    pub fn state_topic(&self, household: &str, person: &str) -> String {
+        self.topic
+            .replace("{household}", &level(household))
+            .replace("{person}", &level(person))
+    }
+
+    pub async fn deliver(&self, event: &PresenceEvent) -> Result<(), DeliveryError> {
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(DeliveryError::Retryable("MQTT broker not connected".into()));
+        }
+        let state = &event.state;
+        let base = self.state_topic(&state.household, &state.person);
+        let key = (state.household.clone(), state.person.clone());
+        let new = self.announced.lock().unwrap().insert(key.clone());
+        if new && !self.discovery_prefix.is_empty() {
+            let (topic, config) = discovery(&self.discovery_prefix, &base, state);
+            if let Err(e) = self.publish(topic, config.to_string()).await {
+                self.announced.lock().unwrap().remove(&key);
+                return Err(e);
+            }
+        }
+        self.publish(format!("{base}/state"), ha_state(state).to_string())
+            .await?;
+        self.publish(base, attributes(state).to_string()).await
+    }
+
+    async fn publish(&self, topic: String, payload: String) -> Result<(), DeliveryError> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .map_err(|e| DeliveryError::Retryable(e.to_string()))
+    }
+}
+
+/// HA's device_tracker state: `home`, `not_home`, or a zone name.
+pub fn ha_state(state: &PersonState) -> &str {
+    match state.place.as_str() {
+        p if p.eq_ignore_ascii_case("home") => "home",
+        "" => "not_home",
+        p => p,
+    }
+}
+
+/// The person's state plus the attributes HA reads for a map position.
+pub fn attributes(state: &PersonState) -> serde_json::Value {
+    let mut value = serde_json::to_value(state).unwrap_or_default();
+    let fix = state
+        .devices
+        .iter()
+        .filter_map(|d| d.last_fix.as_ref())
+        .max_by_key(|f| f.tst);
+    if let (Some(fix), Some(obj)) = (fix, value.as_object_mut()) {
+        obj.insert("latitude".into(), json!(fix.lat));
+        obj.insert("longitude".into(), json!(fix.lon));
+        if let Some(acc) = fix.acc {
+            obj.insert("gps_accuracy".into(), json!(acc));
+        }
+        if let Some(batt) = fix.batt {
+            obj.insert("battery_level".into(), json!(batt));
+        }
+    }
+    value
+}
+
+/// Home Assistant MQTT discovery for a `device_tracker`.
+pub fn discovery(prefix: &str, base: &str, state: &PersonState) -> (String, serde_json::Value) {
+    let id = object_id(&state.household, &state.person);
+    let topic = format!("{prefix}/device_tracker/{id}/config");
+    let config = json!({
+        "name": state.name,
+        "unique_id": id,
+        "object_id": id,
+        "state_topic": format!("{base}/state"),
+        "json_attributes_topic": base,
+        "payload_home": "home",
+        "payload_not_home": "not_home",
+        "source_type": "gps",
+        "device": {
+            "identifiers": [id],
+            "name": format!("{} (Whereabouts)", state.name),
+            "manufacturer": "Whereabouts",
+        },
+    });
+    (topic, config)
+}

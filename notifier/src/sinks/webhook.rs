@@ -1,0 +1,80 @@
+//! `webhook`: the event's JSON POSTed to a URL, optionally signed.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use shared::state::PresenceEvent;
+
+use super::DeliveryError;
+
+pub struct Webhook {
+    client: reqwest::Client,
+    url: String,
+    secret: Option<String>,
+}
+
+/// `X-Whereabouts-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+pub const SIGNATURE_HEADER: &str = "X-Whereabouts-Signature";
+
+impl Webhook {
+    pub fn new(url: &str, secret: Option<String>, timeout: Duration) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        Ok(Webhook {
+            client,
+            url: url.to_string(),
+            secret,
+        })
+    }
+
+    pub async fn deliver(&self, event: &PresenceEvent, body: &[u8]) -> Result<(), DeliveryError> {
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("X-Whereabouts-Event-Id", &event.id)
+            .body(body.to_vec());
+        if let Some(secret) = &self.secret {
+            request = request.header(SIGNATURE_HEADER, signature(secret, body));
+        }
+        classify(request.send().await)
+    }
+}
+
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// 2xx delivered; 408, 429 and 5xx, timeouts and connection errors are
+/// worth retrying; any other status is the receiver refusing the event.
+pub(crate) fn classify(result: reqwest::Result<reqwest::Response>) -> Result<(), DeliveryError> {
+    match result {
+        Ok(response) => {
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+                Err(DeliveryError::Retryable(format!("HTTP {status}")))
+            } else {
+                Err(DeliveryError::Permanent(format!("HTTP {status}")))
+            }
+        }
+        Err(e) => Err(DeliveryError::Retryable(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn signature_matches_a_known_hmac() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            super::signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
