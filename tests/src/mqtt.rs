@@ -109,7 +109,12 @@ impl MqttPublisher {
     }
 
     /// Publishes every `(topic, payload)` as QoS 1, not retained, pipelined,
-    /// and returns when all of them are acknowledged.
+    /// and returns when all of them are acknowledged (panics after 30 s).
+    ///
+    /// Acks are counted, not matched by packet id: if a broker restart makes
+    /// rumqttc resend a message the broker had already acknowledged, a later
+    /// call may return one ack early. Assert on what subscribers or streams
+    /// received, not on this call alone, around restarts.
     pub async fn publish_many<I, T, P>(&self, messages: I)
     where
         I: IntoIterator<Item = (T, P)>,
