@@ -1,1 +1,28 @@
-//! (being written)
+//! The real-broker test harness: every test starts its own nats-server and
+//! mosquitto on free ports, and waits with deadlines instead of sleeps.
+//!
+//! # Layout
+//! - `nats` — [`NatsServer`] (nats-server with JetStream per test: start,
+//!   stop, kill, restart on the same port and store) and the JetStream
+//!   readers [`stream_messages`] and [`stream_count`].
+//! - `mosquitto` — [`Mosquitto`] (broker per test, configured from
+//!   `deploy/mosquitto.conf`: start, stop, kill, restart with persistence).
+//! - `mqtt` — [`MqttPublisher`] (QoS 1, waits for PUBACKs) and
+//!   [`MqttSubscriber`] (QoS 1, optionally a persistent session).
+//! - `eventually` — [`eventually`]: poll a condition until a deadline.
+//! - `process` (private) — spawning, signalling and reaping broker processes.
+//!
+//! Binaries: `NATS_SERVER_BIN` or `nats-server` (>= 2.11) on PATH;
+//! `MOSQUITTO_BIN`, `/usr/sbin/mosquitto` or `mosquitto` on PATH.
+//! `scripts/setup.sh` installs both on a fresh Debian machine.
+
+mod eventually;
+mod mosquitto;
+mod mqtt;
+mod nats;
+mod process;
+
+pub use eventually::{Outcome, eventually};
+pub use mosquitto::Mosquitto;
+pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received};
+pub use nats::{NatsServer, stream_count, stream_messages};
