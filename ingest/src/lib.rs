@@ -3,6 +3,7 @@
 //! A message is acknowledged to its sender only once JetStream stored it.
 //!
 //! Layout:
+//! - `cli`: flags and environment, for the binary.
 //! - `classify`: one payload → envelope or rejection (pure).
 //! - `publish`: JetStream publishing with retries until stored.
 //! - `mqtt`: the persistent MQTT session, ordered manual acks.
@@ -10,6 +11,7 @@
 //! - `metrics`: ingest's Prometheus metrics.
 
 pub mod classify;
+pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;

@@ -3,6 +3,7 @@
 //! one durable consumer per configured sink.
 //!
 //! Layout:
+//! - `cli`: flags and environment, for the binary.
 //! - `api`: routes, per-household token auth, snapshot and SSE.
 //! - `board`: the web board's static files.
 //! - `people`: current person states, from a watch on the KV bucket.
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod board;
+pub mod cli;
 pub mod live;
 pub mod metrics;
 pub mod people;

@@ -1,36 +1,6 @@
-//! The `notifier` binary: settings from flags and environment, then `notifier::run`.
-
-use anyhow::Context;
-use clap::Parser;
-use shared::cli::CommonArgs;
-
-/// Delivers presence to the mirror, the web board, webhooks, MQTT and more.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-    /// Address of the API, the board and `/metrics`, `/healthz`, `/readyz`.
-    #[arg(long, env = "NOTIFIER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    http_addr: String,
-    /// MQTT broker of `mqtt` sinks that name none.
-    #[arg(long, env = "MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
-    mqtt_url: String,
-}
+//! The `notifier` binary: see `notifier::cli`.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    shared::telemetry::init_logging(args.common.log_format);
-    let config = shared::config::Config::load(args.common.config.as_deref())?;
-    let listener = tokio::net::TcpListener::bind(&args.http_addr)
-        .await
-        .with_context(|| format!("binding {}", args.http_addr))?;
-    tracing::info!(addr = %args.http_addr, nats = %args.common.nats_url, "notifier starting");
-    let settings = notifier::Settings {
-        nats_url: args.common.nats_url,
-        mqtt_url: args.mqtt_url,
-        config,
-    };
-    notifier::run(settings, listener, shared::server::shutdown_on_signals()).await
+    notifier::cli::main(std::env::args()).await
 }

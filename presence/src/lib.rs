@@ -1,5 +1,7 @@
 //! presence (being built): serves its operational endpoints and sets up what it needs.
 
+pub mod cli;
+
 use shared::config::Config;
 use shared::server::{Readiness, ops_router, serve};
 use tokio::net::TcpListener;

@@ -10,6 +10,8 @@
 //! - `mqtt` — [`MqttPublisher`] (QoS 1, waits for PUBACKs) and
 //!   [`MqttSubscriber`] (QoS 1, optionally a persistent session).
 //! - `eventually` — [`eventually`]: poll a condition until a deadline.
+//! - `service` — [`Service`]: a Whereabouts service as a real process
+//!   (start with a config, stop, kill, restart, read a metric).
 //! - `process` (private) — spawning, signalling and reaping broker processes.
 //!
 //! Binaries: `NATS_SERVER_BIN` or `nats-server` (>= 2.11) on PATH;
@@ -21,8 +23,10 @@ mod mosquitto;
 mod mqtt;
 mod nats;
 mod process;
+mod service;
 
 pub use eventually::{Outcome, eventually};
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received};
 pub use nats::{NatsServer, stream_count, stream_messages};
+pub use service::Service;

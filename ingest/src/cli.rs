@@ -1,0 +1,47 @@
+//! ingest's command line: settings from flags and environment, then `run`.
+
+use anyhow::Context;
+use clap::Parser;
+use shared::cli::CommonArgs;
+
+/// Bridges OwnTracks MQTT and HTTP mode into NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// MQTT broker URL (`mqtts://` for TLS; credentials may be in the URL).
+    #[arg(long, env = "MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+    mqtt_url: String,
+    #[arg(long, env = "MQTT_USERNAME")]
+    mqtt_username: Option<String>,
+    #[arg(long, env = "MQTT_PASSWORD", hide_env_values = true)]
+    mqtt_password: Option<String>,
+    /// Run HTTP mode only, without an MQTT broker.
+    #[arg(long, env = "INGEST_NO_MQTT")]
+    no_mqtt: bool,
+    /// Address of HTTP mode (`POST /pub`) and `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, env = "INGEST_HTTP_ADDR", default_value = "127.0.0.1:8081")]
+    http_addr: String,
+}
+
+/// Parses `args` (the program name first) and runs until a signal.
+pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()> {
+    let args = Args::parse_from(args);
+    shared::telemetry::init_logging(args.common.log_format);
+    let config = shared::config::Config::load(args.common.config.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    tracing::info!(addr = %args.http_addr, nats = %args.common.nats_url, mqtt = %args.mqtt_url, "ingest starting");
+    let settings = crate::Settings {
+        nats_url: args.common.nats_url,
+        mqtt: (!args.no_mqtt).then_some(crate::MqttSettings {
+            url: args.mqtt_url,
+            username: args.mqtt_username,
+            password: args.mqtt_password,
+        }),
+        config,
+    };
+    crate::run(settings, listener, shared::server::shutdown_on_signals()).await
+}

@@ -1,0 +1,17 @@
+//! `whereabouts-service <ingest|presence|notifier> [flags]`: the services'
+//! own command lines in one binary, for tests that run real processes.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args: Vec<String> = std::env::args().collect();
+    if args.len() < 2 {
+        anyhow::bail!("usage: whereabouts-service <ingest|presence|notifier> [flags]");
+    }
+    let service = args.remove(1);
+    match service.as_str() {
+        "ingest" => ingest::cli::main(args).await,
+        "presence" => presence::cli::main(args).await,
+        "notifier" => notifier::cli::main(args).await,
+        other => anyhow::bail!("unknown service {other:?}"),
+    }
+}

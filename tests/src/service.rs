@@ -1,0 +1,171 @@
+//! Whereabouts services as real processes (the `whereabouts-service`
+//! binary of this crate): start with a config, wait until ready, stop
+//! (SIGTERM), kill (SIGKILL), restart.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use crate::eventually;
+use crate::process::{free_port, kill_now, log_tail, spawn, terminate};
+
+pub struct Service {
+    kind: String,
+    env: Vec<(String, String)>,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// The `whereabouts-service` binary built beside the test executables.
+fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("WHEREABOUTS_SERVICE_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/whereabouts-service
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    dir.join("whereabouts-service")
+}
+
+impl Service {
+    /// Starts `kind` (`ingest`, `presence`, `notifier`) against the given
+    /// brokers with `config` as its TOML file, and waits for `/readyz`.
+    pub async fn start(kind: &str, nats_url: &str, mqtt_url: &str, config: &str) -> Service {
+        Self::start_with(kind, nats_url, mqtt_url, config, &[]).await
+    }
+
+    pub async fn start_with(
+        kind: &str,
+        nats_url: &str,
+        mqtt_url: &str,
+        config: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Service {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("whereabouts.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let port = free_port();
+        let addr_var = format!("{}_HTTP_ADDR", kind.to_uppercase());
+        let mut env: Vec<(String, String)> = vec![
+            ("NATS_URL".into(), nats_url.into()),
+            ("MQTT_URL".into(), mqtt_url.into()),
+            (
+                "WHEREABOUTS_CONFIG".into(),
+                config_path.display().to_string(),
+            ),
+            (addr_var, format!("127.0.0.1:{port}")),
+            (
+                "RUST_LOG".into(),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
+        ];
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let mut service = Service {
+            kind: kind.to_string(),
+            env,
+            port,
+            dir,
+            child: None,
+        };
+        service.spawn().await;
+        service
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(binary());
+        cmd.arg(&self.kind)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let log = self.dir.path().join(format!("{}.log", self.kind));
+        self.child = Some(spawn(&mut cmd, &log).expect("spawn whereabouts-service"));
+        self.wait_ready().await;
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.url());
+        let client = reqwest::Client::new();
+        let what = format!("{} ready; log:\n{}", self.kind, "(see below)");
+        let ready = tokio::time::timeout(
+            Duration::from_secs(30),
+            eventually(
+                &what,
+                Duration::from_secs(30),
+                async || matches!(client.get(&url).send().await, Ok(r) if r.status().is_success()),
+            ),
+        )
+        .await;
+        if ready.is_err() {
+            panic!("{} not ready; log:\n{}", self.kind, self.log());
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`: the service's own HTTP address.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        log_tail(&self.dir.path().join(format!("{}.log", self.kind)))
+    }
+
+    /// SIGTERM; returns whether it exited cleanly in time.
+    pub async fn stop(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => {
+                let clean = terminate(child).await;
+                self.child = None;
+                clean
+            }
+            None => true,
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_now(&mut child);
+        }
+    }
+
+    /// Starts again with the same settings (after `stop` or `kill`).
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop().await;
+        }
+        self.spawn().await;
+    }
+
+    /// A metric's value from `/metrics` (sum over label sets matching
+    /// `labels`, e.g. `reason="invalid_json"`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url()))
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.starts_with(name)
+                    && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+            })
+            .filter(|l| labels.is_empty() || l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_now(&mut child);
+        }
+    }
+}
