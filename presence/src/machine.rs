@@ -174,7 +174,7 @@ pub fn apply(
     let idx = person
         .devices
         .iter()
-        .position(|d| same(d))
+        .position(&same)
         .expect("device was inserted");
     let effect = apply_input(&mut run, &mut person.devices[idx], input);
     let why = effect.place_why.clone();
@@ -252,10 +252,8 @@ fn device_deadlines(
             .iter()
             .map(|p| plus(p.received, cfg.debounce)),
     );
-    if let Some(lwt) = t.lwt_at {
-        if dev.status != Status::Offline {
-            out.push(plus(lwt, cfg.lwt_grace));
-        }
+    if dev.status != Status::Offline {
+        out.extend(t.lwt_at.map(|lwt| plus(lwt, cfg.lwt_grace)));
     }
     if dev.status == Status::Online {
         out.push(plus(dev.last_seen, cfg.stale_after));
@@ -338,10 +336,11 @@ fn dev_name(dev: &DeviceState) -> String {
 fn new_device(input: &DeviceInput, household: &Household) -> DeviceState {
     // A replayed retained message is no sign of life: date it by its fix.
     let mut seen = input.received_at;
-    if input.retained {
-        if let Input::Location { tst, .. } | Input::Transition { tst, .. } = input.input {
+    match input.input {
+        Input::Location { tst, .. } | Input::Transition { tst, .. } if input.retained => {
             seen = seen.min(ts(tst, seen));
         }
+        _ => {}
     }
     DeviceState {
         household: input.household.clone(),
@@ -1114,3 +1113,6 @@ fn finish(
         ignored,
     }
 }
+
+#[cfg(test)]
+mod tests;
