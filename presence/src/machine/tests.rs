@@ -448,7 +448,8 @@ fn traveling_from_reported_and_computed_speed() {
     };
     let far = north(HOME, 5_000.0);
     // (tst, position, vel, place)
-    let cases: &[(i64, (f64, f64), Option<f64>, &str)] = &[
+    type Case = (i64, (f64, f64), Option<f64>, &'static str);
+    let cases: &[Case] = &[
         (0, far, Some(0.0), "Away"),
         (60, far, Some(30.0), "Traveling"), // reported
         (120, far, Some(5.0), "Away"),
