@@ -1,7 +1,31 @@
-//! presence (being built): serves its operational endpoints and sets up what it needs.
+//! presence: turns device messages into per-device and per-person presence
+//! (place, status, regions) kept in the `presence` KV bucket, and publishes
+//! every change to the PRESENCE stream.
+//!
+//! Layout:
+//! - `machine`: the state machine as pure functions — `apply` an input,
+//!   `tick` timers, `next_deadline` to schedule them. No I/O, no clock.
+//! - `geofence`: server-side geofencing (haversine, accuracy-aware
+//!   hysteresis) and speed between fixes.
+//! - `place`: region-name identity and place resolution.
+//! - `input`: envelopes from OWNTRACKS into machine inputs.
+//! - `service`: the consumer, per-person workers, KV compare-and-set, timers.
+//! - `metrics`: presence's Prometheus metrics.
+//! - `cli`: flags and environment, for the binary.
+//!
+//! The rules are documented for users and consumers in docs/presence.md.
 
 pub mod cli;
+pub mod geofence;
+pub mod input;
+pub mod machine;
+pub mod metrics;
+pub mod place;
+pub mod service;
 
+use std::sync::Arc;
+
+use anyhow::Context;
 use shared::config::Config;
 use shared::server::{Readiness, ops_router, serve};
 use tokio::net::TcpListener;
@@ -12,17 +36,60 @@ pub struct Settings {
     pub config: Config,
 }
 
+/// Runs presence until `shutdown`.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = shared::telemetry::registry();
+    let metrics = metrics::Metrics::new(&registry);
     let readiness = Readiness::default();
     let nats_ready = readiness.check("nats");
-    let _client =
+    let setup_ready = readiness.check("streams");
+    let client =
         shared::jetstream::connect(&settings.nats_url, "whereabouts-presence", nats_ready).await?;
-    let _ = settings.config;
-    serve(listener, ops_router(registry, readiness), shutdown).await?;
+    let js = async_nats::jetstream::new(client);
+    let http = tokio::spawn(serve(
+        listener,
+        ops_router(registry, readiness),
+        shutdown.clone(),
+    ));
+
+    let streams = &settings.config.streams;
+    let mut backoff = shared::mqtt::Backoff::default();
+    let kv = loop {
+        let setup = async {
+            shared::jetstream::ensure_ingest_streams(&js, streams).await?;
+            shared::jetstream::ensure_presence_stream(&js, streams).await?;
+            shared::jetstream::ensure_presence_bucket(&js, streams).await
+        };
+        match setup.await {
+            Ok(kv) => break kv,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot set up streams yet"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    setup_ready.set(true);
+    let engine = service::Engine {
+        js,
+        kv,
+        config: Arc::new(settings.config),
+        metrics,
+    };
+    engine.run(shutdown).await.context("presence service")?;
+    http.await
+        .context("HTTP server task")?
+        .context("HTTP server")?;
     Ok(())
 }

@@ -61,6 +61,11 @@ pub struct DeviceState {
     /// Display name from the device's card, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card_name: Option<String>,
+    /// The presence machine's bookkeeping (ordering guard, region sources,
+    /// pending timers). Stored so that timers survive restarts; consumers
+    /// may ignore it.
+    #[serde(default)]
+    pub tracking: DeviceTracking,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +83,10 @@ pub struct PersonState {
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_seen: Option<OffsetDateTime>,
     pub devices: Vec<DeviceState>,
+    /// `user/device` whose place the person shows (the multi-device rule in
+    /// docs/presence.md picked it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place_device: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,4 +156,84 @@ pub struct PresenceEvent {
     pub late: bool,
     /// The person's whole state after the change.
     pub state: PersonState,
+}
+
+/// Where a device's region membership came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegionSource {
+    /// Transitions and `inregions` reported by the phone.
+    Phone,
+    /// The server's geofences on raw fixes.
+    Geofence,
+}
+
+/// A leave held back for `debounce`: the region still counts until it commits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingLeave {
+    pub region: String,
+    pub source: RegionSource,
+    /// Fix time of the leave, seconds since the epoch.
+    pub tst: i64,
+    /// Server time the leave arrived; it commits at `received + debounce`.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received: OffsetDateTime,
+    pub cause: CauseKind,
+    pub late: bool,
+    /// Source id of the input that left, for the deterministic event ids.
+    pub source_id: String,
+}
+
+/// A server-side geofence enter waiting for `geofence_dwell`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingEnter {
+    pub region: String,
+    /// Fix time of the first fix inside, seconds since the epoch.
+    pub since: i64,
+}
+
+/// Bookkeeping of the presence state machine, kept with the device state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceTracking {
+    /// `tst` of the newest applied location or transition: older ones are
+    /// not applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_tst: Option<i64>,
+    /// Source id of the last applied input, so a redelivery is a no-op.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_source: Option<String>,
+    /// Regions from transitions and `inregions`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phone_regions: Vec<String>,
+    /// Regions from server-side geofences.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub geofence_regions: Vec<String>,
+    /// Whether the last fix was moving (above `traveling_kmh`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub moving: bool,
+    /// Server time an LWT arrived; the device goes offline at
+    /// `lwt_at + lwt_grace` unless it speaks first.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lwt_at: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending_leaves: Vec<PendingLeave>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending_enters: Vec<PendingEnter>,
+    /// Regions the phone defined (`waypoints`), geofenced server-side too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waypoints: Vec<RegionDef>,
+}
+
+/// A circular region a phone defined (its `waypoints`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionDef {
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// Metres.
+    pub radius: f64,
 }

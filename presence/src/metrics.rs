@@ -1,0 +1,90 @@
+//! presence's Prometheus metrics. Label values come from closed sets only.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Registry};
+use shared::telemetry::{LATENCY_BUCKETS, counter_vec, gauge_vec};
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Messages by `outcome`: applied, ignored, duplicate, out_of_order,
+    /// unmapped, poison, retried.
+    pub messages: IntCounterVec,
+    /// Events published by `kind` (place, status, region).
+    pub events: IntCounterVec,
+    /// Compare-and-set conflicts on the KV (another instance wrote first).
+    pub kv_conflicts: IntCounter,
+    /// Fixes older than `max_fix_age` on arrival.
+    pub late_fixes: IntCounter,
+    /// Leave + re-enter pairs swallowed by the debounce.
+    pub flaps_suppressed: IntCounter,
+    /// From fetching a message to acking it.
+    pub processing_seconds: Histogram,
+    /// Devices by `status` (online, stale, offline), from the KV.
+    pub devices: IntGaugeVec,
+    /// Timer ticks processed.
+    pub ticks: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid counter");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique counter");
+    c
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Self {
+        let processing_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "presence_processing_seconds",
+                "Time from receiving a message to acknowledging it, state and events stored.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(processing_seconds.clone()))
+            .expect("unique histogram");
+        Metrics {
+            messages: counter_vec(
+                registry,
+                "presence_messages_total",
+                "OWNTRACKS messages handled, by outcome.",
+                &["outcome"],
+            ),
+            events: counter_vec(
+                registry,
+                "presence_events_total",
+                "Presence events published, by kind.",
+                &["kind"],
+            ),
+            kv_conflicts: counter(
+                registry,
+                "presence_kv_conflicts_total",
+                "KV compare-and-set conflicts, retried.",
+            ),
+            late_fixes: counter(
+                registry,
+                "presence_late_fixes_total",
+                "Fixes older than max_fix_age on arrival.",
+            ),
+            flaps_suppressed: counter(
+                registry,
+                "presence_flaps_suppressed_total",
+                "Leave and re-enter pairs within the debounce, not emitted.",
+            ),
+            processing_seconds,
+            devices: gauge_vec(
+                registry,
+                "presence_devices",
+                "Devices by status.",
+                &["status"],
+            ),
+            ticks: counter(
+                registry,
+                "presence_timer_ticks_total",
+                "Timer deadlines processed.",
+            ),
+        }
+    }
+}
