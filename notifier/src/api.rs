@@ -48,15 +48,24 @@ fn error(code: StatusCode, reason: &str) -> Response {
     (code, axum::Json(json!({ "error": reason }))).into_response()
 }
 
+/// A refused request: status and reason code.
+struct Denied(StatusCode, &'static str);
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 /// Lets the request through only for the household its token grants.
 fn authorise(
     state: &ApiState,
     household: &str,
     headers: &HeaderMap,
     query: &TokenQuery,
-) -> Result<(), Response> {
+) -> Result<(), Denied> {
     let Some(config) = state.config.households.get(household) else {
-        return Err(error(StatusCode::NOT_FOUND, "unknown_household"));
+        return Err(Denied(StatusCode::NOT_FOUND, "unknown_household"));
     };
     let Some(expected) = config.token.as_deref() else {
         return Ok(()); // An open household (no token configured): local use.
@@ -68,12 +77,12 @@ fn authorise(
         .map(str::trim)
         .or(query.token.as_deref());
     match presented {
-        None => Err(error(StatusCode::UNAUTHORIZED, "token_required")),
+        None => Err(Denied(StatusCode::UNAUTHORIZED, "token_required")),
         Some(t) if shared::config::constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
         Some(t) if state.config.household_for_token(t).is_some() => {
-            Err(error(StatusCode::FORBIDDEN, "token_for_another_household"))
+            Err(Denied(StatusCode::FORBIDDEN, "token_for_another_household"))
         }
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "invalid_token")),
+        Some(_) => Err(Denied(StatusCode::UNAUTHORIZED, "invalid_token")),
     }
 }
 
@@ -101,7 +110,7 @@ async fn people(
     headers: HeaderMap,
 ) -> Response {
     if let Err(denied) = authorise(&state, &household, &headers, &query) {
-        return denied;
+        return denied.into_response();
     }
     axum::Json(snapshot(&state, &household)).into_response()
 }
@@ -113,7 +122,7 @@ async fn events(
     headers: HeaderMap,
 ) -> Response {
     if let Err(denied) = authorise(&state, &household, &headers, &query) {
-        return denied;
+        return denied.into_response();
     }
     let last_event_id = headers
         .get("last-event-id")

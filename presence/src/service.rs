@@ -47,7 +47,7 @@ pub struct Engine {
 
 enum Work {
     Message {
-        message: jetstream::Message,
+        message: Box<jetstream::Message>,
         input: Box<DeviceInput>,
         person: String,
         received: Instant,
@@ -134,7 +134,7 @@ impl Engine {
             };
             let shard = shard_of(&input.household, &person);
             let work = Work::Message {
-                message,
+                message: Box::new(message),
                 input: Box::new(input),
                 person,
                 received,

@@ -141,7 +141,7 @@ fn passes(filter: &SinkFilter, event: &PresenceEvent) -> bool {
         shared::state::EventKind::Status => "status",
         shared::state::EventKind::Region => "region",
     };
-    (filter.people.is_empty() || filter.people.iter().any(|p| *p == event.person))
+    (filter.people.is_empty() || filter.people.contains(&event.person))
         && (filter.kinds.is_empty() || filter.kinds.iter().any(|k| k == kind))
 }
 
