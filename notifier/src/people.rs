@@ -25,7 +25,8 @@ impl People {
             .unwrap_or_default()
     }
 
-    pub fn set(&self, state: PersonState) {
+    pub fn set(&self, mut state: PersonState) {
+        state.outbox.clear(); // presence's bookkeeping, not for clients
         let mut inner = self.inner.write().unwrap();
         inner
             .entry(state.household.clone())

@@ -6,6 +6,11 @@ use shared::state::RegionDef;
 
 use crate::machine::{DeviceInput, Input};
 
+/// More regions than any phone defines (iOS monitors at most 20): a longer
+/// `inregions` is cut, so that a broken or hostile sender cannot make one
+/// message cost quadratic time.
+pub const MAX_REGIONS: usize = 100;
+
 /// Why an envelope cannot be used: the message is terminated, not retried.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -32,7 +37,10 @@ pub fn from_envelope(envelope: Envelope, source_id: String) -> Result<Option<Dev
                 acc: l.acc,
                 vel: l.vel,
                 batt: l.batt,
-                inregions: l.inregions,
+                inregions: l.inregions.map(|mut r| {
+                    r.truncate(MAX_REGIONS);
+                    r
+                }),
             }
         }
         MessageType::Transition => {
@@ -63,6 +71,7 @@ pub fn from_envelope(envelope: Envelope, source_id: String) -> Result<Option<Dev
                         radius: w.rad.filter(|r| *r > 0.0)?,
                     })
                 })
+                .take(MAX_REGIONS)
                 .collect(),
         },
         MessageType::Card => Input::Card {

@@ -132,6 +132,7 @@ pub fn apply(
         last_seen: None,
         devices: Vec::new(),
         place_device: None,
+        outbox: Vec::new(),
     });
     let same = |d: &DeviceState| {
         d.user == input.user && d.device == input.device && d.household == input.household

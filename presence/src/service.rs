@@ -245,7 +245,9 @@ impl Engine {
                         }
                         let Some(state) = state else { continue };
                         let household = self.household(&state.household);
-                        if let Some(at) = machine::next_deadline(&state, &household, &self.config.presence) {
+                        let deadline = machine::next_deadline(&state, &household, &self.config.presence);
+                        tracing::debug!(key = %entry.key, ?deadline, "person deadline");
+                        if let Some(at) = deadline {
                             let item = (at, state.household.clone(), state.person.clone());
                             queue.insert(item.clone());
                             by_key.insert(entry.key.clone(), item);
@@ -259,6 +261,7 @@ impl Engine {
                             }
                             queue.remove(&first);
                             let (_, household, person) = first;
+                            tracing::debug!(%household, %person, "timer due");
                             by_key.remove(&person_key(&household, &person));
                             let tx = shard(&household, &person);
                             let _ = tx.send(Work::Tick { household, person }).await;
@@ -303,15 +306,40 @@ async fn worker(engine: Engine, mut rx: mpsc::Receiver<Work>) {
     }
 }
 
+/// Reads a person's state. Its outbox holds the events of the last change;
+/// if the person's subject does not end with them, a crash came between
+/// storing and publishing: publish them now (ids make repeats harmless).
 async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<PersonState>, u64)> {
-    match engine.kv.entry(key).await? {
-        Some(entry) if entry.operation == kv::Operation::Put => {
-            let state = serde_json::from_slice(&entry.value).ok();
-            Ok((state, entry.revision))
+    let entry = match engine.kv.entry(key).await? {
+        Some(entry) if entry.operation == kv::Operation::Put => entry,
+        Some(entry) => return Ok((None, entry.revision)),
+        None => return Ok((None, 0)),
+    };
+    let Ok(mut state) = serde_json::from_slice::<PersonState>(&entry.value) else {
+        return Ok((None, entry.revision));
+    };
+    let outbox = std::mem::take(&mut state.outbox);
+    if let Some(last) = outbox.last() {
+        let subject = presence(&state.household, &state.person);
+        let published = match engine
+            .js
+            .get_stream(shared::subjects::PRESENCE_STREAM)
+            .await?
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => serde_json::from_slice::<serde_json::Value>(&message.payload)
+                .ok()
+                .and_then(|v| Some(v.get("id")?.as_str()? == last.id))
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if !published {
+            tracing::info!(person = %state.person, events = outbox.len(), "publishing events left unpublished by a crash");
+            publish_events(engine, &outbox).await?;
         }
-        Some(entry) => Ok((None, entry.revision)),
-        None => Ok((None, 0)),
     }
+    Ok((Some(state), entry.revision))
 }
 
 async fn handle(
@@ -409,24 +437,35 @@ async fn store_side_effects(engine: &Engine, outcome: &Outcome) -> anyhow::Resul
             .context("writing device state")?;
         anyhow::Ok(())
     });
-    let events = outcome.events.iter().map(|event| async move {
+    try_join_all(devices).await?;
+    publish_events(engine, &outcome.events).await
+}
+
+/// Publishes events in order (the last one on a person's subject tells
+/// whether an outbox went out), then waits for all acks at once.
+async fn publish_events(
+    engine: &Engine,
+    events: &[shared::state::PresenceEvent],
+) -> anyhow::Result<()> {
+    let mut acks = Vec::with_capacity(events.len());
+    for event in events {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
         let payload = serde_json::to_vec(event)?;
-        engine
+        let ack = engine
             .js
             .publish_with_headers(
                 presence(&event.household, &event.person),
                 headers,
                 payload.into(),
             )
-            .await?
             .await
             .context("publishing presence event")?;
-        anyhow::Ok(())
-    });
-    try_join_all(devices).await?;
-    try_join_all(events).await?;
+        acks.push(ack.into_future());
+    }
+    try_join_all(acks)
+        .await
+        .context("presence event not acknowledged")?;
     Ok(())
 }
 

@@ -87,6 +87,11 @@ pub struct PersonState {
     /// docs/presence.md picked it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place_device: Option<String>,
+    /// In the KV only: the events of the last change, stored with it so that
+    /// a crash between storing and publishing them loses none (presence
+    /// publishes them again on its next load). Empty in events and snapshots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<PresenceEvent>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
