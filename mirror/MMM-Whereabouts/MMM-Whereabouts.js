@@ -105,7 +105,8 @@ Module.register("MMM-Whereabouts", {
     const bad = st !== "open" && !(st === "connecting" && !this.model);
     this.connEl.className = "wb-mm-conn wb-mm-conn-" + st;
     this.connEl.textContent = this.config.showConnection && bad
-      ? "● " + (this.model ? "notifier unreachable — last known state" : "connecting to notifier…")
+      ? "● " + (this.model ? "notifier unreachable — last known state"
+        : st === "connecting" ? "connecting to notifier…" : "notifier unreachable — retrying…")
       : "";
   },
 

@@ -410,6 +410,9 @@
     const household = q.get("household") || "";
     const token = q.get("token") || "";
     const mode = (q.get("mode") || "both").toLowerCase();
+    // stream=0: one snapshot, no SSE. For static captures (headless
+    // Chromium's --virtual-time-budget never settles on an open stream).
+    const stream = q.get("stream") !== "0";
     const body = document.body;
     body.dataset.state = "loading";
     body.dataset.connection = "connecting";
@@ -480,7 +483,10 @@
         if (!r.ok) throw new Error("HTTP " + r.status);
         return r.json();
       })
-      .then((snap) => { if (!model) applySnapshot(snap); })
+      .then((snap) => {
+        if (!model) applySnapshot(snap);
+        if (!stream) setConnection("down", "snapshot only (stream=0)");
+      })
       .catch((e) => {
         console.warn("whereabouts: snapshot fetch failed:", e.message);
         if (!model && /HTTP 40[13]/.test(e.message)) showMessage("Not allowed: check the token in the address.");
@@ -546,7 +552,7 @@
       const cap = Math.min(60000, 1000 * Math.pow(2, Math.min(failures, 6)));
       retryTimer = setTimeout(connect, cap * (0.5 + Math.random() * 0.5));
     }
-    connect();
+    if (stream) connect();
 
     // Relative times ("12 min") move on without events.
     setInterval(() => { if (table && model) table.update(model, Date.now()); }, 20000);
