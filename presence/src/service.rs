@@ -102,8 +102,9 @@ impl Engine {
                         .map(|k| format!("owntracks.*.*.*.{k}"))
                         .collect(),
                     ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(60),
-                    max_ack_pending: 20_000,
+                    // Redelivery after a crash comes this soon; retries send progress.
+                    ack_wait: Duration::from_secs(15),
+                    max_ack_pending: 4096,
                     ..Default::default()
                 },
             )
@@ -307,8 +308,8 @@ async fn worker(engine: Engine, mut rx: mpsc::Receiver<Work>) {
 }
 
 /// Reads a person's state. Its outbox holds the events of the last change;
-/// if the person's subject does not end with them, a crash came between
-/// storing and publishing: publish them now (ids make repeats harmless).
+/// they may not have gone out (a crash between storing and publishing), so
+/// they are published again unless they certainly did.
 async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<PersonState>, u64)> {
     let entry = match engine.kv.entry(key).await? {
         Some(entry) if entry.operation == kv::Operation::Put => entry,
@@ -320,26 +321,35 @@ async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<PersonState>
     };
     let outbox = std::mem::take(&mut state.outbox);
     if let Some(last) = outbox.last() {
-        let subject = presence(&state.household, &state.person);
-        let published = match engine
-            .js
-            .get_stream(shared::subjects::PRESENCE_STREAM)
-            .await?
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(message) => serde_json::from_slice::<serde_json::Value>(&message.payload)
-                .ok()
-                .and_then(|v| Some(v.get("id")?.as_str()? == last.id))
-                .unwrap_or(false),
-            Err(_) => false,
-        };
+        // Within the duplicate window JetStream drops repeats: just publish.
+        // Older: publish only if the person's subject does not end with them.
+        let age = OffsetDateTime::now_utc() - entry.created;
+        let recent =
+            age.as_seconds_f64() < engine.config.streams.duplicate_window.as_secs_f64() * 0.9;
+        let published =
+            !recent && last_event_id(engine, &state).await.as_deref() == Some(last.id.as_str());
         if !published {
-            tracing::info!(person = %state.person, events = outbox.len(), "publishing events left unpublished by a crash");
+            tracing::debug!(person = %state.person, events = outbox.len(), "publishing the outbox of a stored change");
             publish_events(engine, &outbox).await?;
         }
     }
     Ok((Some(state), entry.revision))
+}
+
+/// The id of the last event on a person's subject.
+async fn last_event_id(engine: &Engine, state: &PersonState) -> Option<String> {
+    let subject = presence(&state.household, &state.person);
+    let stream = engine
+        .js
+        .get_stream(shared::subjects::PRESENCE_STREAM)
+        .await
+        .ok()?;
+    let message = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&message.payload).ok()?;
+    Some(value.get("id")?.as_str()?.to_string())
 }
 
 async fn handle(
@@ -376,7 +386,11 @@ async fn handle(
         else {
             break outcome; // Nothing to store.
         };
-        let bytes: bytes::Bytes = serde_json::to_vec(next)?.into();
+        // The events go into the KV with the state (the outbox), so that a
+        // crash before they are published cannot lose them.
+        let mut stored = next.clone();
+        stored.outbox = outcome.events.clone();
+        let bytes: bytes::Bytes = serde_json::to_vec(&stored)?.into();
         let written = if revision == 0 {
             engine.kv.create(&key, bytes).await.map_err(|e| {
                 (
@@ -408,7 +422,12 @@ async fn handle(
             }
         }
     };
-    store_side_effects(engine, &outcome).await?;
+    if let Err(e) = store_side_effects(engine, &outcome).await {
+        // The state is stored, its events maybe not: forget the cached copy,
+        // so that the retry loads it cold and publishes its outbox.
+        cache.remove(&key);
+        return Err(e);
+    }
     record(engine, &outcome, work);
     if let Work::Message {
         message, received, ..

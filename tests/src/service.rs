@@ -109,6 +109,11 @@ impl Service {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The whole log file's path (stdout and stderr of every run).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("{}.log", self.kind))
+    }
+
     pub fn log(&self) -> String {
         log_tail(&self.dir.path().join(format!("{}.log", self.kind)))
     }

@@ -192,7 +192,12 @@ max_fix_age = "100d"
 fn workload(devices: usize, steps: usize) -> Vec<(String, Vec<u8>, String)> {
     let places = ["Home", "Work", "School", ""];
     let mut out = Vec::new();
-    let base = 1_750_000_000;
+    // Recent, so that no timer (stale, lost) fires while the test runs:
+    // then the events depend on the messages alone.
+    let base = now() - 3600;
+    let received_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
     for step in 0..steps {
         for d in 0..devices {
             let user = format!("user{d}");
@@ -206,7 +211,7 @@ fn workload(devices: usize, steps: usize) -> Vec<(String, Vec<u8>, String)> {
             let message = json!({"_type":"location","lat":51.5,"lon":-0.12 + d as f64 * 0.001,"acc":10,"vel":(step % 3) * 20,"tst":tst,"inregions":inregions});
             let envelope = json!({
                 "household":"home","user":user,"device":"phone","topic":format!("owntracks/{user}/phone"),
-                "received_at":"2025-06-15T12:00:00Z","retained":false,"transport":"mqtt","encrypted":false,
+                "received_at":received_at,"retained":false,"transport":"mqtt","encrypted":false,
                 "message":message,
             });
             let subject = shared::subjects::owntracks("home", &user, "phone", "location");
@@ -280,15 +285,16 @@ async fn wait_consumed(js: &jetstream::Context, total: usize) {
     .await;
 }
 
-async fn reference_run(work: &[(String, Vec<u8>, String)]) -> (BTreeMap<String, Value>, usize) {
+async fn reference_run(
+    work: &[(String, Vec<u8>, String)],
+) -> (BTreeMap<String, Value>, Vec<PresenceEvent>) {
     let nats = NatsServer::start().await;
     let js = nats.jetstream().await;
     load_stream(&js, work).await;
     let _presence =
         Service::start("presence", &nats.url(), "mqtt://127.0.0.1:1", LOAD_CONFIG).await;
     wait_consumed(&js, work.len()).await;
-    let events = stream_count(&js, "PRESENCE").await as usize;
-    (final_states(&js).await, events)
+    (final_states(&js).await, events(&js, ">").await)
 }
 
 fn assert_unique_ids(events: &[PresenceEvent]) {
@@ -305,7 +311,8 @@ fn assert_unique_ids(events: &[PresenceEvent]) {
 #[tokio::test]
 async fn presence_killed_mid_stream_ends_like_an_uninterrupted_run() {
     let work = workload(40, 50);
-    let (expected, expected_events) = reference_run(&work).await;
+    let (expected, reference_events) = reference_run(&work).await;
+    let expected_events = reference_events.len();
 
     let nats = NatsServer::start().await;
     let js = nats.jetstream().await;
@@ -322,6 +329,32 @@ async fn presence_killed_mid_stream_ends_like_an_uninterrupted_run() {
     assert_eq!(final_states(&js).await, expected);
     let events = events(&js, ">").await;
     assert_unique_ids(&events);
+    let describe = |e: &PresenceEvent| {
+        format!(
+            "{} {:?} {:?} {:?} {:?} {:?}",
+            e.person, e.kind, e.place, e.status, e.region, e.cause.kind
+        )
+    };
+    let ids: HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let missing: Vec<String> = reference_events
+        .iter()
+        .filter(|e| !ids.contains(e.id.as_str()))
+        .map(describe)
+        .collect();
+    let reference_ids: HashSet<&str> = reference_events.iter().map(|e| e.id.as_str()).collect();
+    let extra: Vec<String> = events
+        .iter()
+        .filter(|e| !reference_ids.contains(e.id.as_str()))
+        .map(describe)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "after the kill, {} events missing ({:?}…) and {} extra ({:?}…)",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        extra.len(),
+        &extra[..extra.len().min(10)]
+    );
     assert_eq!(
         events.len(),
         expected_events,
