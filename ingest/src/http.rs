@@ -158,7 +158,10 @@ async fn handle(state: &HttpState, query: PubQuery, headers: &HeaderMap, body: &
     count(&state.metrics, &verdict, Transport::Http);
     match verdict {
         Verdict::Accepted { .. } | Verdict::Cleared => {
-            axum::Json(Value::Array(Vec::new())).into_response()
+            let pattern = state.classifier.pattern();
+            let friends =
+                crate::friends::friends(&state.js, pattern, &household, &user, &device).await;
+            axum::Json(Value::Array(friends)).into_response()
         }
         Verdict::Rejected { reason, detail, .. } => {
             tracing::info!(%user, %device, reason = reason.as_str(), %detail, "HTTP payload rejected");

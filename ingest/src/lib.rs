@@ -8,10 +8,12 @@
 //! - `publish`: JetStream publishing with retries until stored.
 //! - `mqtt`: the persistent MQTT session, ordered manual acks.
 //! - `http`: OwnTracks HTTP mode, `POST /pub`.
+//! - `friends`: the household's other members, the answer to `POST /pub`.
 //! - `metrics`: ingest's Prometheus metrics.
 
 pub mod classify;
 pub mod cli;
+pub mod friends;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;

@@ -459,3 +459,73 @@ async fn a_thousand_garbage_messages_do_not_stop_it() {
             .is_success()
     );
 }
+
+#[tokio::test]
+async fn http_mode_answers_with_the_family() {
+    let config = r#"
+[[ingest.devices]]
+user = "jane"
+device = "phone"
+password = "s3cret"
+"#;
+    let nats = NatsServer::start().await;
+    let mosquitto = Mosquitto::start().await;
+    let ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), config).await;
+    let _presence = Service::start("presence", &nats.url(), &mosquitto.url(), config).await;
+    let js = nats.jetstream().await;
+    let harry = MqttPublisher::connect(&mosquitto.url(), "harry-phone").await;
+    harry
+        .publish(
+            "owntracks/harry/phone/info",
+            json!({"_type":"card","name":"Harry Potter","face":"aGVsbG8=","tid":"hp"}).to_string(),
+        )
+        .await;
+    harry
+        .publish(
+            "owntracks/harry/phone",
+            json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":12,"batt":77,"tst":now()})
+                .to_string(),
+        )
+        .await;
+    eventually(
+        "Harry's device state",
+        Duration::from_secs(15),
+        async || {
+            person(&js, "home.person.harry")
+                .await
+                .filter(|p| p.devices.iter().any(|d| d.last_fix.is_some()))
+        },
+    )
+    .await;
+
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/pub", ingest.url()))
+        .basic_auth("jane", Some("s3cret"))
+        .header("X-Limit-U", "jane")
+        .header("X-Limit-D", "phone")
+        .body(json!({"_type":"location","lat":51.6,"lon":-0.1,"tst":now()}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Vec<Value> = response.json().await.unwrap();
+    let card = body
+        .iter()
+        .find(|m| m["_type"] == "card")
+        .expect("Harry's card");
+    assert_eq!(card["name"], "Harry Potter");
+    assert_eq!(card["face"], "aGVsbG8=");
+    assert_eq!(card["topic"], "owntracks/harry/phone");
+    let location = body
+        .iter()
+        .find(|m| m["_type"] == "location")
+        .expect("Harry's location");
+    assert_eq!(location["topic"], "owntracks/harry/phone");
+    assert_eq!(location["lat"], 51.5);
+    assert_eq!(location["batt"], 77.0);
+    assert!(
+        body.iter().all(|m| m["topic"] != "owntracks/jane/phone"),
+        "not the caller itself"
+    );
+}
