@@ -104,6 +104,11 @@ impl Service {
         }
     }
 
+    /// The process id while running (for RSS and signals).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `http://127.0.0.1:<port>`: the service's own HTTP address.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

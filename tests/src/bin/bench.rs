@@ -1,1 +1,464 @@
-fn main() {}
+//! Benchmarks that print rates and ratios (not timed tests):
+//!
+//! - `bench ingest`: (a) raw QoS 1 MQTT pub→sub through mosquitto, (b) the
+//!   same publisher through mosquitto → ingest → JetStream (acknowledged,
+//!   file storage), the ratio b/a, p50/p99 latency at a paced rate, and
+//!   ingest's RSS.
+//! - `bench presence`: presence alone over a pre-loaded OWNTRACKS stream,
+//!   against the KV's concurrent put rate measured in the same run.
+//! - `bench notifier`: MQTT publish → SSE event latency with many SSE clients.
+//!
+//! Build everything first, release: `scripts/bench.sh ingest|presence|notifier`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+use whereabouts_tests::{Mosquitto, NatsServer, Service, stream_count};
+
+const TOPICS: usize = 1000;
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A ~250-byte OwnTracks location, with the send time for latency.
+fn payload(i: usize, sent_ns: u64) -> Vec<u8> {
+    json!({
+        "_type": "location", "tid": "jd", "lat": 51.5 + (i % 100) as f64 * 1e-4, "lon": -0.1276,
+        "acc": 12, "alt": 35, "batt": 81, "bs": 1, "conn": "w", "vel": 0, "vac": 3,
+        "tst": 1_700_000_000 + i as i64, "created_at": 1_700_000_000 + i as i64,
+        "m": 1, "t": "u", "inregions": ["Home"], "sent_ns": sent_ns,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn topic(i: usize) -> String {
+    format!("owntracks/user{}/phone", i % TOPICS)
+}
+
+fn options(url: &str, id: &str) -> MqttOptions {
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_inflight(1000);
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+/// Publishes `n` QoS 1 messages as fast as the window allows (or paced at
+/// `rate`/s); returns when all are acknowledged.
+async fn publish(url: &str, n: usize, rate: Option<u64>) -> Duration {
+    let (client, mut eventloop) = AsyncClient::new(options(url, "bench-pub"), 10_000);
+    let acked = Arc::new(AtomicU64::new(0));
+    let counter = acked.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Event::Incoming(Packet::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    });
+    let started = Instant::now();
+    for i in 0..n {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_nanos(i as u64 * 1_000_000_000 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        client
+            .publish(topic(i), QoS::AtLeastOnce, false, payload(i, now_ns()))
+            .await
+            .unwrap();
+    }
+    while acked.load(Ordering::Relaxed) < n as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    let _ = client.disconnect().await;
+    poller.abort();
+    elapsed
+}
+
+/// (a) One publisher to one subscriber, QoS 1, through mosquitto.
+async fn raw_rate(n: usize) -> f64 {
+    let mosquitto = Mosquitto::start().await;
+    let (sub, mut eventloop) = AsyncClient::new(options(&mosquitto.url(), "bench-sub"), 10_000);
+    sub.subscribe("owntracks/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let (counter, subscribed) = (received.clone(), Arc::new(tokio::sync::Notify::new()));
+    let ready = subscribed.clone();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => ready.notify_one(),
+                Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    });
+    subscribed.notified().await;
+    let started = Instant::now();
+    publish(&mosquitto.url(), n, None).await;
+    while received.load(Ordering::Relaxed) < n as u64 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn bench_ingest() {
+    let n = 100_000;
+    println!("# ingest benchmark: {n} QoS 1 OwnTracks locations (~250 B) over {TOPICS} topics");
+    let raw = raw_rate(n).await;
+    println!("(a) mosquitto pub→sub, QoS 1:            {raw:>9.0} msg/s");
+
+    let nats = NatsServer::start().await;
+    let mosquitto = Mosquitto::start().await;
+    let ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), "").await;
+    let js = nats.jetstream().await;
+    let started = Instant::now();
+    publish(&mosquitto.url(), n, None).await;
+    while (stream_count(&js, "OWNTRACKS").await as usize) < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bridged = n as f64 / started.elapsed().as_secs_f64();
+    let stored = stream_count(&js, "OWNTRACKS").await;
+    println!(
+        "(b) mosquitto → ingest → JetStream:       {bridged:>9.0} msg/s ({stored} stored, {} lost)",
+        n as u64 - stored.min(n as u64)
+    );
+    println!(
+        "    ratio b/a:                            {:>9.2}",
+        bridged / raw
+    );
+    println!(
+        "    ingest RSS after the burst:           {:>9.1} MiB",
+        rss_mib(ingest.pid().unwrap())
+    );
+
+    // Latency at a paced rate, measured on the stream.
+    for rate in [1_000u64, 5_000] {
+        let count = (rate * 10) as usize;
+        let before = stream_count(&js, "OWNTRACKS").await;
+        let consumer = js
+            .get_stream("OWNTRACKS")
+            .await
+            .unwrap()
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: before + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            while latencies.len() < count {
+                let Ok(Some(Ok(m))) =
+                    tokio::time::timeout(Duration::from_secs(30), messages.next()).await
+                else {
+                    break;
+                };
+                let arrived = now_ns();
+                let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                if let Some(sent) = v["message"]["sent_ns"].as_u64() {
+                    latencies.push((arrived.saturating_sub(sent)) as f64 / 1e6);
+                }
+            }
+            latencies
+        });
+        publish(&mosquitto.url(), count, Some(rate)).await;
+        let mut latencies = reader.await.unwrap();
+        latencies.sort_by(f64::total_cmp);
+        println!(
+            "    paced {rate:>5}/s, publish→stored+read: p50 {:.2} ms, p99 {:.2} ms ({} samples)",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.len()
+        );
+    }
+    println!(
+        "    ingest RSS at the end:                 {:>9.1} MiB",
+        rss_mib(ingest.pid().unwrap())
+    );
+}
+
+async fn bench_presence() {
+    let (messages, devices) = (100_000usize, 10_000usize);
+    println!(
+        "# presence benchmark: {messages} location envelopes from {devices} devices, pre-loaded"
+    );
+    let nats = NatsServer::start().await;
+    let js = nats.jetstream().await;
+    shared::jetstream::ensure_ingest_streams(&js, &Default::default())
+        .await
+        .unwrap();
+
+    // The KV's concurrent put rate, measured here for the ratio.
+    let kv = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: "bench".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let puts = 100_000;
+    futures::stream::iter(0..puts)
+        .map(|i| {
+            let kv = kv.clone();
+            async move {
+                kv.put(format!("k{}", i % devices), payload(i, 0).into())
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffer_unordered(512)
+        .count()
+        .await;
+    let kv_rate = puts as f64 / started.elapsed().as_secs_f64();
+    println!("KV put, 512 in flight:                    {kv_rate:>9.0} puts/s");
+
+    let received_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let base = time::OffsetDateTime::now_utc().unix_timestamp() - 3600;
+    let loading = Instant::now();
+    futures::stream::iter(0..messages)
+        .map(|i| {
+            let js = js.clone();
+            let user = format!("user{}", i % devices);
+            let step = i / devices;
+            let place = ["Home", "Work", "School", "Away"][(step + i) % 4];
+            let inregions: Vec<&str> = if place == "Away" { vec![] } else { vec![place] };
+            let message = json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"vel":0,"tst":base + step as i64 * 30,"inregions":inregions});
+            let envelope = json!({"household":"home","user":user,"device":"phone","topic":format!("owntracks/{user}/phone"),
+                "received_at":received_at,"retained":false,"transport":"mqtt","encrypted":false,"message":message});
+            async move {
+                let subject = shared::subjects::owntracks("home", &user, "phone", "location");
+                js.publish(subject, envelope.to_string().into()).await.unwrap().await.unwrap();
+            }
+        })
+        .buffer_unordered(1024)
+        .count()
+        .await;
+    println!(
+        "pre-loaded OWNTRACKS in {:.1} s",
+        loading.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let presence = Service::start("presence", &nats.url(), "mqtt://127.0.0.1:1", "").await;
+    let mut peak_rss: f64 = 0.0;
+    loop {
+        let mut consumer: jetstream::consumer::PullConsumer =
+            match js.get_consumer_from_stream("presence", "OWNTRACKS").await {
+                Ok(c) => c,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+        let info = consumer.info().await.unwrap();
+        peak_rss = peak_rss.max(rss_mib(presence.pid().unwrap()));
+        if info.ack_floor.stream_sequence as usize >= messages {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    println!("presence (start, consume, store, ack):    {rate:>9.0} msg/s");
+    println!(
+        "ratio to the KV's concurrent put rate:    {:>9.2}",
+        rate / kv_rate
+    );
+    println!(
+        "presence events published:                {:>9}",
+        stream_count(&js, "PRESENCE").await
+    );
+    println!("presence peak RSS:                        {peak_rss:>9.1} MiB");
+}
+
+async fn bench_notifier() {
+    let clients = 1000usize;
+    let config = r#"
+[households.bench]
+places = ["Home", "Work"]
+[households.load]
+places = ["Home"]
+[ingest]
+default_household = "load"
+user_households = { probe = "bench" }
+[presence]
+debounce = "0s"
+"#;
+    println!("# notifier benchmark: MQTT publish → SSE event, {clients} SSE clients");
+    let nats = NatsServer::start().await;
+    let mosquitto = Mosquitto::start().await;
+    let _ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), config).await;
+    let _presence = Service::start("presence", &nats.url(), &mosquitto.url(), config).await;
+    let notifier = Service::start("notifier", &nats.url(), &mosquitto.url(), config).await;
+    let url = format!("{}/v1/households/bench/events", notifier.url());
+
+    // Each client records when it saw each place event (by its `at`).
+    let seen: Arc<std::sync::Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
+    let connected = Arc::new(AtomicU64::new(0));
+    for c in 0..clients {
+        let (url, seen, connected) = (url.clone(), seen.clone(), connected.clone());
+        tokio::spawn(async move {
+            let response = reqwest::get(&url).await.unwrap();
+            connected.fetch_add(1, Ordering::Relaxed);
+            let mut body = response.bytes_stream();
+            let mut buffer = Vec::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                let arrived = now_ns();
+                buffer.extend_from_slice(&chunk);
+                while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                    let frame: Vec<u8> = buffer.drain(..end + 2).collect();
+                    // Only a sample of clients parse: the rest just read.
+                    if c % 100 != 0 {
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&frame);
+                    if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data:"))
+                        && let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim())
+                        && v["kind"] == "place"
+                        && let Some(probe) = v["state"]["devices"][0]["last_fix"]["tst"].as_i64()
+                    {
+                        seen.lock()
+                            .unwrap()
+                            .entry(probe.to_string())
+                            .or_default()
+                            .push(arrived);
+                    }
+                }
+            }
+        });
+    }
+    while (connected.load(Ordering::Relaxed) as usize) < clients {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "{clients} SSE clients connected; notifier RSS {:.1} MiB",
+        rss_mib(notifier.pid().unwrap())
+    );
+
+    for rate in [1_000u64, 5_000] {
+        seen.lock().unwrap().clear();
+        let (client, mut eventloop) = AsyncClient::new(
+            options(&mosquitto.url(), &format!("bench-load-{rate}")),
+            10_000,
+        );
+        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        let seconds = 10u64;
+        let total = rate * seconds;
+        let mut sent: HashMap<String, u64> = HashMap::new();
+        let started = Instant::now();
+        let base = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        for i in 0..total {
+            let due = started + Duration::from_nanos(i * 1_000_000_000 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            // Every 50th message is the probe changing place; the rest is load.
+            if i % 50 == 0 {
+                let probe = i / 50;
+                let tst = base / 1000 + 100_000 + (rate as i64) * 1000 + probe as i64; // unique, increasing
+                let place = if probe % 2 == 0 { "Home" } else { "Work" };
+                let msg = json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":5,"vel":0,"tst":tst,"inregions":[place]});
+                sent.insert(tst.to_string(), now_ns());
+                client
+                    .publish(
+                        "owntracks/probe/phone",
+                        QoS::AtLeastOnce,
+                        false,
+                        msg.to_string(),
+                    )
+                    .await
+                    .unwrap();
+            } else {
+                client
+                    .publish(
+                        topic(i as usize),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload(i as usize, 0),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let seen = seen.lock().unwrap();
+        let mut latencies: Vec<f64> = seen
+            .iter()
+            .filter_map(|(tst, arrivals)| {
+                let sent = *sent.get(tst)?;
+                Some(
+                    arrivals
+                        .iter()
+                        .map(move |a| a.saturating_sub(sent) as f64 / 1e6),
+                )
+            })
+            .flatten()
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        println!(
+            "paced {rate:>5} msg/s: MQTT publish → SSE place event p50 {:.1} ms, p99 {:.1} ms ({} samples from {} probes); notifier RSS {:.1} MiB",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.len(),
+            seen.len(),
+            rss_mib(notifier.pid().unwrap())
+        );
+        let _ = client.disconnect().await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let which = std::env::args().nth(1).unwrap_or_default();
+    match which.as_str() {
+        "ingest" => bench_ingest().await,
+        "presence" => bench_presence().await,
+        "notifier" => bench_notifier().await,
+        _ => {
+            eprintln!("usage: bench ingest|presence|notifier");
+            std::process::exit(2);
+        }
+    }
+}
