@@ -19,8 +19,9 @@ mqtt_port=${MQTT_PORT:-1883}
 {
   cat deploy/mosquitto.conf
   echo "listener $mqtt_port 127.0.0.1"
-  echo "allow_anonymous true"
   echo "persistence_location $run/mosquitto/"
+  # As root, mosquitto drops to the mosquitto user, which cannot write .run/.
+  if [ "$(id -u)" = 0 ]; then echo "user root"; fi
 } > "$run/mosquitto.conf"
 
 pids=()

@@ -375,6 +375,10 @@ impl Config {
                 self.ingest.default_household
             );
         }
+        // NATS refuses messages over 1 MiB by default; the envelope needs room.
+        if self.ingest.max_payload_bytes > 900 * 1024 {
+            bail!("ingest.max_payload_bytes is over 900 KiB: NATS could not store such messages");
+        }
         let mut tokens = BTreeMap::new();
         for (name, household) in &self.households {
             if let Some(token) = &household.token {
