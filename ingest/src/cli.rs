@@ -13,6 +13,9 @@ struct Args {
     /// MQTT broker URL (`mqtts://` for TLS; credentials may be in the URL).
     #[arg(long, env = "MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
     mqtt_url: String,
+    /// PEM file of the CA that signed the broker's certificate (`mqtts://`).
+    #[arg(long, env = "MQTT_CA_FILE")]
+    mqtt_ca_file: Option<std::path::PathBuf>,
     #[arg(long, env = "MQTT_USERNAME")]
     mqtt_username: Option<String>,
     #[arg(long, env = "MQTT_PASSWORD", hide_env_values = true)]
@@ -40,6 +43,7 @@ pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()>
             url: args.mqtt_url,
             username: args.mqtt_username,
             password: args.mqtt_password,
+            ca_file: args.mqtt_ca_file,
         }),
         config,
     };

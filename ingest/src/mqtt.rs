@@ -33,6 +33,8 @@ pub struct MqttSettings {
     pub url: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// PEM CA for `mqtts://` brokers with a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Runs the bridge until `shutdown`; then stops taking messages, finishes
@@ -50,6 +52,7 @@ pub async fn run(
         &classifier.config().ingest.client_id,
         settings.username.as_deref(),
         settings.password.as_deref(),
+        settings.ca_file.as_deref(),
     )?;
     options.set_clean_session(false);
     options.set_manual_acks(true);

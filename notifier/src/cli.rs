@@ -16,6 +16,9 @@ struct Args {
     /// MQTT broker of `mqtt` sinks that name none.
     #[arg(long, env = "MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
     mqtt_url: String,
+    /// PEM CA of `mqtts://` sink brokers with a private CA (read by the sinks).
+    #[arg(long, env = "MQTT_CA_FILE")]
+    mqtt_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Parses `args` (the program name first) and runs until a signal.
@@ -30,6 +33,7 @@ pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()>
     let settings = crate::Settings {
         nats_url: args.common.nats_url,
         mqtt_url: args.mqtt_url,
+        mqtt_ca_file: args.mqtt_ca_file,
         config,
     };
     crate::run(settings, listener, shared::server::shutdown_on_signals()).await

@@ -32,6 +32,8 @@ pub struct Settings {
     pub nats_url: String,
     /// The broker of `mqtt` sinks that name none.
     pub mqtt_url: String,
+    /// PEM CA for `mqtts://` sink brokers with a private CA.
+    pub mqtt_ca_file: Option<std::path::PathBuf>,
     pub config: Config,
 }
 
@@ -90,9 +92,14 @@ pub async fn run(
     state_ready.set(true);
 
     for (index, sink_config) in config.notifier.sinks.iter().enumerate() {
-        let (name, filter, sink) =
-            sinks::Sink::from_config(sink_config, index, &settings.mqtt_url, &shutdown)
-                .with_context(|| format!("notifier.sinks[{index}]"))?;
+        let (name, filter, sink) = sinks::Sink::from_config(
+            sink_config,
+            index,
+            &settings.mqtt_url,
+            settings.mqtt_ca_file.as_deref(),
+            &shutdown,
+        )
+        .with_context(|| format!("notifier.sinks[{index}]"))?;
         tracing::info!(sink = %name, "sink started");
         tokio::spawn(sinks::drive(
             js.clone(),

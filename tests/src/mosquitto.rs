@@ -32,6 +32,8 @@ pub struct Mosquitto {
     bin: PathBuf,
     dir: TempDir,
     port: u16,
+    /// Config lines appended after the harness's own (e.g. a TLS listener).
+    extra: String,
     child: Option<Child>,
 }
 
@@ -41,6 +43,12 @@ impl Mosquitto {
     /// (`MOSQUITTO_BIN`, else `/usr/sbin/mosquitto`, else `mosquitto` on PATH)
     /// and waits until it accepts TCP connections.
     pub async fn start() -> Mosquitto {
+        Self::start_with("").await
+    }
+
+    /// Like [`Mosquitto::start`], with `extra` appended to the config (more
+    /// listeners, TLS files…).
+    pub async fn start_with(extra: &str) -> Mosquitto {
         let dir = tempfile::Builder::new()
             .prefix("whereabouts-mosquitto-")
             .tempdir()
@@ -49,6 +57,7 @@ impl Mosquitto {
             bin: mosquitto_bin(),
             dir,
             port: 0,
+            extra: extra.to_string(),
             child: None,
         };
         for attempt in 1..=PORT_ATTEMPTS {
@@ -135,6 +144,7 @@ impl Mosquitto {
             // write our temp dir. "root" tells it to stay.
             config.push_str("user root\n");
         }
+        config.push_str(&self.extra);
         let path = self.dir.path().join("mosquitto.conf");
         std::fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         path

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use crate::eventually;
 use crate::process::{free_port, kill_now, log_tail, spawn, terminate};
 
 pub struct Service {
@@ -85,22 +84,21 @@ impl Service {
         self.wait_ready().await;
     }
 
-    /// Waits until `/readyz` answers 200.
+    /// Waits until `/readyz` answers 200; panics with the log after 30 s.
     pub async fn wait_ready(&self) {
         let url = format!("{}/readyz", self.url());
         let client = reqwest::Client::new();
-        let what = format!("{} ready; log:\n{}", self.kind, "(see below)");
-        let ready = tokio::time::timeout(
-            Duration::from_secs(30),
-            eventually(
-                &what,
-                Duration::from_secs(30),
-                async || matches!(client.get(&url).send().await, Ok(r) if r.status().is_success()),
-            ),
-        )
-        .await;
-        if ready.is_err() {
-            panic!("{} not ready; log:\n{}", self.kind, self.log());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("{} not ready after 30 s; log:\n{}", self.kind, self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

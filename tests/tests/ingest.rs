@@ -441,3 +441,102 @@ async fn http_mode_posts_like_the_android_app() {
     assert_eq!(got[0].1["topic"], "owntracks/jane/phone");
     assert_eq!(got[0].1["message"]["tst"], 1700000000);
 }
+
+#[tokio::test]
+async fn mqtts_with_a_private_ca() {
+    // A CA and a server certificate for 127.0.0.1, made with openssl.
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "openssl {args:?}");
+    };
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("openssl not found: skipping the TLS test");
+        return;
+    }
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=whereabouts-test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+
+    let tls_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let d = dir.display();
+    let mosquitto = Mosquitto::start_with(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+    ))
+    .await;
+    let nats = NatsServer::start().await;
+    let ca = format!("{d}/ca.pem");
+    let _ingest = Service::start_with(
+        "ingest",
+        &nats.url(),
+        &format!("mqtts://127.0.0.1:{tls_port}"),
+        CONFIG,
+        &[("MQTT_CA_FILE", ca.as_str())],
+    )
+    .await;
+    let js = nats.jetstream().await;
+    let phone = MqttPublisher::connect(&mosquitto.url(), "phone").await;
+    phone
+        .publish("owntracks/jane/phone", location(1700000000))
+        .await;
+    expect_count(&js, "OWNTRACKS", 1, Duration::from_secs(10)).await;
+}

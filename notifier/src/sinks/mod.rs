@@ -49,6 +49,7 @@ impl Sink {
         config: &SinkConfig,
         index: usize,
         mqtt_url: &str,
+        mqtt_ca_file: Option<&std::path::Path>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<(String, SinkFilter, Sink)> {
         let fallback = |kind: &str| format!("{kind}-{index}");
@@ -78,6 +79,7 @@ impl Sink {
                     &name,
                     topic,
                     discovery_prefix,
+                    mqtt_ca_file,
                     shutdown.clone(),
                 )?;
                 (name, filter.clone(), Sink::Mqtt(sink))

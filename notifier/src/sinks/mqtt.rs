@@ -55,10 +55,11 @@ impl MqttSink {
         name: &str,
         topic: &str,
         discovery_prefix: &str,
+        ca_file: Option<&std::path::Path>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let client_id = format!("whereabouts-notifier-{}", shared::token::encode(name));
-        let mut options = shared::mqtt::options(url, &client_id, None, None)?;
+        let mut options = shared::mqtt::options(url, &client_id, None, None, ca_file)?;
         options.set_clean_session(false);
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
         let connected = Arc::new(AtomicBool::new(false));

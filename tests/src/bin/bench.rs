@@ -423,7 +423,7 @@ debounce = "0s"
             }
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let seen = seen.lock().unwrap();
+        let seen = seen.lock().unwrap().clone();
         let mut latencies: Vec<f64> = seen
             .iter()
             .filter_map(|(tst, arrivals)| {
