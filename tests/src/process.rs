@@ -80,7 +80,7 @@ pub(crate) fn accepts(port: u16) -> bool {
 
 /// Asks the kernel for a free port on 127.0.0.1. Another process may take it
 /// before we use it; callers retry on "address in use".
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

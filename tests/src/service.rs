@@ -16,8 +16,9 @@ pub struct Service {
     child: Option<Child>,
 }
 
-/// The `whereabouts-service` binary built beside the test executables.
-fn binary() -> PathBuf {
+/// The `whereabouts-service` binary built beside the test executables
+/// (`WHEREABOUTS_SERVICE_BIN` overrides it).
+pub fn service_binary() -> PathBuf {
     if let Ok(path) = std::env::var("WHEREABOUTS_SERVICE_BIN") {
         return path.into();
     }
@@ -25,6 +26,21 @@ fn binary() -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/whereabouts-service
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     dir.join("whereabouts-service")
+}
+
+/// `whereabouts-service <kind> --help`: the service's own help, which lists
+/// every flag with its environment variable (`[env: NAME=…]`).
+pub fn service_help(kind: &str) -> String {
+    let output = Command::new(service_binary())
+        .args([kind, "--help"])
+        .output()
+        .unwrap_or_else(|e| panic!("run {} {kind} --help: {e}", service_binary().display()));
+    assert!(
+        output.status.success(),
+        "{kind} --help failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("--help is UTF-8")
 }
 
 impl Service {
@@ -76,7 +92,7 @@ impl Service {
     }
 
     async fn spawn(&mut self) {
-        let mut cmd = Command::new(binary());
+        let mut cmd = Command::new(service_binary());
         cmd.arg(&self.kind)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         let log = self.dir.path().join(format!("{}.log", self.kind));

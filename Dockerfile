@@ -1,0 +1,70 @@
+# syntax=docker/dockerfile:1
+#
+# One image for the three Whereabouts services; `command:` chooses one:
+#   docker run … whereabouts ingest|presence|notifier
+# Settings come from the environment (see `<service> --help`); the config
+# file is /etc/whereabouts/whereabouts.toml (the commented example; mount
+# your own over it).
+
+# --- build ---------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+
+# Dependencies first: this layer is rebuilt only when a manifest or the lock
+# file changes, not on every source edit. Stub sources let cargo resolve the
+# workspace (all members, with --locked) and compile just the dependencies.
+COPY Cargo.toml Cargo.lock ./
+COPY shared/Cargo.toml shared/
+COPY ingest/Cargo.toml ingest/
+COPY presence/Cargo.toml presence/
+COPY notifier/Cargo.toml notifier/
+COPY tests/Cargo.toml tests/
+RUN set -eux; \
+    for crate in shared ingest presence notifier tests; do \
+        mkdir -p "$crate/src"; echo '' > "$crate/src/lib.rs"; \
+    done; \
+    mkdir -p tests/src/bin; \
+    echo 'fn main() {}' > tests/src/bin/service.rs; \
+    echo 'fn main() {}' > tests/src/bin/bench.rs; \
+    cargo build --release --locked -p ingest -p presence -p notifier; \
+    rm -rf shared/src ingest/src presence/src notifier/src tests/src
+
+# The real sources. `touch` makes them newer than the stubs' build so cargo
+# recompiles the workspace crates (COPY keeps the files' own mtimes).
+COPY . .
+RUN set -eux; \
+    find shared ingest presence notifier -name '*.rs' -exec touch {} +; \
+    cargo build --release --locked --bin ingest --bin presence --bin notifier; \
+    mkdir -p /out; \
+    cp target/release/ingest target/release/presence target/release/notifier /out/
+
+# --- runtime -------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+RUN set -eux; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends ca-certificates; \
+    rm -rf /var/lib/apt/lists/*; \
+    useradd --system --uid 10001 --user-group --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin whereabouts
+
+COPY --from=builder /out/ingest /out/presence /out/notifier /usr/local/bin/
+COPY whereabouts.example.toml /etc/whereabouts/whereabouts.toml
+
+# In a container the services must listen on all interfaces to be reachable
+# (their defaults are loopback). Each service reads only its own variable.
+ENV WHEREABOUTS_CONFIG=/etc/whereabouts/whereabouts.toml \
+    INGEST_HTTP_ADDR=0.0.0.0:8081 \
+    PRESENCE_HTTP_ADDR=0.0.0.0:8082 \
+    NOTIFIER_HTTP_ADDR=0.0.0.0:8080 \
+    LOG_FORMAT=json \
+    RUST_LOG=info
+
+USER whereabouts
+# notifier (API, board), ingest (HTTP mode), presence (metrics only).
+EXPOSE 8080 8081 8082
+# No HEALTHCHECK here: the port depends on the service, and slim has no curl.
+# compose.yaml probes /readyz per service with bash's /dev/tcp.
+
+# Without a command: list the settings of one service.
+CMD ["ingest", "--help"]
