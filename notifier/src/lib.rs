@@ -90,9 +90,14 @@ pub async fn run(
     state_ready.set(true);
 
     for (index, sink_config) in config.notifier.sinks.iter().enumerate() {
-        let (name, filter, sink) =
-            sinks::Sink::from_config(sink_config, index, &settings.mqtt_url, &shutdown)
-                .with_context(|| format!("notifier.sinks[{index}]"))?;
+        let (name, filter, sink) = sinks::Sink::from_config(
+            sink_config,
+            index,
+            &settings.mqtt_url,
+            &config.households,
+            &shutdown,
+        )
+        .with_context(|| format!("notifier.sinks[{index}]"))?;
         tracing::info!(sink = %name, "sink started");
         tokio::spawn(sinks::drive(
             js.clone(),

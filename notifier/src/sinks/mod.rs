@@ -14,11 +14,12 @@ pub mod mqtt;
 pub mod ntfy;
 pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
-use shared::config::{SinkConfig, SinkFilter};
+use shared::config::{Household, SinkConfig, SinkFilter};
 use shared::state::PresenceEvent;
 use shared::subjects::{PRESENCE_STREAM, presence_household};
 use time::OffsetDateTime;
@@ -49,6 +50,7 @@ impl Sink {
         config: &SinkConfig,
         index: usize,
         mqtt_url: &str,
+        households: &BTreeMap<String, Household>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<(String, SinkFilter, Sink)> {
         let fallback = |kind: &str| format!("{kind}-{index}");
@@ -78,6 +80,7 @@ impl Sink {
                     &name,
                     topic,
                     discovery_prefix,
+                    households,
                     shutdown.clone(),
                 )?;
                 (name, filter.clone(), Sink::Mqtt(sink))
