@@ -97,6 +97,7 @@ pub async fn run(
             index,
             &settings.mqtt_url,
             settings.mqtt_ca_file.as_deref(),
+            &config.households,
             &shutdown,
         )
         .with_context(|| format!("notifier.sinks[{index}]"))?;

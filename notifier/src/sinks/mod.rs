@@ -14,11 +14,12 @@ pub mod mqtt;
 pub mod ntfy;
 pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
-use shared::config::{SinkConfig, SinkFilter};
+use shared::config::{Household, SinkConfig, SinkFilter};
 use shared::state::PresenceEvent;
 use shared::subjects::{PRESENCE_STREAM, presence_household};
 use time::OffsetDateTime;
@@ -50,6 +51,7 @@ impl Sink {
         index: usize,
         mqtt_url: &str,
         mqtt_ca_file: Option<&std::path::Path>,
+        households: &BTreeMap<String, Household>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<(String, SinkFilter, Sink)> {
         let fallback = |kind: &str| format!("{kind}-{index}");
@@ -80,6 +82,7 @@ impl Sink {
                     topic,
                     discovery_prefix,
                     mqtt_ca_file,
+                    households,
                     shutdown.clone(),
                 )?;
                 (name, filter.clone(), Sink::Mqtt(sink))
@@ -149,8 +152,12 @@ fn passes(filter: &SinkFilter, event: &PresenceEvent) -> bool {
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(60);
-/// Longer than the longest retry pause; progress acks renew it.
-const ACK_WAIT: Duration = Duration::from_secs(120);
+/// How long an event stays ours without a word from us. Short, so that the
+/// event a crashed notifier had in hand is redelivered soon after a restart
+/// (the consumer holds one event at a time: until then the sink is stuck);
+/// while we work on an event, progress acks every [`PROGRESS_EVERY`] renew it.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+const PROGRESS_EVERY: Duration = Duration::from_millis(1500);
 
 /// Runs one sink until `shutdown`: one event at a time, in stream order.
 pub async fn drive(
@@ -196,20 +203,19 @@ async fn consume(
             .collect()
     };
     let stream = js.get_stream(PRESENCE_STREAM).await?;
+    // Create or update: a durable made by an older version (or with other
+    // households) gets this config.
     let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &durable,
-            consumer::pull::Config {
-                durable_name: Some(durable.clone()),
-                filter_subjects,
-                // One at a time: order per person holds, and a failing
-                // delivery holds back only this sink.
-                max_ack_pending: 1,
-                ack_wait: ACK_WAIT,
-                deliver_policy: consumer::DeliverPolicy::New,
-                ..Default::default()
-            },
-        )
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subjects,
+            // One at a time: order per person holds, and a failing
+            // delivery holds back only this sink.
+            max_ack_pending: 1,
+            ack_wait: ACK_WAIT,
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
         .await?;
     let depth = metrics.queue_depth.with_label_values(&[name]);
     let mut messages = consumer.messages().await?;
@@ -245,7 +251,11 @@ async fn consume(
             message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             continue;
         }
-        let outcome = deliver_with_retries(name, sink, &event, &message, metrics, shutdown).await;
+        let outcome = keep_in_progress(
+            &message,
+            deliver_with_retries(name, sink, &event, &message, metrics, shutdown),
+        )
+        .await;
         match outcome {
             Outcome::Delivered => {
                 let lag = OffsetDateTime::now_utc() - event.emitted_at;
@@ -271,6 +281,25 @@ async fn consume(
             }
             // Not acked: redelivered after a restart.
             Outcome::Stopped => return Ok(()),
+        }
+    }
+}
+
+/// Runs `work` on `message`, telling the server every [`PROGRESS_EVERY`]
+/// that the message is still being worked on (slow receivers, retry pauses).
+async fn keep_in_progress<T>(
+    message: &jetstream::Message,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+    ticks.tick().await; // the first tick is now
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = ticks.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
         }
     }
 }
@@ -304,8 +333,6 @@ async fn deliver_with_retries(
                     .inc();
                 let wait = delay.mul_f64(rand::random_range(0.5..=1.0));
                 tracing::info!(sink = %name, event = %event.id, %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
-                // Keep the message ours while we wait.
-                let _ = message.ack_with(AckKind::Progress).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => return Outcome::Stopped,
                     _ = tokio::time::sleep(wait) => {}

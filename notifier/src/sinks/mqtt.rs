@@ -2,12 +2,13 @@
 //! (configurable), plus Home Assistant MQTT discovery so that each person
 //! appears as a `device_tracker`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::json;
+use shared::config::Household;
 use shared::state::{PersonState, PresenceEvent};
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,8 @@ pub struct MqttSink {
     connected: Arc<AtomicBool>,
     topic: String,
     discovery_prefix: String,
+    /// Each household's places: the names HA may show as zones.
+    places: BTreeMap<String, Vec<String>>,
     /// People whose discovery config was sent on this connection.
     announced: Arc<Mutex<HashSet<(String, String)>>>,
 }
@@ -56,6 +59,7 @@ impl MqttSink {
         topic: &str,
         discovery_prefix: &str,
         ca_file: Option<&std::path::Path>,
+        households: &BTreeMap<String, Household>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let client_id = format!("whereabouts-notifier-{}", shared::token::encode(name));
@@ -94,6 +98,10 @@ impl MqttSink {
             connected,
             topic: topic.to_string(),
             discovery_prefix: discovery_prefix.to_string(),
+            places: households
+                .iter()
+                .map(|(name, h)| (name.clone(), h.places.clone()))
+                .collect(),
             announced,
         })
     }
@@ -119,7 +127,12 @@ impl MqttSink {
                 return Err(e);
             }
         }
-        self.publish(format!("{base}/state"), ha_state(state).to_string())
+        let places = self
+            .places
+            .get(&state.household)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        self.publish(format!("{base}/state"), ha_state(state, places).to_string())
             .await?;
         self.publish(base, attributes(state).to_string()).await
     }
@@ -132,12 +145,15 @@ impl MqttSink {
     }
 }
 
-/// HA's device_tracker state: `home`, `not_home`, or a zone name.
-pub fn ha_state(state: &PersonState) -> &str {
+/// HA's device_tracker state: `home`, a zone name (one of the household's
+/// places), or `not_home`. Traveling, Away and Lost (or their configured
+/// labels) are not zones: HA would show any other payload as a made-up zone,
+/// and automations on `not_home` would never fire.
+pub fn ha_state<'a>(state: &'a PersonState, places: &[String]) -> &'a str {
     match state.place.as_str() {
         p if p.eq_ignore_ascii_case("home") => "home",
-        "" => "not_home",
-        p => p,
+        p if places.iter().any(|z| z.eq_ignore_ascii_case(p)) => p,
+        _ => "not_home",
     }
 }
 

@@ -1,0 +1,1168 @@
+//! notifier end to end: real mosquitto and nats-server, the real ingest,
+//! presence and notifier processes, a scripted phone. What the notifier
+//! serves (snapshot + SSE, per-household tokens) and delivers (webhooks,
+//! retained MQTT state with Home Assistant discovery) is compared with what
+//! presence published on the PRESENCE stream.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use axum::http::{HeaderMap, StatusCode};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use shared::state::{EventKind, PresenceEvent};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use whereabouts_tests::{
+    Mosquitto, MqttPublisher, MqttSubscriber, NatsServer, Service, eventually, stream_messages,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const TOKEN_A: &str = "alpha-token-0123456789";
+const TOKEN_B: &str = "beta-token-9876543210";
+
+/// Two households: `alpha` (Harry, Ginny, and unmapped users such as ron)
+/// and `beta` (Bill). `sinks` is appended after `[notifier]`.
+fn config(sinks: &str) -> String {
+    format!(
+        r#"
+[ingest]
+default_household = "alpha"
+user_households = {{ bill = "beta" }}
+
+[households.alpha]
+token = "{TOKEN_A}"
+places = ["Home", "Work", "School"]
+
+[[households.alpha.people]]
+name = "Harry"
+devices = ["harry/phone"]
+
+[[households.alpha.people]]
+name = "Ginny"
+devices = ["ginny/phone"]
+
+[households.beta]
+token = "{TOKEN_B}"
+places = ["Home", "Work"]
+
+[[households.beta.people]]
+name = "Bill"
+devices = ["bill/phone"]
+
+[presence]
+debounce = "0s"
+max_fix_age = "1h"
+
+[notifier]
+heartbeat = "1s"
+
+{sinks}
+"#
+    )
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+// ---------------------------------------------------------------- the stack
+
+struct Stack {
+    nats: NatsServer,
+    mosquitto: Mosquitto,
+    _ingest: Service,
+    _presence: Service,
+    notifier: Service,
+    js: jetstream::Context,
+}
+
+async fn stack(sinks: &str) -> Stack {
+    let config = config(sinks);
+    let nats = NatsServer::start().await;
+    let mosquitto = Mosquitto::start().await;
+    let ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), &config).await;
+    let presence = Service::start("presence", &nats.url(), &mosquitto.url(), &config).await;
+    let notifier = Service::start("notifier", &nats.url(), &mosquitto.url(), &config).await;
+    let js = nats.jetstream().await;
+    Stack {
+        nats,
+        mosquitto,
+        _ingest: ingest,
+        _presence: presence,
+        notifier,
+        js,
+    }
+}
+
+/// A scripted OwnTracks phone: `owntracks/<user>/phone`, fix times rising.
+struct Phone {
+    mqtt: MqttPublisher,
+    user: String,
+    tst: i64,
+}
+
+impl Phone {
+    async fn connect(stack: &Stack, user: &str) -> Phone {
+        let mqtt = MqttPublisher::connect(&stack.mosquitto.url(), &format!("{user}-phone")).await;
+        Phone {
+            mqtt,
+            user: user.to_string(),
+            tst: now() - 900,
+        }
+    }
+
+    fn next_tst(&mut self) -> i64 {
+        self.tst += 10;
+        self.tst
+    }
+
+    async fn transition(&mut self, event: &str, desc: &str) {
+        let tst = self.next_tst();
+        let payload = json!({"_type":"transition","event":event,"desc":desc,"tst":tst,"acc":0,
+            "lat":51.5,"lon":-0.12,"t":"c"});
+        self.mqtt
+            .publish(
+                &format!("owntracks/{}/phone/event", self.user),
+                payload.to_string(),
+            )
+            .await;
+    }
+
+    async fn location(&mut self, lat: f64, lon: f64, inregions: &[&str]) {
+        let tst = self.next_tst();
+        let payload = json!({"_type":"location","lat":lat,"lon":lon,"acc":12,"vel":0,"batt":80,
+            "tst":tst,"inregions":inregions});
+        self.mqtt
+            .publish(
+                &format!("owntracks/{}/phone", self.user),
+                payload.to_string(),
+            )
+            .await;
+    }
+}
+
+/// The PRESENCE stream's events (of one household, or `>` for all), with
+/// their stream sequence (the SSE id).
+async fn stream_events(js: &jetstream::Context, household: &str) -> Vec<(u64, PresenceEvent)> {
+    let filter = if household == ">" {
+        ">".to_string()
+    } else {
+        shared::subjects::presence_household(household)
+    };
+    stream_messages(js, "PRESENCE", &filter)
+        .await
+        .iter()
+        .map(|m| {
+            let seq = m.info().expect("message info").stream_sequence;
+            (
+                seq,
+                serde_json::from_slice(&m.payload).expect("presence event JSON"),
+            )
+        })
+        .collect()
+}
+
+/// Waits until presence has published `person` reaching `place`, `nth`
+/// time (1-based) for that place; returns the stream sequence of it.
+async fn wait_place(js: &jetstream::Context, person: &str, place: &str, nth: usize) -> u64 {
+    eventually(
+        &format!("{person} at {place} (#{nth}) in PRESENCE"),
+        WAIT,
+        async || {
+            stream_events(js, ">")
+                .await
+                .into_iter()
+                .filter(|(_, e)| {
+                    e.person == person
+                        && e.kind == EventKind::Place
+                        && e.place.as_deref() == Some(place)
+                })
+                .nth(nth - 1)
+                .map(|(seq, _)| seq)
+        },
+    )
+    .await
+}
+
+/// Like [`stream_events`], once the stream has stopped growing (presence
+/// may publish several events for one change).
+async fn quiet_events(js: &jetstream::Context, household: &str) -> Vec<(u64, PresenceEvent)> {
+    let mut before = stream_events(js, household).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = stream_events(js, household).await;
+        if now.len() == before.len() {
+            return now;
+        }
+        before = now;
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// The sum of a metric's samples whose labels contain every one of `labels`.
+async fn metric(service: &Service, name: &str, labels: &[&str]) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", service.url()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+// ------------------------------------------------------------ an SSE client
+
+#[derive(Debug, Clone, PartialEq)]
+enum SseItem {
+    Event {
+        event: String,
+        id: Option<String>,
+        data: String,
+    },
+    /// A `:` line (heartbeats).
+    Comment(String),
+    /// The server ended the stream.
+    End,
+}
+
+/// Reads a `text/event-stream` with `bytes_stream()` and parses it.
+struct SseClient {
+    items: mpsc::UnboundedReceiver<SseItem>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SseClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Splits SSE text into items: fields up to a blank line make an event;
+/// comments are reported at once.
+#[derive(Default)]
+struct SseParser {
+    buffer: String,
+    event: Option<String>,
+    id: Option<String>,
+    data: Option<String>,
+}
+
+impl SseParser {
+    fn feed(&mut self, chunk: &str, out: &mut Vec<SseItem>) {
+        self.buffer.push_str(chunk);
+        while let Some(end) = self.buffer.find('\n') {
+            let line: String = self.buffer.drain(..=end).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if self.event.is_some() || self.data.is_some() || self.id.is_some() {
+                    out.push(SseItem::Event {
+                        event: self.event.take().unwrap_or_else(|| "message".into()),
+                        id: self.id.take(),
+                        data: self.data.take().unwrap_or_default(),
+                    });
+                }
+                continue;
+            }
+            if let Some(comment) = line.strip_prefix(':') {
+                out.push(SseItem::Comment(comment.trim().to_string()));
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+            match field {
+                "event" => self.event = Some(value),
+                "id" => self.id = Some(value),
+                "data" => match &mut self.data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(&value);
+                    }
+                    None => self.data = Some(value),
+                },
+                _ => {}
+            }
+        }
+    }
+}
+
+impl SseClient {
+    /// Opens `/v1/households/<household>/events` (plus `query`), with a
+    /// bearer token and `Last-Event-ID` if given; panics unless 200 SSE.
+    async fn connect(
+        notifier: &Service,
+        household: &str,
+        bearer: Option<&str>,
+        query: &str,
+        last_event_id: Option<u64>,
+    ) -> SseClient {
+        let url = format!("{}/v1/households/{household}/events{query}", notifier.url());
+        let mut request = reqwest::Client::new().get(&url);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.expect("GET events");
+        assert_eq!(response.status(), StatusCode::OK, "GET {url}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "content type {content_type:?}"
+        );
+        let (tx, items) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut body = response.bytes_stream();
+            let mut parser = SseParser::default();
+            while let Some(Ok(chunk)) = body.next().await {
+                let mut out = Vec::new();
+                parser.feed(&String::from_utf8_lossy(&chunk), &mut out);
+                for item in out {
+                    let _ = tx.send(item);
+                }
+            }
+            let _ = tx.send(SseItem::End);
+        });
+        SseClient { items, task }
+    }
+
+    async fn next(&mut self, timeout: Duration) -> Option<SseItem> {
+        tokio::time::timeout(timeout, self.items.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next event (not comment); panics on a timeout or the end.
+    async fn next_event(&mut self, timeout: Duration) -> (String, Option<u64>, Value) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(SseItem::Event { event, id, data }) => {
+                    let id = id.map(|i| i.parse().expect("numeric SSE id"));
+                    let data = serde_json::from_str(&data).expect("SSE data is JSON");
+                    return (event, id, data);
+                }
+                Some(SseItem::Comment(_)) => continue,
+                Some(SseItem::End) => panic!("the SSE stream ended"),
+                None => panic!("no SSE event within {timeout:?}"),
+            }
+        }
+    }
+
+    /// Everything that arrives within `window`.
+    async fn drain(&mut self, window: Duration) -> Vec<SseItem> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            match self.next(left).await {
+                Some(item) => out.push(item),
+                None => return out,
+            }
+        }
+    }
+}
+
+/// `(seq, event)` of `presence` SSE events until `want` of them arrived.
+async fn presence_events(sse: &mut SseClient, want: usize) -> Vec<(u64, PresenceEvent)> {
+    let mut out = Vec::new();
+    while out.len() < want {
+        let (event, id, data) = sse.next_event(WAIT).await;
+        assert_eq!(event, "presence", "only presence events after the first");
+        let event: PresenceEvent = serde_json::from_value(data).expect("presence event");
+        out.push((id.expect("presence events carry an id"), event));
+    }
+    out
+}
+
+fn ids(events: &[(u64, PresenceEvent)]) -> Vec<(u64, String)> {
+    events.iter().map(|(s, e)| (*s, e.id.clone())).collect()
+}
+
+fn places(events: &[(u64, PresenceEvent)], person: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|(_, e)| e.person == person && e.kind == EventKind::Place)
+        .filter_map(|(_, e)| e.place.clone())
+        .collect()
+}
+
+// ------------------------------------------------------------------ 1. SSE
+
+#[tokio::test]
+async fn sse_snapshot_then_live_events_and_resume_with_last_event_id() {
+    let stack = stack("").await;
+    let js = &stack.js;
+    let mut harry = Phone::connect(&stack, "harry").await;
+    let mut bill = Phone::connect(&stack, "bill").await;
+    harry.transition("enter", "Home").await;
+    wait_place(js, "Harry", "Home", 1).await;
+    let people_url = format!("{}/v1/households/alpha/people", stack.notifier.url());
+    eventually("Harry Home in the notifier", WAIT, async || {
+        let body: Value = http()
+            .get(&people_url)
+            .bearer_auth(TOKEN_A)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (body["people"][0]["place"] == "Home").then_some(())
+    })
+    .await;
+
+    // The snapshot first, with the person states.
+    let mut sse = SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", None).await;
+    let (event, snapshot_id, snapshot) = sse.next_event(WAIT).await;
+    assert_eq!(event, "snapshot");
+    let snapshot_id = snapshot_id.expect("the snapshot carries an id");
+    assert_eq!(snapshot["household"], "alpha");
+    let people = snapshot["people"].as_array().expect("people");
+    assert_eq!(people.len(), 1, "{snapshot}");
+    assert_eq!(people[0]["person"], "Harry");
+    assert_eq!(people[0]["place"], "Home");
+    assert_eq!(people[0]["status"], "online");
+
+    // Then a presence event for each change, as the stream has them.
+    harry.transition("leave", "Home").await;
+    wait_place(js, "Harry", "Away", 1).await;
+    let expected: Vec<_> = quiet_events(js, "alpha")
+        .await
+        .into_iter()
+        .filter(|(seq, _)| *seq > snapshot_id)
+        .collect();
+    assert!(!expected.is_empty());
+    let live = presence_events(&mut sse, expected.len()).await;
+    assert_eq!(ids(&live), ids(&expected));
+    assert_eq!(places(&live, "Harry"), places(&expected, "Harry"));
+    assert_eq!(
+        places(&live, "Harry").last().map(String::as_str),
+        Some("Away")
+    );
+    assert_eq!(live.last().unwrap().1.state.place, "Away");
+
+    // Idle: heartbeats (1 s), and nothing else.
+    let idle = sse.drain(Duration::from_millis(2500)).await;
+    assert!(
+        idle.iter().any(|i| matches!(i, SseItem::Comment(_))),
+        "a heartbeat comment while idle: {idle:?}"
+    );
+    assert!(
+        idle.iter().all(|i| matches!(i, SseItem::Comment(_))),
+        "only heartbeats while idle: {idle:?}"
+    );
+    let last_seen = live.last().unwrap().0;
+    drop(sse);
+
+    // Three changes while disconnected (and one in another household).
+    harry.transition("enter", "Work").await;
+    wait_place(js, "Harry", "Work", 1).await;
+    bill.transition("enter", "Home").await;
+    wait_place(js, "Bill", "Home", 1).await;
+    harry.transition("leave", "Work").await;
+    wait_place(js, "Harry", "Away", 2).await;
+    harry.transition("enter", "School").await;
+    wait_place(js, "Harry", "School", 1).await;
+    let missed: Vec<_> = quiet_events(js, "alpha")
+        .await
+        .into_iter()
+        .filter(|(seq, _)| *seq > last_seen)
+        .collect();
+    assert_eq!(places(&missed, "Harry"), ["Work", "Away", "School"]);
+
+    // Resume: exactly the missed events, in order, once; then only heartbeats.
+    let mut sse =
+        SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", Some(last_seen)).await;
+    let replayed = presence_events(&mut sse, missed.len()).await;
+    assert_eq!(ids(&replayed), ids(&missed));
+    assert_eq!(places(&replayed, "Harry"), ["Work", "Away", "School"]);
+    assert!(replayed.iter().all(|(_, e)| e.household == "alpha"));
+    let seqs: Vec<u64> = replayed.iter().map(|(s, _)| *s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    let after = sse.drain(Duration::from_millis(2500)).await;
+    assert!(
+        after.iter().all(|i| matches!(i, SseItem::Comment(_))),
+        "nothing but heartbeats after the replay: {after:?}"
+    );
+    assert!(!after.is_empty(), "heartbeats after the replay");
+
+    // And the resumed stream is live again.
+    harry.transition("leave", "School").await;
+    wait_place(js, "Harry", "Away", 3).await;
+    let more: Vec<_> = quiet_events(js, "alpha")
+        .await
+        .into_iter()
+        .filter(|(seq, _)| *seq > *seqs.last().unwrap())
+        .collect();
+    let live = presence_events(&mut sse, more.len()).await;
+    assert_eq!(ids(&live), ids(&more));
+}
+
+// --------------------------------------------------------------- 2. tokens
+
+#[tokio::test]
+async fn a_token_grants_its_own_household_only() {
+    let stack = stack("").await;
+    let js = &stack.js;
+    let mut harry = Phone::connect(&stack, "harry").await;
+    let mut bill = Phone::connect(&stack, "bill").await;
+    harry.transition("enter", "Home").await;
+    bill.transition("enter", "Work").await;
+    wait_place(js, "Harry", "Home", 1).await;
+    wait_place(js, "Bill", "Work", 1).await;
+    let base = stack.notifier.url();
+    let people = |household: &str| format!("{base}/v1/households/{household}/people");
+    let client = http();
+    eventually("both households in the notifier", WAIT, async || {
+        for (household, token) in [("alpha", TOKEN_A), ("beta", TOKEN_B)] {
+            let body: Value = client
+                .get(people(household))
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            body["people"].as_array().filter(|p| !p.is_empty())?;
+        }
+        Some(())
+    })
+    .await;
+
+    let status = async |url: String, bearer: Option<&str>| {
+        let mut request = client.get(url);
+        if let Some(t) = bearer {
+            request = request.bearer_auth(t);
+        }
+        request.send().await.expect("GET").status()
+    };
+    assert_eq!(
+        status(people("alpha"), Some(TOKEN_B)).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(people("alpha"), None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(people("alpha"), Some("not-the-token-at-all-000")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(format!("{}?token={TOKEN_B}", people("alpha")), None).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(people("nowhere"), Some(TOKEN_A)).await,
+        StatusCode::NOT_FOUND
+    );
+    let events =
+        |household: &str, query: &str| format!("{base}/v1/households/{household}/events{query}");
+    assert_eq!(
+        status(events("alpha", ""), None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(events("alpha", &format!("?token={TOKEN_B}")), None).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(events("alpha", "?token=not-the-token-at-all-000"), None).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A's token on A: A's people only.
+    let response = client
+        .get(people("alpha"))
+        .bearer_auth(TOKEN_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let names: Vec<&str> = body["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["person"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Harry"]);
+    assert!(
+        body["people"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["household"] == "alpha")
+    );
+    assert!(!body.to_string().contains("Bill"));
+
+    // B's token on B: never any of A's people.
+    let body = client
+        .get(people("beta"))
+        .bearer_auth(TOKEN_B)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("Bill"), "{body}");
+    for name in ["Harry", "Ginny", "harry", "alpha"] {
+        assert!(!body.contains(name), "{name} in beta's snapshot: {body}");
+    }
+
+    // `?token=` opens the SSE stream (EventSource cannot send headers).
+    let mut a_sse = SseClient::connect(
+        &stack.notifier,
+        "alpha",
+        None,
+        &format!("?token={TOKEN_A}"),
+        None,
+    )
+    .await;
+    let (event, _, snapshot) = a_sse.next_event(WAIT).await;
+    assert_eq!(event, "snapshot");
+    assert_eq!(snapshot["people"][0]["person"], "Harry");
+    let mut b_sse = SseClient::connect(
+        &stack.notifier,
+        "beta",
+        None,
+        &format!("?token={TOKEN_B}"),
+        None,
+    )
+    .await;
+    let (event, _, snapshot) = b_sse.next_event(WAIT).await;
+    assert_eq!(event, "snapshot");
+    assert!(!snapshot.to_string().contains("Harry"), "{snapshot}");
+
+    // Live: B's stream sees Bill's change and never Harry's.
+    harry.transition("leave", "Home").await;
+    wait_place(js, "Harry", "Away", 1).await;
+    bill.transition("leave", "Work").await;
+    wait_place(js, "Bill", "Away", 1).await;
+    loop {
+        let (event, _, data) = b_sse.next_event(WAIT).await;
+        assert_eq!(event, "presence");
+        assert!(!data.to_string().contains("Harry"), "{data}");
+        assert_eq!(data["household"], "beta");
+        if data["kind"] == "place" && data["place"] == "Away" {
+            break;
+        }
+    }
+    let rest = b_sse.drain(Duration::from_millis(1500)).await;
+    for item in rest {
+        if let SseItem::Event { data, .. } = item {
+            assert!(!data.contains("Harry"), "{data}");
+        }
+    }
+    // A's stream got Harry's change.
+    let (event, _, data) = a_sse.next_event(WAIT).await;
+    assert_eq!(event, "presence");
+    assert_eq!(data["person"], "Harry");
+}
+
+// ----------------------------------------------------- a webhook receiver
+
+#[derive(Debug, Clone)]
+struct Delivery {
+    signature: Option<String>,
+    event_id: Option<String>,
+    body: bytes::Bytes,
+}
+
+impl Delivery {
+    fn event(&self) -> PresenceEvent {
+        serde_json::from_slice(&self.body).expect("webhook body is a presence event")
+    }
+}
+
+/// A local HTTP server standing in for a webhook receiver: answers
+/// `fail_status` to the first `fail_first` requests, then `status`. Records
+/// what it accepts (2xx) and what it refuses with a 4xx.
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    fail_first: Arc<AtomicUsize>,
+    fail_status: u16,
+    status: Arc<AtomicU16>,
+    hits: Arc<AtomicUsize>,
+    accepted: Arc<Mutex<Vec<Delivery>>>,
+    refused: Arc<Mutex<Vec<Delivery>>>,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize, fail_status: u16, status: u16) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = Receiver {
+            url: format!("http://{}/hook", listener.local_addr().unwrap()),
+            fail_first: Arc::new(AtomicUsize::new(fail_first)),
+            fail_status,
+            status: Arc::new(AtomicU16::new(status)),
+            hits: Arc::default(),
+            accepted: Arc::default(),
+            refused: Arc::default(),
+        };
+        let state = receiver.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                async move |headers: HeaderMap, body: bytes::Bytes| -> StatusCode {
+                    state.hits.fetch_add(1, Ordering::SeqCst);
+                    let failing = state
+                        .fail_first
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(String::from)
+                    };
+                    let delivery = Delivery {
+                        signature: header("x-whereabouts-signature"),
+                        event_id: header("x-whereabouts-event-id"),
+                        body,
+                    };
+                    let status = if failing {
+                        state.fail_status
+                    } else {
+                        state.status.load(Ordering::SeqCst)
+                    };
+                    let status = StatusCode::from_u16(status).expect("a status code");
+                    if status.is_success() {
+                        state.accepted.lock().unwrap().push(delivery);
+                    } else if status.is_client_error() {
+                        state.refused.lock().unwrap().push(delivery);
+                    }
+                    status
+                },
+            ),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        receiver
+    }
+
+    fn accepted(&self) -> Vec<Delivery> {
+        self.accepted.lock().unwrap().clone()
+    }
+
+    fn refused(&self) -> Vec<Delivery> {
+        self.refused.lock().unwrap().clone()
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+fn webhook_sink(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[notifier.sinks]]\ntype = \"webhook\"\nname = \"{name}\"\nurl = \"{url}\"\ntimeout = \"2s\"\n{extra}\n"
+    )
+}
+
+/// Per person, the event ids in order.
+fn per_person<'a>(
+    events: impl IntoIterator<Item = &'a PresenceEvent>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in events {
+        out.entry(e.person.clone()).or_default().push(e.id.clone());
+    }
+    out
+}
+
+// ------------------------------------------------------------- 3. webhooks
+
+#[tokio::test]
+async fn webhooks_retry_5xx_give_up_on_4xx_and_do_not_hold_each_other_up() {
+    const SECRET: &str = "webhook-s3cret";
+    let good = Receiver::start(3, 503, 200).await;
+    // Refuses the first two events (400), accepts the rest.
+    let refusing = Receiver::start(2, 400, 200).await;
+    // Down for the whole test.
+    let dead = Receiver::start(usize::MAX, 503, 200).await;
+    let sinks = [
+        webhook_sink(
+            "hooks",
+            &good.url,
+            &format!("secret = \"{SECRET}\"\nhouseholds = [\"alpha\"]"),
+        ),
+        webhook_sink("picky", &refusing.url, "households = [\"alpha\"]"),
+        webhook_sink("dead", &dead.url, "households = [\"alpha\"]"),
+    ]
+    .join("\n");
+    let stack = stack(&sinks).await;
+    let js = &stack.js;
+    let mut harry = Phone::connect(&stack, "harry").await;
+    let mut ginny = Phone::connect(&stack, "ginny").await;
+    let mut bill = Phone::connect(&stack, "bill").await;
+
+    harry.transition("enter", "Home").await;
+    ginny.transition("enter", "School").await;
+    bill.transition("enter", "Home").await; // another household: not for these sinks
+    wait_place(js, "Harry", "Home", 1).await;
+    wait_place(js, "Ginny", "School", 1).await;
+    harry.transition("leave", "Home").await;
+    ginny.transition("leave", "School").await;
+    harry.transition("enter", "Work").await;
+    ginny.transition("enter", "Home").await;
+    wait_place(js, "Harry", "Work", 1).await;
+    wait_place(js, "Ginny", "Home", 1).await;
+    wait_place(js, "Bill", "Home", 1).await;
+    let expected: Vec<PresenceEvent> = quiet_events(js, "alpha")
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    let expected_ids: Vec<String> = expected.iter().map(|e| e.id.clone()).collect();
+
+    // Every event delivered to the good receiver, despite the three 503s,
+    // the refusing sink and the dead one.
+    let accepted = eventually("every event at the good receiver", WAIT, async || {
+        let accepted = good.accepted();
+        (accepted.len() >= expected.len()).then_some(accepted)
+    })
+    .await;
+    let events: Vec<PresenceEvent> = accepted.iter().map(Delivery::event).collect();
+    let got: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(
+        got, expected_ids,
+        "the stream's events, once each, in order"
+    );
+    assert_eq!(per_person(&events), per_person(&expected));
+    assert!(events.iter().all(|e| e.household == "alpha"));
+    for delivery in &accepted {
+        assert_eq!(
+            delivery.signature.as_deref(),
+            Some(notifier::sinks::webhook::signature(SECRET, &delivery.body).as_str()),
+            "HMAC of the body"
+        );
+        assert_eq!(
+            delivery.event_id.as_deref(),
+            Some(delivery.event().id.as_str())
+        );
+    }
+    assert_eq!(
+        good.hits(),
+        expected.len() + 3,
+        "3 refused attempts, then one each"
+    );
+    let n = &stack.notifier;
+    let counter = async |sink: &str, outcome: &str| {
+        metric(
+            n,
+            "notifier_deliveries_total",
+            &[
+                &format!("sink=\"{sink}\""),
+                &format!("outcome=\"{outcome}\""),
+            ],
+        )
+        .await
+    };
+    assert!(counter("hooks", "retried").await >= 3.0);
+    assert_eq!(counter("hooks", "delivered").await, expected.len() as f64);
+    assert_eq!(counter("hooks", "failed").await, 0.0);
+
+    // The refusing sink: the two refused events given up (one attempt each),
+    // every later one delivered.
+    eventually("the picky sink caught up", WAIT, async || {
+        refusing.accepted().len() + refusing.refused().len() >= expected.len()
+    })
+    .await;
+    let refused: Vec<String> = refusing.refused().iter().map(|d| d.event().id).collect();
+    let delivered: Vec<String> = refusing.accepted().iter().map(|d| d.event().id).collect();
+    assert_eq!(refused, expected_ids[..2], "the first two, once each");
+    assert_eq!(delivered, expected_ids[2..], "then every later one");
+    assert_eq!(refusing.hits(), expected.len(), "no retries of a 400");
+    eventually("failed counted", WAIT, async || {
+        counter("picky", "failed").await == 2.0
+    })
+    .await;
+    assert_eq!(counter("picky", "retried").await, 0.0);
+
+    // The dead sink kept retrying its first event, and held nobody up.
+    assert!(dead.accepted().is_empty());
+    assert!(counter("dead", "retried").await >= 2.0);
+    assert_eq!(counter("dead", "delivered").await, 0.0);
+}
+
+// ------------------------------------------------- 4. killed while pending
+
+#[tokio::test]
+async fn no_event_lost_when_the_notifier_is_killed_while_the_receiver_is_down() {
+    let receiver = Receiver::start(0, 503, 503).await;
+    let sinks = webhook_sink("hooks", &receiver.url, "households = [\"alpha\"]");
+    let mut stack = stack(&sinks).await;
+    let js = stack.js.clone();
+    let mut harry = Phone::connect(&stack, "harry").await;
+    let mut ginny = Phone::connect(&stack, "ginny").await;
+
+    harry.transition("enter", "Home").await;
+    wait_place(&js, "Harry", "Home", 1).await;
+    eventually("the first event tried", WAIT, async || receiver.hits() >= 2).await;
+    harry.transition("leave", "Home").await;
+    ginny.transition("enter", "School").await;
+    wait_place(&js, "Harry", "Away", 1).await;
+    wait_place(&js, "Ginny", "School", 1).await;
+    stack.notifier.kill();
+    // More while the notifier is dead.
+    harry.transition("enter", "Work").await;
+    wait_place(&js, "Harry", "Work", 1).await;
+    let hits_before = receiver.hits();
+    stack.notifier.restart().await;
+    // The restarted notifier tries again (the in-flight event first) …
+    eventually("attempts after the restart", WAIT, async || {
+        receiver.hits() > hits_before
+    })
+    .await;
+    // … and once the receiver is back, everything arrives.
+    receiver.status.store(200, Ordering::SeqCst);
+    ginny.transition("leave", "School").await;
+    wait_place(&js, "Ginny", "Away", 1).await;
+    let expected: Vec<String> = quiet_events(&js, "alpha")
+        .await
+        .into_iter()
+        .map(|(_, e)| e.id)
+        .collect();
+    let want: HashSet<&str> = expected.iter().map(String::as_str).collect();
+    let accepted = eventually("every event after the restart", WAIT, async || {
+        let accepted = receiver.accepted();
+        let got: HashSet<String> = accepted.iter().map(|d| d.event().id).collect();
+        want.iter().all(|id| got.contains(*id)).then_some(accepted)
+    })
+    .await;
+    let got: Vec<String> = accepted.iter().map(|d| d.event().id).collect();
+    let set: HashSet<&str> = got.iter().map(String::as_str).collect();
+    assert_eq!(set, want, "exactly the stream's events");
+    assert!(
+        got.len() <= expected.len() + 1,
+        "at most the in-flight event twice: {got:?}"
+    );
+    let mut unique = Vec::new();
+    for id in &got {
+        if !unique.contains(id) {
+            unique.push(id.clone());
+        }
+    }
+    assert_eq!(unique, expected, "in stream order");
+}
+
+// ---------------------------------------------------------------- 5. MQTT
+
+#[tokio::test]
+async fn mqtt_sink_retains_state_and_home_assistant_discovery() {
+    let sinks = "[[notifier.sinks]]\ntype = \"mqtt\"\nname = \"ha\"\n";
+    let stack = stack(sinks).await;
+    let js = &stack.js;
+    let mut harry = Phone::connect(&stack, "harry").await;
+    let mut ginny = Phone::connect(&stack, "ginny").await;
+    let mut ron = Phone::connect(&stack, "ron").await;
+    let mut bill = Phone::connect(&stack, "bill").await;
+    harry.location(51.5, -0.12, &["Home"]).await;
+    ginny.transition("enter", "School").await;
+    ron.location(51.6, -0.2, &[]).await;
+    bill.transition("enter", "Work").await;
+    wait_place(js, "Harry", "Home", 1).await;
+    wait_place(js, "Ginny", "School", 1).await;
+    wait_place(js, "ron", "Away", 1).await;
+    wait_place(js, "Bill", "Work", 1).await;
+    let expected = [
+        ("alpha", "Harry", "home"),
+        ("alpha", "Ginny", "School"),
+        ("alpha", "ron", "not_home"),
+        ("beta", "Bill", "Work"),
+    ];
+
+    let url = stack.mosquitto.url();
+    // Retained messages come with the SubAck: a fresh subscriber each time.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut attempt = 0;
+    let retained = loop {
+        attempt += 1;
+        let mut sub = MqttSubscriber::connect(
+            &url,
+            &format!("ha-{attempt}"),
+            true,
+            &["whereabouts/#", "homeassistant/#"],
+        )
+        .await;
+        let mut topics: BTreeMap<String, (String, bool)> = BTreeMap::new();
+        while let Some(m) = sub.recv(Duration::from_millis(400)).await {
+            topics.insert(m.topic.clone(), (m.text(), m.retain));
+        }
+        match check_retained(&topics, &expected) {
+            Ok(()) => break topics,
+            Err(why) if std::time::Instant::now() > deadline => panic!(
+                "retained state incomplete: {why}; topics: {:#?}; notifier log:\n{}",
+                topics,
+                stack.notifier.log()
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+
+    for (h, p, _) in expected {
+        let (text, retain) = &retained[&format!("whereabouts/{h}/{p}")];
+        assert!(*retain, "retained");
+        let attributes: Value = serde_json::from_str(text).expect("state JSON");
+        assert_eq!(attributes["household"], h);
+        assert_eq!(attributes["person"], p);
+        assert!(attributes["place"].is_string());
+        // A position once a fix exists (a location message, not a transition).
+        let has_fix = ["Harry", "ron"].contains(&p);
+        assert_eq!(
+            attributes["latitude"].is_number(),
+            has_fix,
+            "{p}: {attributes}"
+        );
+        assert_eq!(
+            attributes["longitude"].is_number(),
+            has_fix,
+            "{p}: {attributes}"
+        );
+        assert!(
+            retained[&format!("whereabouts/{h}/{p}/state")].1,
+            "retained"
+        );
+    }
+    let harry: Value = serde_json::from_str(&retained["whereabouts/alpha/Harry"].0).unwrap();
+    assert_eq!(harry["latitude"], 51.5);
+    assert_eq!(harry["longitude"], -0.12);
+
+    let configs: Vec<(String, Value)> = retained
+        .iter()
+        .filter(|(t, _)| t.starts_with("homeassistant/device_tracker/"))
+        .map(|(t, (text, retain))| {
+            assert!(*retain, "{t} retained");
+            assert!(t.ends_with("/config"), "{t}");
+            (t.clone(), serde_json::from_str(text).expect("config JSON"))
+        })
+        .collect();
+    let mut unique_ids = HashSet::new();
+    for (h, p, _) in expected {
+        let state_topic = format!("whereabouts/{h}/{p}/state");
+        let (topic, config) = configs
+            .iter()
+            .find(|(_, c)| c["state_topic"] == state_topic.as_str())
+            .unwrap_or_else(|| panic!("no discovery config for {state_topic}: {configs:?}"));
+        let object_id = topic
+            .strip_prefix("homeassistant/device_tracker/")
+            .and_then(|t| t.strip_suffix("/config"))
+            .unwrap();
+        assert!(
+            object_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "{object_id}"
+        );
+        for field in [
+            "name",
+            "unique_id",
+            "payload_home",
+            "payload_not_home",
+            "source_type",
+            "json_attributes_topic",
+        ] {
+            assert!(
+                config[field].as_str().is_some_and(|v| !v.is_empty()),
+                "{field} in {config}"
+            );
+        }
+        assert_eq!(
+            config["json_attributes_topic"],
+            format!("whereabouts/{h}/{p}")
+        );
+        assert_eq!(config["payload_home"], "home");
+        assert_eq!(config["payload_not_home"], "not_home");
+        assert_eq!(config["source_type"], "gps");
+        assert!(unique_ids.insert(config["unique_id"].to_string()));
+    }
+}
+
+/// Whether every person's state, attributes and discovery config are there.
+fn check_retained(
+    topics: &BTreeMap<String, (String, bool)>,
+    expected: &[(&str, &str, &str)],
+) -> Result<(), String> {
+    for (h, p, state) in expected {
+        let got = topics
+            .get(&format!("whereabouts/{h}/{p}/state"))
+            .ok_or(format!("no state for {h}/{p}"))?;
+        if got.0 != *state {
+            return Err(format!("{h}/{p}: state {:?}, want {state}", got.0));
+        }
+        topics
+            .get(&format!("whereabouts/{h}/{p}"))
+            .ok_or(format!("no attributes for {h}/{p}"))?;
+    }
+    let configs = topics
+        .keys()
+        .filter(|t| t.starts_with("homeassistant/device_tracker/"))
+        .count();
+    // A message published after the subscription comes without the retain
+    // flag: then look again, the state is what the broker holds.
+    if let Some((topic, _)) = topics.iter().find(|(_, (_, retain))| !retain) {
+        return Err(format!("{topic} arrived live, not retained"));
+    }
+    if configs < expected.len() {
+        return Err(format!("{configs} discovery configs"));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ 6. shutdown
+
+#[tokio::test]
+async fn sigterm_with_an_sse_client_connected_exits_cleanly() {
+    // A dead webhook too: a sink in the middle of its retries must not hold
+    // the shutdown up either.
+    let dead = Receiver::start(usize::MAX, 503, 200).await;
+    let mut stack = stack(&webhook_sink("dead", &dead.url, "")).await;
+    let mut harry = Phone::connect(&stack, "harry").await;
+    harry.transition("enter", "Home").await;
+    wait_place(&stack.js, "Harry", "Home", 1).await;
+    eventually("the dead webhook tried", WAIT, async || dead.hits() >= 1).await;
+    let mut sse = SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", None).await;
+    let (event, _, _) = sse.next_event(WAIT).await;
+    assert_eq!(event, "snapshot");
+    let started = std::time::Instant::now();
+    assert!(
+        stack.notifier.stop().await,
+        "notifier did not exit on SIGTERM; log:\n{}",
+        stack.notifier.log()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The stream ended rather than hanging.
+    let rest = sse.drain(Duration::from_secs(3)).await;
+    assert_eq!(rest.last(), Some(&SseItem::End), "{rest:?}");
+    let _ = &stack.nats;
+}
