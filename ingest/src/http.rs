@@ -159,9 +159,13 @@ async fn handle(state: &HttpState, query: PubQuery, headers: &HeaderMap, body: &
     match verdict {
         Verdict::Accepted { .. } | Verdict::Cleared => {
             let pattern = state.classifier.pattern();
-            let friends =
-                crate::friends::friends(&state.js, pattern, &household, &user, &device).await;
-            axum::Json(Value::Array(friends)).into_response()
+            // Queued commands first (the apps act on them), then the family.
+            let mut answer =
+                crate::commands::take_pending(&state.js, &household, &user, &device).await;
+            answer.extend(
+                crate::friends::friends(&state.js, pattern, &household, &user, &device).await,
+            );
+            axum::Json(Value::Array(answer)).into_response()
         }
         Verdict::Rejected { reason, detail, .. } => {
             tracing::info!(%user, %device, reason = reason.as_str(), %detail, "HTTP payload rejected");

@@ -8,11 +8,13 @@
 //! - `publish`: JetStream publishing with retries until stored.
 //! - `mqtt`: the persistent MQTT session, ordered manual acks.
 //! - `http`: OwnTracks HTTP mode, `POST /pub`.
+//! - `commands`: the `whereabouts-commands` service: `cmd`s to the phones.
 //! - `friends`: the household's other members, the answer to `POST /pub`.
 //! - `metrics`: ingest's Prometheus metrics.
 
 pub mod classify;
 pub mod cli;
+pub mod commands;
 pub mod friends;
 pub mod http;
 pub mod metrics;
@@ -53,7 +55,8 @@ pub async fn run(
     let classifier = Arc::new(classify::Classifier::new(settings.config.clone())?);
     let client =
         shared::jetstream::connect(&settings.nats_url, "whereabouts-ingest", nats_ready).await?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
+    let nats = client;
 
     let app = ops_router(registry, readiness.clone()).merge(http::router(http::HttpState {
         classifier: classifier.clone(),
@@ -83,10 +86,23 @@ pub async fn run(
     }
     streams_ready.set(true);
 
-    if let Some(mqtt_settings) = settings.mqtt {
+    let mqtt = match &settings.mqtt {
+        Some(m) => Some(mqtt::connect(m, &classifier.config().ingest.client_id)?),
+        None => None,
+    };
+    let commands = commands::Commands {
+        classifier: classifier.clone(),
+        mqtt: mqtt.as_ref().map(|(client, _)| client.clone()),
+        queue: commands::queue_bucket(&js)
+            .await
+            .context("creating the commands bucket")?,
+    };
+    let commands = tokio::spawn(commands.serve(nats, shutdown.clone()));
+
+    if let Some(connection) = mqtt {
         let mqtt_ready = readiness.check("mqtt");
         let bridge = mqtt::run(
-            mqtt_settings,
+            connection,
             classifier,
             js,
             metrics,
@@ -101,6 +117,11 @@ pub async fn run(
                 tracing::warn!("MQTT bridge did not drain in time; the broker keeps unacked messages");
             }
         }
+    }
+    match commands.await {
+        Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "commands service ended"),
+        Err(e) => tracing::warn!(error = %e, "commands service task failed"),
+        Ok(Ok(())) => {}
     }
     http.await
         .context("HTTP server task")?

@@ -37,19 +37,15 @@ pub struct MqttSettings {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// Runs the bridge until `shutdown`; then stops taking messages, finishes
-/// those in flight, and disconnects.
-pub async fn run(
-    settings: MqttSettings,
-    classifier: Arc<Classifier>,
-    js: jetstream::Context,
-    metrics: Metrics,
-    ready: ReadyFlag,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// The bridge's MQTT client and its event loop, not yet running. The client
+/// is also how commands go out to the phones.
+pub fn connect(
+    settings: &MqttSettings,
+    client_id: &str,
+) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let mut options = shared::mqtt::options(
         &settings.url,
-        &classifier.config().ingest.client_id,
+        client_id,
         settings.username.as_deref(),
         settings.password.as_deref(),
         settings.ca_file.as_deref(),
@@ -57,8 +53,19 @@ pub async fn run(
     options.set_clean_session(false);
     options.set_manual_acks(true);
     options.set_request_channel_capacity(MAX_IN_FLIGHT);
-    let (client, eventloop) = AsyncClient::new(options, MAX_IN_FLIGHT);
+    Ok(AsyncClient::new(options, MAX_IN_FLIGHT))
+}
 
+/// Runs the bridge until `shutdown`; then stops taking messages, finishes
+/// those in flight, and disconnects.
+pub async fn run(
+    (client, eventloop): (AsyncClient, EventLoop),
+    classifier: Arc<Classifier>,
+    js: jetstream::Context,
+    metrics: Metrics,
+    ready: ReadyFlag,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Each connection gets a generation: acks for messages received on an
     // older connection are not sent (the broker redelivers those anyway).
     let generation = Arc::new(AtomicU64::new(0));
