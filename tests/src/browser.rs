@@ -555,6 +555,11 @@ impl MagicMirror {
             std::os::unix::fs::symlink(dir, &link)
                 .unwrap_or_else(|e| panic!("linking {}: {e}", link.display()));
         }
+        // 2.30 asks for css/custom.css; an empty one keeps the console clean.
+        let custom_css = root.join("css").join("custom.css");
+        if !custom_css.exists() {
+            let _ = std::fs::write(&custom_css, "");
+        }
         let port = free_port();
         // Inside the install: the page loads its config from /config/.
         let config_path = root
