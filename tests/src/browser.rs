@@ -458,16 +458,9 @@ async fn run(cwd: &Path, program: &str, args: &[&str], timeout: Duration) -> Res
         return Ok(());
     }
     let text = String::from_utf8_lossy(&output.stderr);
-    let tail: String = text
-        .lines()
-        .rev()
-        .take(15)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    Err(format!("{what} failed ({}):\n{tail}", output.status))
+    // The first lines say what went wrong (npm: "npm error code ECONNREFUSED").
+    let head = text.lines().take(8).collect::<Vec<_>>().join("\n");
+    Err(format!("{what} failed ({}):\n{head}", output.status))
 }
 
 impl MagicMirror {
@@ -502,7 +495,13 @@ impl MagicMirror {
             run(
                 &staging,
                 "npm",
-                &["pack", "--silent", &spec],
+                // Few retries: an unreachable registry is a quick skip, not 70 s.
+                &[
+                    "pack",
+                    "--fetch-retries=1",
+                    "--fetch-retry-mintimeout=2000",
+                    &spec,
+                ],
                 Duration::from_secs(180),
             )
             .await
