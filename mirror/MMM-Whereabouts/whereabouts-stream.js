@@ -172,6 +172,9 @@ class Stream {
           return;
         }
         Log.log("[MMM-Whereabouts] connected to " + target.origin + " household " + this.household);
+        // Open now: a resumed stream (Last-Event-ID) replays events and sends
+        // no snapshot, so waiting for one would leave us "reconnecting".
+        this.setConnection("open");
         res.setEncoding("utf8");
         const parser = new SseParser(
           (ev) => this.dispatch(ev),
@@ -181,6 +184,9 @@ class Stream {
         res.on("data", (chunk) => {
           try {
             this.armIdle(() => fail("idle timeout"));
+            // Bytes arrived (a heartbeat at least): the connection works, so
+            // the next failure starts the backoff from 1 s again.
+            this.attempt = 0;
             parser.push(chunk);
           } catch (e) {
             Log.error("[MMM-Whereabouts] stream handling failed: " + (e && e.stack ? e.stack : e));

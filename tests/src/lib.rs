@@ -14,12 +14,19 @@
 //!   (start with a config, stop, kill, restart, read a metric);
 //!   [`service_binary`] and [`service_help`] (a service's `--help` text).
 //! - [`free_port`]: a free TCP port on 127.0.0.1 (for extra processes).
+//! - `browser` — [`Chromium`] (headless, driven over the DevTools protocol:
+//!   navigate, evaluate, poll the live DOM, screenshot) and [`MagicMirror`]
+//!   (2.30 server-only, installed once under `target/`); [`skip`] for
+//!   machines without them.
 //! - `process` (private) — spawning, signalling and reaping broker processes.
 //!
 //! Binaries: `NATS_SERVER_BIN` or `nats-server` (>= 2.11) on PATH;
 //! `MOSQUITTO_BIN`, `/usr/sbin/mosquitto` or `mosquitto` on PATH.
-//! `scripts/setup.sh` installs both on a fresh Debian machine.
+//! `CHROMIUM_BIN` or `/usr/bin/chromium`; `node` and `npm` for MagicMirror².
+//! `scripts/setup.sh` installs the brokers on a fresh Debian machine
+//! (`--browser`: Chromium too).
 
+mod browser;
 mod eventually;
 mod mosquitto;
 mod mqtt;
@@ -27,6 +34,9 @@ mod nats;
 mod process;
 mod service;
 
+pub use browser::{
+    Chromium, MAGICMIRROR_VERSION, MagicMirror, chromium_binary, repo_dir, skip, target_dir,
+};
 pub use eventually::{Outcome, eventually};
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received};
