@@ -101,18 +101,20 @@ pub async fn run(
 
     if let Some(connection) = mqtt {
         let mqtt_ready = readiness.check("mqtt");
-        let bridge = mqtt::run(
+        // A task, not the caller's future: under `block_on` every wake-up
+        // would cross threads, which caps the message rate.
+        let bridge = tokio::spawn(mqtt::run(
             connection,
             classifier,
             js,
             metrics,
             mqtt_ready,
             shutdown.clone(),
-        );
+        ));
         // In-flight publishes get a bounded time to finish on shutdown; what
         // is not acked stays with the broker.
         tokio::select! {
-            result = bridge => result.context("MQTT bridge")?,
+            result = bridge => result.context("MQTT bridge task")?.context("MQTT bridge")?,
             _ = async { shutdown.cancelled().await; tokio::time::sleep(Duration::from_secs(10)).await } => {
                 tracing::warn!("MQTT bridge did not drain in time; the broker keeps unacked messages");
             }

@@ -22,9 +22,13 @@ pub fn service_binary() -> PathBuf {
     if let Ok(path) = std::env::var("WHEREABOUTS_SERVICE_BIN") {
         return path.into();
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/whereabouts-service
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let exe = std::env::current_exe().expect("executable path");
+    // Tests run from target/<profile>/deps/, binaries (the benchmarks) from
+    // target/<profile>/: the service binary is in target/<profile>/.
+    let mut dir = exe.parent().expect("executable dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
     dir.join("whereabouts-service")
 }
 

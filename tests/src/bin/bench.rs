@@ -151,10 +151,47 @@ async fn bench_ingest() {
     let ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), "").await;
     let js = nats.jetstream().await;
     let started = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let url = format!("{}/metrics", ingest.url());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let Ok(r) = reqwest::get(&url).await else {
+                    break;
+                };
+                let text = r.text().await.unwrap_or_default();
+                if let Some(v) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ingest_inflight_messages "))
+                {
+                    samples.push(v.trim().parse::<f64>().unwrap_or(0.0));
+                }
+            }
+            samples
+        })
+    };
     publish(&mosquitto.url(), n, None).await;
     while (stream_count(&js, "OWNTRACKS").await as usize) < n {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.await.unwrap_or_default();
+    let mean = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+    let max = samples.iter().cloned().fold(0.0, f64::max);
+    println!("    messages held by ingest (unacked): mean {mean:.0}, max {max:.0}");
+    let sum = ingest
+        .metric("ingest_jetstream_publish_seconds_sum", "OWNTRACKS")
+        .await;
+    let count = ingest
+        .metric("ingest_jetstream_publish_seconds_count", "OWNTRACKS")
+        .await;
+    println!(
+        "    JetStream publish→ack, mean:           {:>9.2} ms",
+        sum / count * 1000.0
+    );
     let bridged = n as f64 / started.elapsed().as_secs_f64();
     let stored = stream_count(&js, "OWNTRACKS").await;
     println!(
