@@ -35,7 +35,6 @@ use crate::metrics::Metrics;
 /// The durable consumer's name: all instances share it.
 pub const CONSUMER: &str = "presence";
 const WORKERS: usize = 128;
-const KINDS: [&str; 5] = ["location", "transition", "lwt", "waypoints", "card"];
 
 #[derive(Clone)]
 pub struct Engine {
@@ -93,21 +92,19 @@ impl Engine {
 
         let stream = self.js.get_stream(OWNTRACKS_STREAM).await?;
         let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(CONSUMER.into()),
-                    filter_subjects: KINDS
-                        .iter()
-                        .map(|k| format!("owntracks.*.*.*.{k}"))
-                        .collect(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    // Redelivery after a crash comes this soon; retries send progress.
-                    ack_wait: Duration::from_secs(15),
-                    max_ack_pending: 4096,
-                    ..Default::default()
-                },
-            )
+            // Create or update, so that a new version's settings apply.
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                // No subject filter: with thousands of devices a filtered
+                // consumer costs the server a scan per delivery (measured:
+                // nats-server saturated at ~2,000 msg/s). The few other
+                // kinds are acked and skipped by `route`.
+                ack_policy: consumer::AckPolicy::Explicit,
+                // Redelivery after a crash comes this soon; retries send progress.
+                ack_wait: Duration::from_secs(15),
+                max_ack_pending: 4096,
+                ..Default::default()
+            })
             .await
             .context("creating the presence consumer")?;
         let mut messages = consumer
@@ -319,7 +316,14 @@ async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<PersonState>
     let Ok(mut state) = serde_json::from_slice::<PersonState>(&entry.value) else {
         return Ok((None, entry.revision));
     };
-    let outbox = std::mem::take(&mut state.outbox);
+    // Stored without their `state`: it is the stored state itself.
+    let outbox: Vec<_> = std::mem::take(&mut state.outbox)
+        .into_iter()
+        .map(|mut e| {
+            e.state = state.clone();
+            e
+        })
+        .collect();
     if let Some(last) = outbox.last() {
         // Within the duplicate window JetStream drops repeats: just publish.
         // Older: publish only if the person's subject does not end with them.
@@ -334,6 +338,28 @@ async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<PersonState>
         }
     }
     Ok((Some(state), entry.revision))
+}
+
+/// An event for the outbox: its `state` emptied, as the outbox is stored
+/// inside that very state (a copy per event would triple the write).
+fn hollow(event: &shared::state::PresenceEvent) -> shared::state::PresenceEvent {
+    let state = &event.state;
+    shared::state::PresenceEvent {
+        state: PersonState {
+            household: state.household.clone(),
+            person: state.person.clone(),
+            name: String::new(),
+            place: String::new(),
+            place_since: OffsetDateTime::UNIX_EPOCH,
+            status: Status::Online,
+            status_reason: None,
+            last_seen: None,
+            devices: Vec::new(),
+            place_device: None,
+            outbox: Vec::new(),
+        },
+        ..event.clone()
+    }
 }
 
 /// The id of the last event on a person's subject.
@@ -389,7 +415,7 @@ async fn handle(
         // The events go into the KV with the state (the outbox), so that a
         // crash before they are published cannot lose them.
         let mut stored = next.clone();
-        stored.outbox = outcome.events.clone();
+        stored.outbox = outcome.events.iter().map(hollow).collect();
         let bytes: bytes::Bytes = serde_json::to_vec(&stored)?.into();
         let written = if revision == 0 {
             engine.kv.create(&key, bytes).await.map_err(|e| {

@@ -257,7 +257,11 @@ async fn bench_ingest() {
 }
 
 async fn bench_presence() {
-    let (messages, devices) = (100_000usize, 10_000usize);
+    let messages: usize = std::env::var("BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let devices = (messages / 10).max(1);
     println!(
         "# presence benchmark: {messages} location envelopes from {devices} devices, pre-loaded"
     );

@@ -2,6 +2,10 @@
 //! own command lines in one binary, for tests that run real processes. Each
 //! runs on the same runtime flavour as its own binary.
 
+// The same allocator as the services' own binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().collect();
     if args.len() < 2 {
