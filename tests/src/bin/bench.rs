@@ -400,11 +400,11 @@ debounce = "0s"
                     if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data:"))
                         && let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim())
                         && v["kind"] == "place"
-                        && let Some(probe) = v["state"]["devices"][0]["last_fix"]["tst"].as_i64()
+                        && let Some(lat) = v["state"]["devices"][0]["last_fix"]["lat"].as_f64()
                     {
                         seen.lock()
                             .unwrap()
-                            .entry(probe.to_string())
+                            .entry(format!("{lat:.5}"))
                             .or_default()
                             .push(arrived);
                     }
@@ -431,17 +431,19 @@ debounce = "0s"
         let total = rate * seconds;
         let mut sent: HashMap<String, u64> = HashMap::new();
         let started = Instant::now();
-        let base = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
         for i in 0..total {
             let due = started + Duration::from_nanos(i * 1_000_000_000 / rate);
             tokio::time::sleep_until(due.into()).await;
             // Every 50th message is the probe changing place; the rest is load.
             if i % 50 == 0 {
+                // The probe's fix carries its number in `lat`, which the
+                // event's state echoes; the place alternates.
                 let probe = i / 50;
-                let tst = base / 1000 + 100_000 + (rate as i64) * 1000 + probe as i64; // unique, increasing
+                let lat = 51.5 + (rate as f64) * 1e-3 + probe as f64 * 1e-5;
                 let place = if probe % 2 == 0 { "Home" } else { "Work" };
-                let msg = json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":5,"vel":0,"tst":tst,"inregions":[place]});
-                sent.insert(tst.to_string(), now_ns());
+                let tst = time::OffsetDateTime::now_utc().unix_timestamp();
+                let msg = json!({"_type":"location","lat":lat,"lon":-0.12,"acc":5,"vel":0,"tst":tst,"inregions":[place]});
+                sent.insert(format!("{lat:.5}"), now_ns());
                 client
                     .publish(
                         "owntracks/probe/phone",
