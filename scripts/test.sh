@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --browser --prometheus
-cargo test --workspace --all-targets "$@"
+# --no-fail-fast: one failing test binary must not hide the others.
+cargo test --workspace --all-targets --no-fail-fast "$@"

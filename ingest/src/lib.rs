@@ -51,6 +51,8 @@ pub async fn run(
     let readiness = Readiness::default();
     let nats_ready = readiness.check("nats");
     let streams_ready = readiness.check("streams");
+    // Registered up front: ready means subscribed, not merely started.
+    let mqtt_ready = settings.mqtt.is_some().then(|| readiness.check("mqtt"));
 
     let classifier = Arc::new(classify::Classifier::new(settings.config.clone())?);
     let client =
@@ -100,7 +102,7 @@ pub async fn run(
     let commands = tokio::spawn(commands.serve(nats, shutdown.clone()));
 
     if let Some(connection) = mqtt {
-        let mqtt_ready = readiness.check("mqtt");
+        let mqtt_ready = mqtt_ready.expect("registered with the MQTT settings");
         // A task, not the caller's future: under `block_on` every wake-up
         // would cross threads, which caps the message rate.
         let bridge = tokio::spawn(mqtt::run(

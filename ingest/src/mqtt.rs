@@ -142,7 +142,6 @@ async fn event_loop(
                 );
                 backoff.reset();
                 metrics.mqtt_connected.set(1);
-                ready.set(true);
                 // Always subscribe again: a broker that lost the session has
                 // forgotten the subscription. Not awaited here: the request
                 // channel may be full of acks only this loop can drain.
@@ -154,6 +153,15 @@ async fn event_loop(
                 });
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                // Ready once subscribed: messages published from now on reach us.
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if !granted {
+                    tracing::error!(filter = %subscription, "the broker refused the subscription (ACL?)");
+                }
+                ready.set(granted);
                 tracing::info!(return_codes = ?ack.return_codes, filter = %subscription, "MQTT subscribed");
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
