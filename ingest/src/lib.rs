@@ -68,23 +68,12 @@ pub async fn run(
     let http = tokio::spawn(serve(listener, app, shutdown.clone()));
 
     // Streams first: publishing to a missing stream has no responder.
-    let mut backoff = shared::mqtt::Backoff::default();
-    loop {
-        match shared::jetstream::ensure_ingest_streams(&js, &settings.config.streams).await {
-            Ok(()) => break,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "cannot set up streams yet"
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let streams = &settings.config.streams;
+    let setup = shared::jetstream::retry_setup("streams", &shutdown, || {
+        shared::jetstream::ensure_ingest_streams(&js, streams)
+    });
+    if setup.await.is_none() {
+        return Ok(());
     }
     streams_ready.set(true);
 

@@ -53,27 +53,12 @@ pub async fn run(
     let config = Arc::new(settings.config);
 
     // The same set-up as presence, so that either may start first.
-    let mut backoff = shared::mqtt::Backoff::default();
-    let store = loop {
-        let setup = async {
-            shared::jetstream::ensure_presence_stream(&js, &config.streams).await?;
-            shared::jetstream::ensure_presence_bucket(&js, &config.streams).await
-        };
-        match setup.await {
-            Ok(store) => break store,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "cannot set up PRESENCE yet"
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let setup = shared::jetstream::retry_setup("PRESENCE", &shutdown, || async {
+        shared::jetstream::ensure_presence_stream(&js, &config.streams).await?;
+        shared::jetstream::ensure_presence_bucket(&js, &config.streams).await
+    });
+    let Some(store) = setup.await else {
+        return Ok(());
     };
 
     let people = people::People::default();

@@ -57,28 +57,13 @@ pub async fn run(
     ));
 
     let streams = &settings.config.streams;
-    let mut backoff = shared::mqtt::Backoff::default();
-    let kv = loop {
-        let setup = async {
-            shared::jetstream::ensure_ingest_streams(&js, streams).await?;
-            shared::jetstream::ensure_presence_stream(&js, streams).await?;
-            shared::jetstream::ensure_presence_bucket(&js, streams).await
-        };
-        match setup.await {
-            Ok(kv) => break kv,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "cannot set up streams yet"
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let setup = shared::jetstream::retry_setup("streams", &shutdown, || async {
+        shared::jetstream::ensure_ingest_streams(&js, streams).await?;
+        shared::jetstream::ensure_presence_stream(&js, streams).await?;
+        shared::jetstream::ensure_presence_bucket(&js, streams).await
+    });
+    let Some(kv) = setup.await else {
+        return Ok(());
     };
     setup_ready.set(true);
     let engine = service::Engine {

@@ -143,3 +143,34 @@ pub async fn connect(
         .with_context(|| format!("connecting to NATS at {url}"))?;
     Ok(client)
 }
+
+/// Runs `setup` until it succeeds, with jittered backoff between attempts
+/// (NATS may start after the service); `None` if `shutdown` comes first.
+pub async fn retry_setup<T, F, Fut>(
+    what: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut setup: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut backoff = crate::mqtt::Backoff::default();
+    loop {
+        match setup().await {
+            Ok(value) => return Some(value),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot set up {what} yet"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
