@@ -334,11 +334,13 @@ impl Default for StreamsConfig {
         const DAY: u64 = 86_400;
         StreamsConfig {
             owntracks_max_age: Duration::from_secs(30 * DAY),
-            owntracks_max_bytes: 4 << 30,
+            // JetStream reserves max_bytes up front: keep the defaults small
+            // enough for a Raspberry Pi's SD card (1.6 GiB in all).
+            owntracks_max_bytes: 1 << 30,
             rejected_max_age: Duration::from_secs(7 * DAY),
-            rejected_max_bytes: 256 << 20,
+            rejected_max_bytes: 128 << 20,
             presence_max_age: Duration::from_secs(30 * DAY),
-            presence_max_bytes: 1 << 30,
+            presence_max_bytes: 512 << 20,
             duplicate_window: Duration::from_secs(10 * 60),
             replicas: 1,
         }
