@@ -1,0 +1,473 @@
+//! The ntfy and MagicMirror sinks end to end: real mosquitto and
+//! nats-server, the real ingest, presence and notifier processes, a scripted
+//! phone, and a local HTTP server standing in for ntfy or for
+//! MMM-Remote-Control. What arrives there is compared with what presence
+//! published on the PRESENCE stream.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use serde_json::{Value, json};
+use shared::state::{EventKind, PresenceEvent};
+use whereabouts_tests::{
+    Mosquitto, MqttPublisher, NatsServer, Service, eventually, stream_messages,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One household, `weasleys`: Harry (a phone and a watch) and Ginny.
+/// Late means older than a minute. `sinks` is appended after `[streams]`.
+fn config(sinks: &str) -> String {
+    format!(
+        r#"
+[ingest]
+default_household = "weasleys"
+
+[households.weasleys]
+places = ["Home", "Work", "School"]
+
+[[households.weasleys.people]]
+name = "Harry"
+devices = ["harry/phone", "harry/watch"]
+
+[[households.weasleys.people]]
+name = "Ginny"
+devices = ["ginny/phone"]
+
+[presence]
+debounce = "0s"
+max_fix_age = "1m"
+
+[notifier]
+heartbeat = "1s"
+
+# Small reservations: JetStream refuses streams whose limits exceed its
+# share of the free disk, and other test runs may share that disk.
+[streams]
+owntracks_max_bytes = 67108864
+rejected_max_bytes = 16777216
+presence_max_bytes = 67108864
+
+{sinks}
+"#
+    )
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+// ---------------------------------------------------------------- the stack
+
+struct Stack {
+    _nats: NatsServer,
+    mosquitto: Mosquitto,
+    _ingest: Service,
+    _presence: Service,
+    notifier: Service,
+    js: jetstream::Context,
+}
+
+async fn stack(sinks: &str) -> Stack {
+    let config = config(sinks);
+    let nats = NatsServer::start().await;
+    let mosquitto = Mosquitto::start().await;
+    let ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), &config).await;
+    let presence = Service::start("presence", &nats.url(), &mosquitto.url(), &config).await;
+    let notifier = Service::start("notifier", &nats.url(), &mosquitto.url(), &config).await;
+    let js = nats.jetstream().await;
+    Stack {
+        _nats: nats,
+        mosquitto,
+        _ingest: ingest,
+        _presence: presence,
+        notifier,
+        js,
+    }
+}
+
+/// A scripted OwnTracks device `owntracks/<user>/<device>`: fix times are
+/// now, never going back.
+struct Phone {
+    mqtt: MqttPublisher,
+    topic: String,
+    tst: i64,
+}
+
+impl Phone {
+    async fn connect(stack: &Stack, user: &str, device: &str) -> Phone {
+        let mqtt =
+            MqttPublisher::connect(&stack.mosquitto.url(), &format!("{user}-{device}")).await;
+        Phone {
+            mqtt,
+            topic: format!("owntracks/{user}/{device}"),
+            tst: 0,
+        }
+    }
+
+    fn next_tst(&mut self) -> i64 {
+        self.tst = now().max(self.tst + 1);
+        self.tst
+    }
+
+    async fn transition(&mut self, event: &str, desc: &str) {
+        let tst = self.next_tst();
+        let payload = json!({"_type":"transition","event":event,"desc":desc,"tst":tst,"acc":0});
+        self.mqtt
+            .publish(&format!("{}/event", self.topic), payload.to_string())
+            .await;
+    }
+
+    /// A location whose fix is `age_s` seconds old.
+    async fn old_location(&mut self, age_s: i64, inregions: &[&str]) {
+        let tst = now() - age_s;
+        let payload = json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":12,"vel":0,
+            "batt":80,"tst":tst,"inregions":inregions});
+        self.mqtt.publish(&self.topic, payload.to_string()).await;
+    }
+}
+
+/// The PRESENCE stream's events, in stream order.
+async fn stream_events(js: &jetstream::Context) -> Vec<PresenceEvent> {
+    stream_messages(js, "PRESENCE", ">")
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("presence event JSON"))
+        .collect()
+}
+
+/// Waits until PRESENCE holds a place event of `person` matching `want`,
+/// the `nth` (1-based) such; returns it.
+async fn wait_place_event(
+    js: &jetstream::Context,
+    what: &str,
+    nth: usize,
+    want: impl Fn(&PresenceEvent) -> bool,
+) -> PresenceEvent {
+    eventually(what, WAIT, async || {
+        stream_events(js)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Place && want(e))
+            .nth(nth - 1)
+    })
+    .await
+}
+
+async fn wait_place(
+    js: &jetstream::Context,
+    person: &str,
+    place: &str,
+    nth: usize,
+) -> PresenceEvent {
+    wait_place_event(
+        js,
+        &format!("{person} at {place} (#{nth}) in PRESENCE"),
+        nth,
+        |e| e.person == person && e.place.as_deref() == Some(place),
+    )
+    .await
+}
+
+/// PRESENCE's events once the stream has stopped growing (presence may
+/// publish several events for one change).
+async fn quiet_events(js: &jetstream::Context) -> Vec<PresenceEvent> {
+    let mut before = stream_events(js).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = stream_events(js).await;
+        if now.len() == before.len() {
+            return now;
+        }
+        before = now;
+    }
+}
+
+/// The sum of a metric's samples whose labels contain every one of `labels`.
+async fn metric(service: &Service, name: &str, labels: &[&str]) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", service.url()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `sink` has settled `count` events (delivered, filtered out
+/// or given up): it then has nothing more to send for them.
+async fn wait_sink_settled(notifier: &Service, sink: &str, count: usize) {
+    eventually(
+        &format!("sink {sink} settled {count} events"),
+        WAIT,
+        async || {
+            let mut settled = 0.0;
+            for outcome in ["delivered", "filtered", "failed", "invalid"] {
+                settled += metric(
+                    notifier,
+                    "notifier_deliveries_total",
+                    &[
+                        &format!("sink=\"{sink}\""),
+                        &format!("outcome=\"{outcome}\""),
+                    ],
+                )
+                .await;
+            }
+            if settled == count as f64 {
+                Ok(())
+            } else {
+                Err(format!("{settled} settled"))
+            }
+        },
+    )
+    .await
+}
+
+// ------------------------------------------------------ a recording server
+
+/// One request as the stand-in server saw it.
+#[derive(Debug, Clone)]
+struct Request {
+    method: Method,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).expect("UTF-8 body")
+    }
+
+    fn query_param(&self, name: &str) -> Option<String> {
+        self.query
+            .as_deref()?
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+/// A local HTTP server standing in for ntfy or MMM-Remote-Control: answers
+/// 200 to anything, and records every request, whatever its path.
+#[derive(Clone)]
+struct Recorder {
+    url: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let recorder = Recorder {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            requests: Arc::default(),
+        };
+        let requests = recorder.requests.clone();
+        let app = axum::Router::new().fallback(
+            async move |method: Method, uri: Uri, headers: HeaderMap, body: bytes::Bytes| {
+                requests.lock().unwrap().push(Request {
+                    method,
+                    path: uri.path().to_string(),
+                    query: uri.query().map(String::from),
+                    headers,
+                    body,
+                });
+                StatusCode::OK
+            },
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        recorder
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+// ------------------------------------------------------------------- 1. ntfy
+
+#[tokio::test]
+async fn ntfy_pushes_chosen_people_reaching_chosen_places_but_not_late_news() {
+    const TOKEN: &str = "tk_weasley0123456789";
+    let ntfy = Recorder::start().await;
+    let sinks = format!(
+        r#"
+[[notifier.sinks]]
+type = "ntfy"
+name = "ntfy"
+url = "{}/weasleys"
+token = "{TOKEN}"
+template = "{{person}} arrived at {{place}}"
+people = ["Harry"]
+places = ["School"]
+"#,
+        ntfy.url
+    );
+    let stack = stack(&sinks).await;
+    let js = &stack.js;
+    let notifier = &stack.notifier;
+    let mut harry = Phone::connect(&stack, "harry", "phone").await;
+    let mut ginny = Phone::connect(&stack, "ginny", "phone").await;
+
+    // Harry reaches School: one push.
+    harry.transition("enter", "School").await;
+    let school = wait_place(js, "Harry", "School", 1).await;
+    assert!(!school.late, "a fresh transition is news");
+    wait_sink_settled(notifier, "ntfy", quiet_events(js).await.len()).await;
+    let requests = ntfy.requests();
+    assert_eq!(requests.len(), 1, "one push: {requests:?}");
+    let push = &requests[0];
+    assert_eq!(push.method, Method::POST);
+    assert_eq!(push.path, "/weasleys");
+    assert_eq!(push.text(), "Harry arrived at School");
+    assert_eq!(
+        push.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert!(
+        push.header("title").is_some_and(|t| !t.is_empty()),
+        "a Title header: {:?}",
+        push.headers
+    );
+
+    // Harry reaches Home (not among the places): no push.
+    harry.transition("leave", "School").await;
+    harry.transition("enter", "Home").await;
+    wait_place(js, "Harry", "Home", 1).await;
+    // Ginny reaches School (not among the people): no push.
+    ginny.transition("enter", "School").await;
+    wait_place(js, "Ginny", "School", 1).await;
+
+    // Harry leaves Home; then a watch of his, new to presence, reports an
+    // hour-old fix inside School: Harry's place becomes School, but late.
+    harry.transition("leave", "Home").await;
+    wait_place_event(js, "Harry left Home", 1, |e| {
+        e.person == "Harry" && e.previous_place.as_deref() == Some("Home")
+    })
+    .await;
+    let mut watch = Phone::connect(&stack, "harry", "watch").await;
+    watch.old_location(3600, &["School"]).await;
+    let late = wait_place(js, "Harry", "School", 2).await;
+    assert!(late.late, "an hour-old fix is late: {late:?}");
+    assert_eq!(late.cause.device.as_deref(), Some("harry/watch"));
+
+    let events = quiet_events(js).await;
+    wait_sink_settled(notifier, "ntfy", events.len()).await;
+    let requests = ntfy.requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "still the one push after {} events: {:?}",
+        events.len(),
+        requests.iter().map(Request::text).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        metric(
+            notifier,
+            "notifier_deliveries_total",
+            &["sink=\"ntfy\"", "outcome=\"delivered\""]
+        )
+        .await,
+        1.0
+    );
+}
+
+// ------------------------------------------------------------ 2. magicmirror
+
+#[tokio::test]
+async fn magicmirror_gets_every_presence_event_as_a_notification() {
+    let mirror = Recorder::start().await;
+    let sinks = format!(
+        r#"
+[[notifier.sinks]]
+type = "magicmirror"
+name = "mirror"
+url = "{}"
+api_key = "mm-key"
+notification = "WHEREABOUTS_PRESENCE"
+"#,
+        mirror.url
+    );
+    let stack = stack(&sinks).await;
+    let js = &stack.js;
+    let mut harry = Phone::connect(&stack, "harry", "phone").await;
+    let mut ginny = Phone::connect(&stack, "ginny", "phone").await;
+
+    harry.transition("enter", "Home").await;
+    ginny.transition("enter", "School").await;
+    wait_place(js, "Harry", "Home", 1).await;
+    wait_place(js, "Ginny", "School", 1).await;
+    harry.transition("leave", "Home").await;
+    harry.transition("enter", "Work").await;
+    ginny.transition("leave", "School").await;
+    wait_place(js, "Harry", "Work", 1).await;
+    wait_place_event(js, "Ginny left School", 1, |e| {
+        e.person == "Ginny" && e.previous_place.as_deref() == Some("School")
+    })
+    .await;
+
+    let raw: Vec<Value> = {
+        quiet_events(js).await;
+        stream_messages(js, "PRESENCE", ">")
+            .await
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).expect("presence event JSON"))
+            .collect()
+    };
+    assert!(raw.len() >= 4, "at least the four place changes: {raw:?}");
+    let requests = eventually("every event at the mirror", WAIT, async || {
+        let requests = mirror.requests();
+        (requests.len() >= raw.len()).then_some(requests)
+    })
+    .await;
+    wait_sink_settled(&stack.notifier, "mirror", raw.len()).await;
+    let requests = {
+        let settled = mirror.requests();
+        assert_eq!(settled.len(), requests.len(), "no more after settling");
+        settled
+    };
+
+    for request in &requests {
+        assert_eq!(request.method, Method::POST);
+        assert_eq!(request.path, "/api/notification/WHEREABOUTS_PRESENCE");
+        assert!(
+            request.query_param("apiKey").as_deref() == Some("mm-key")
+                || request.header("authorization") == Some("apikey mm-key"),
+            "the API key: query {:?}, headers {:?}",
+            request.query,
+            request.headers
+        );
+        assert!(
+            request
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "JSON: {:?}",
+            request.headers
+        );
+    }
+    let bodies: Vec<Value> = requests
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("a JSON body"))
+        .collect();
+    let id = |v: &Value| v["id"].as_str().expect("an id").to_string();
+    assert_eq!(
+        bodies.iter().map(id).collect::<Vec<_>>(),
+        raw.iter().map(id).collect::<Vec<_>>(),
+        "the stream's events, once each, in order"
+    );
+    assert_eq!(bodies, raw, "each body is the presence event itself");
+}
