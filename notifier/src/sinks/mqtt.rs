@@ -17,6 +17,9 @@ use super::DeliveryError;
 pub struct MqttSink {
     client: AsyncClient,
     connected: Arc<AtomicBool>,
+    /// PUBACKs received: an event counts as delivered only once the broker
+    /// acknowledged each of its messages.
+    acks: Arc<tokio::sync::watch::Sender<u64>>,
     topic: String,
     discovery_prefix: String,
     /// Each household's places: the names HA may show as zones.
@@ -24,6 +27,9 @@ pub struct MqttSink {
     /// People whose discovery config was sent on this connection.
     announced: Arc<Mutex<HashSet<(String, String)>>>,
 }
+
+/// How long the broker may take to acknowledge an event's messages.
+const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A name made safe as one MQTT topic level.
 pub fn level(name: &str) -> String {
@@ -68,7 +74,8 @@ impl MqttSink {
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
         let connected = Arc::new(AtomicBool::new(false));
         let announced = Arc::new(Mutex::new(HashSet::new()));
-        let (flag, seen) = (connected.clone(), announced.clone());
+        let acks = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let (flag, seen, acked) = (connected.clone(), announced.clone(), acks.clone());
         tokio::spawn(async move {
             let mut backoff = shared::mqtt::Backoff::default();
             loop {
@@ -83,6 +90,9 @@ impl MqttSink {
                         seen.lock().unwrap().clear();
                         flag.store(true, Ordering::Release);
                     }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acked.send_modify(|n| *n += 1);
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         flag.store(false, Ordering::Release);
@@ -96,6 +106,7 @@ impl MqttSink {
         Ok(MqttSink {
             client,
             connected,
+            acks,
             topic: topic.to_string(),
             discovery_prefix: discovery_prefix.to_string(),
             places: households
@@ -116,8 +127,25 @@ impl MqttSink {
         if !self.connected.load(Ordering::Acquire) {
             return Err(DeliveryError::Retryable("MQTT broker not connected".into()));
         }
+        let mut acks = self.acks.subscribe();
+        let before = *acks.borrow_and_update();
+        let sent = self.send(event).await?;
+        // One event at a time per sink, so every PUBACK from here is ours.
+        let acknowledged =
+            tokio::time::timeout(ACK_TIMEOUT, acks.wait_for(|n| *n >= before + sent)).await;
+        match acknowledged {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(DeliveryError::Retryable(
+                "the broker did not acknowledge in time".into(),
+            )),
+        }
+    }
+
+    /// Publishes the event's messages; returns how many.
+    async fn send(&self, event: &PresenceEvent) -> Result<u64, DeliveryError> {
         let state = &event.state;
         let base = self.state_topic(&state.household, &state.person);
+        let mut sent = 0;
         let key = (state.household.clone(), state.person.clone());
         let new = self.announced.lock().unwrap().insert(key.clone());
         if new && !self.discovery_prefix.is_empty() {
@@ -126,6 +154,7 @@ impl MqttSink {
                 self.announced.lock().unwrap().remove(&key);
                 return Err(e);
             }
+            sent += 1;
         }
         let places = self
             .places
@@ -134,7 +163,8 @@ impl MqttSink {
             .unwrap_or_default();
         self.publish(format!("{base}/state"), ha_state(state, places).to_string())
             .await?;
-        self.publish(base, attributes(state).to_string()).await
+        self.publish(base, attributes(state).to_string()).await?;
+        Ok(sent + 2)
     }
 
     async fn publish(&self, topic: String, payload: String) -> Result<(), DeliveryError> {
