@@ -17,7 +17,7 @@ use shared::state::{EventKind, PresenceEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use whereabouts_tests::{
-    Mosquitto, MqttPublisher, MqttSubscriber, NatsServer, Service, eventually, stream_messages,
+    MqttPublisher, MqttSubscriber, Pipeline, Service, eventually, stream_messages,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -72,31 +72,10 @@ fn now() -> i64 {
 
 // ---------------------------------------------------------------- the stack
 
-struct Stack {
-    nats: NatsServer,
-    mosquitto: Mosquitto,
-    _ingest: Service,
-    _presence: Service,
-    notifier: Service,
-    js: jetstream::Context,
-}
+type Stack = Pipeline;
 
 async fn stack(sinks: &str) -> Stack {
-    let config = config(sinks);
-    let nats = NatsServer::start().await;
-    let mosquitto = Mosquitto::start().await;
-    let ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), &config).await;
-    let presence = Service::start("presence", &nats.url(), &mosquitto.url(), &config).await;
-    let notifier = Service::start("notifier", &nats.url(), &mosquitto.url(), &config).await;
-    let js = nats.jetstream().await;
-    Stack {
-        nats,
-        mosquitto,
-        _ingest: ingest,
-        _presence: presence,
-        notifier,
-        js,
-    }
+    Pipeline::start(&config(sinks)).await
 }
 
 /// A scripted OwnTracks phone: `owntracks/<user>/phone`, fix times rising.

@@ -11,9 +11,7 @@ use async_nats::jetstream;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::{Value, json};
 use shared::state::{EventKind, PresenceEvent};
-use whereabouts_tests::{
-    Mosquitto, MqttPublisher, NatsServer, Service, eventually, stream_messages,
-};
+use whereabouts_tests::{MqttPublisher, Pipeline, Service, eventually, stream_messages};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -61,31 +59,10 @@ fn now() -> i64 {
 
 // ---------------------------------------------------------------- the stack
 
-struct Stack {
-    _nats: NatsServer,
-    mosquitto: Mosquitto,
-    _ingest: Service,
-    _presence: Service,
-    notifier: Service,
-    js: jetstream::Context,
-}
+type Stack = Pipeline;
 
 async fn stack(sinks: &str) -> Stack {
-    let config = config(sinks);
-    let nats = NatsServer::start().await;
-    let mosquitto = Mosquitto::start().await;
-    let ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), &config).await;
-    let presence = Service::start("presence", &nats.url(), &mosquitto.url(), &config).await;
-    let notifier = Service::start("notifier", &nats.url(), &mosquitto.url(), &config).await;
-    let js = nats.jetstream().await;
-    Stack {
-        _nats: nats,
-        mosquitto,
-        _ingest: ingest,
-        _presence: presence,
-        notifier,
-        js,
-    }
+    Pipeline::start(&config(sinks)).await
 }
 
 /// A scripted OwnTracks device `owntracks/<user>/<device>`: fix times are
