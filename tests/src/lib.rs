@@ -10,6 +10,7 @@
 //! - `mqtt` — [`MqttPublisher`] (QoS 1, waits for PUBACKs) and
 //!   [`MqttSubscriber`] (QoS 1, optionally a persistent session).
 //! - `eventually` — [`eventually`]: poll a condition until a deadline.
+//! - `phone` — [`Phone`]: a scripted OwnTracks phone (transitions, fixes).
 //! - `pipeline` — [`Pipeline`]: brokers plus ingest, presence and notifier
 //!   with one config, for end-to-end tests of the whole chain.
 //! - `service` — [`Service`]: a Whereabouts service as a real process
@@ -33,6 +34,7 @@ mod eventually;
 mod mosquitto;
 mod mqtt;
 mod nats;
+mod phone;
 mod pipeline;
 mod process;
 mod service;
@@ -44,6 +46,7 @@ pub use eventually::{Outcome, eventually};
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received};
 pub use nats::{NatsServer, stream_count, stream_messages};
+pub use phone::Phone;
 pub use pipeline::Pipeline;
 pub use process::free_port;
 pub use service::{Service, service_binary, service_help};

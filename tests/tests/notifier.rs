@@ -12,13 +12,11 @@ use std::time::Duration;
 use async_nats::jetstream;
 use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::state::{EventKind, PresenceEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use whereabouts_tests::{
-    MqttPublisher, MqttSubscriber, Pipeline, Service, eventually, stream_messages,
-};
+use whereabouts_tests::{MqttSubscriber, Phone, Pipeline, Service, eventually, stream_messages};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -66,63 +64,12 @@ heartbeat = "1s"
     )
 }
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 // ---------------------------------------------------------------- the stack
 
 type Stack = Pipeline;
 
 async fn stack(sinks: &str) -> Stack {
     Pipeline::start(&config(sinks)).await
-}
-
-/// A scripted OwnTracks phone: `owntracks/<user>/phone`, fix times rising.
-struct Phone {
-    mqtt: MqttPublisher,
-    user: String,
-    tst: i64,
-}
-
-impl Phone {
-    async fn connect(stack: &Stack, user: &str) -> Phone {
-        let mqtt = MqttPublisher::connect(&stack.mosquitto.url(), &format!("{user}-phone")).await;
-        Phone {
-            mqtt,
-            user: user.to_string(),
-            tst: now() - 900,
-        }
-    }
-
-    fn next_tst(&mut self) -> i64 {
-        self.tst += 10;
-        self.tst
-    }
-
-    async fn transition(&mut self, event: &str, desc: &str) {
-        let tst = self.next_tst();
-        let payload = json!({"_type":"transition","event":event,"desc":desc,"tst":tst,"acc":0,
-            "lat":51.5,"lon":-0.12,"t":"c"});
-        self.mqtt
-            .publish(
-                &format!("owntracks/{}/phone/event", self.user),
-                payload.to_string(),
-            )
-            .await;
-    }
-
-    async fn location(&mut self, lat: f64, lon: f64, inregions: &[&str]) {
-        let tst = self.next_tst();
-        let payload = json!({"_type":"location","lat":lat,"lon":lon,"acc":12,"vel":0,"batt":80,
-            "tst":tst,"inregions":inregions});
-        self.mqtt
-            .publish(
-                &format!("owntracks/{}/phone", self.user),
-                payload.to_string(),
-            )
-            .await;
-    }
 }
 
 /// The PRESENCE stream's events (of one household, or `>` for all), with
@@ -398,8 +345,8 @@ fn places(events: &[(u64, PresenceEvent)], person: &str) -> Vec<String> {
 async fn sse_snapshot_then_live_events_and_resume_with_last_event_id() {
     let stack = stack("").await;
     let js = &stack.js;
-    let mut harry = Phone::connect(&stack, "harry").await;
-    let mut bill = Phone::connect(&stack, "bill").await;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    let mut bill = Phone::connect(&stack.mosquitto.url(), "bill", "phone").await;
     harry.transition("enter", "Home").await;
     wait_place(js, "Harry", "Home", 1).await;
     let people_url = format!("{}/v1/households/alpha/people", stack.notifier.url());
@@ -510,8 +457,8 @@ async fn sse_snapshot_then_live_events_and_resume_with_last_event_id() {
 async fn a_token_grants_its_own_household_only() {
     let stack = stack("").await;
     let js = &stack.js;
-    let mut harry = Phone::connect(&stack, "harry").await;
-    let mut bill = Phone::connect(&stack, "bill").await;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    let mut bill = Phone::connect(&stack.mosquitto.url(), "bill", "phone").await;
     harry.transition("enter", "Home").await;
     bill.transition("enter", "Work").await;
     wait_place(js, "Harry", "Home", 1).await;
@@ -801,9 +748,9 @@ async fn webhooks_retry_5xx_give_up_on_4xx_and_do_not_hold_each_other_up() {
     .join("\n");
     let stack = stack(&sinks).await;
     let js = &stack.js;
-    let mut harry = Phone::connect(&stack, "harry").await;
-    let mut ginny = Phone::connect(&stack, "ginny").await;
-    let mut bill = Phone::connect(&stack, "bill").await;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    let mut ginny = Phone::connect(&stack.mosquitto.url(), "ginny", "phone").await;
+    let mut bill = Phone::connect(&stack.mosquitto.url(), "bill", "phone").await;
 
     harry.transition("enter", "Home").await;
     ginny.transition("enter", "School").await;
@@ -902,8 +849,8 @@ async fn no_event_lost_when_the_notifier_is_killed_while_the_receiver_is_down() 
     let sinks = webhook_sink("hooks", &receiver.url, "households = [\"alpha\"]");
     let mut stack = stack(&sinks).await;
     let js = stack.js.clone();
-    let mut harry = Phone::connect(&stack, "harry").await;
-    let mut ginny = Phone::connect(&stack, "ginny").await;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    let mut ginny = Phone::connect(&stack.mosquitto.url(), "ginny", "phone").await;
 
     harry.transition("enter", "Home").await;
     wait_place(&js, "Harry", "Home", 1).await;
@@ -962,10 +909,10 @@ async fn mqtt_sink_retains_state_and_home_assistant_discovery() {
     let sinks = "[[notifier.sinks]]\ntype = \"mqtt\"\nname = \"ha\"\n";
     let stack = stack(sinks).await;
     let js = &stack.js;
-    let mut harry = Phone::connect(&stack, "harry").await;
-    let mut ginny = Phone::connect(&stack, "ginny").await;
-    let mut ron = Phone::connect(&stack, "ron").await;
-    let mut bill = Phone::connect(&stack, "bill").await;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    let mut ginny = Phone::connect(&stack.mosquitto.url(), "ginny", "phone").await;
+    let mut ron = Phone::connect(&stack.mosquitto.url(), "ron", "phone").await;
+    let mut bill = Phone::connect(&stack.mosquitto.url(), "bill", "phone").await;
     harry.location(51.5, -0.12, &["Home"]).await;
     ginny.transition("enter", "School").await;
     ron.location(51.6, -0.2, &[]).await;
@@ -1126,7 +1073,7 @@ async fn sigterm_with_an_sse_client_connected_exits_cleanly() {
     // the shutdown up either.
     let dead = Receiver::start(usize::MAX, 503, 200).await;
     let mut stack = stack(&webhook_sink("dead", &dead.url, "")).await;
-    let mut harry = Phone::connect(&stack, "harry").await;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
     harry.transition("enter", "Home").await;
     wait_place(&stack.js, "Harry", "Home", 1).await;
     eventually("the dead webhook tried", WAIT, async || dead.hits() >= 1).await;

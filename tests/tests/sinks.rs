@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::state::{EventKind, PresenceEvent};
-use whereabouts_tests::{MqttPublisher, Pipeline, Service, eventually, stream_messages};
+use whereabouts_tests::{Phone, Pipeline, Service, eventually, stream_messages};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -53,57 +53,12 @@ presence_max_bytes = 67108864
     )
 }
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 // ---------------------------------------------------------------- the stack
 
 type Stack = Pipeline;
 
 async fn stack(sinks: &str) -> Stack {
     Pipeline::start(&config(sinks)).await
-}
-
-/// A scripted OwnTracks device `owntracks/<user>/<device>`: fix times are
-/// now, never going back.
-struct Phone {
-    mqtt: MqttPublisher,
-    topic: String,
-    tst: i64,
-}
-
-impl Phone {
-    async fn connect(stack: &Stack, user: &str, device: &str) -> Phone {
-        let mqtt =
-            MqttPublisher::connect(&stack.mosquitto.url(), &format!("{user}-{device}")).await;
-        Phone {
-            mqtt,
-            topic: format!("owntracks/{user}/{device}"),
-            tst: 0,
-        }
-    }
-
-    fn next_tst(&mut self) -> i64 {
-        self.tst = now().max(self.tst + 1);
-        self.tst
-    }
-
-    async fn transition(&mut self, event: &str, desc: &str) {
-        let tst = self.next_tst();
-        let payload = json!({"_type":"transition","event":event,"desc":desc,"tst":tst,"acc":0});
-        self.mqtt
-            .publish(&format!("{}/event", self.topic), payload.to_string())
-            .await;
-    }
-
-    /// A location whose fix is `age_s` seconds old.
-    async fn old_location(&mut self, age_s: i64, inregions: &[&str]) {
-        let tst = now() - age_s;
-        let payload = json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":12,"vel":0,
-            "batt":80,"tst":tst,"inregions":inregions});
-        self.mqtt.publish(&self.topic, payload.to_string()).await;
-    }
 }
 
 /// The PRESENCE stream's events, in stream order.
@@ -297,8 +252,8 @@ places = ["School"]
     let stack = stack(&sinks).await;
     let js = &stack.js;
     let notifier = &stack.notifier;
-    let mut harry = Phone::connect(&stack, "harry", "phone").await;
-    let mut ginny = Phone::connect(&stack, "ginny", "phone").await;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    let mut ginny = Phone::connect(&stack.mosquitto.url(), "ginny", "phone").await;
 
     // Harry reaches School: one push.
     harry.transition("enter", "School").await;
@@ -336,7 +291,7 @@ places = ["School"]
         e.person == "Harry" && e.previous_place.as_deref() == Some("Home")
     })
     .await;
-    let mut watch = Phone::connect(&stack, "harry", "watch").await;
+    let mut watch = Phone::connect(&stack.mosquitto.url(), "harry", "watch").await;
     watch.old_location(3600, &["School"]).await;
     let late = wait_place(js, "Harry", "School", 2).await;
     assert!(late.late, "an hour-old fix is late: {late:?}");
@@ -381,8 +336,8 @@ notification = "WHEREABOUTS_PRESENCE"
     );
     let stack = stack(&sinks).await;
     let js = &stack.js;
-    let mut harry = Phone::connect(&stack, "harry", "phone").await;
-    let mut ginny = Phone::connect(&stack, "ginny", "phone").await;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    let mut ginny = Phone::connect(&stack.mosquitto.url(), "ginny", "phone").await;
 
     harry.transition("enter", "Home").await;
     ginny.transition("enter", "School").await;
