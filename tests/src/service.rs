@@ -168,9 +168,14 @@ impl Service {
         self.spawn().await;
     }
 
-    /// A metric's value from `/metrics` (sum over label sets matching
-    /// `labels`, e.g. `reason="invalid_json"`).
+    /// A metric's value from `/metrics`: the sum over its samples whose
+    /// labels contain `labels` (e.g. `reason="invalid_json"`; empty: all).
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        self.metric_matching(name, &[labels]).await
+    }
+
+    /// Like [`Service::metric`], for samples matching every one of `labels`.
+    pub async fn metric_matching(&self, name: &str, labels: &[&str]) -> f64 {
         let text = reqwest::get(format!("{}/metrics", self.url()))
             .await
             .and_then(|r| r.error_for_status())
@@ -184,7 +189,7 @@ impl Service {
                 l.starts_with(name)
                     && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
             })
-            .filter(|l| labels.is_empty() || l.contains(labels))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }

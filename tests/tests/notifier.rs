@@ -136,22 +136,6 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// The sum of a metric's samples whose labels contain every one of `labels`.
-async fn metric(service: &Service, name: &str, labels: &[&str]) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", service.url()))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 // ------------------------------------------------------------ an SSE client
 
 #[derive(Debug, Clone, PartialEq)]
@@ -804,8 +788,7 @@ async fn webhooks_retry_5xx_give_up_on_4xx_and_do_not_hold_each_other_up() {
     );
     let n = &stack.notifier;
     let counter = async |sink: &str, outcome: &str| {
-        metric(
-            n,
+        n.metric_matching(
             "notifier_deliveries_total",
             &[
                 &format!("sink=\"{sink}\""),

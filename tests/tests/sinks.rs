@@ -117,22 +117,6 @@ async fn quiet_events(js: &jetstream::Context) -> Vec<PresenceEvent> {
     }
 }
 
-/// The sum of a metric's samples whose labels contain every one of `labels`.
-async fn metric(service: &Service, name: &str, labels: &[&str]) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", service.url()))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until `sink` has settled `count` events (delivered, filtered out
 /// or given up): it then has nothing more to send for them.
 async fn wait_sink_settled(notifier: &Service, sink: &str, count: usize) {
@@ -142,15 +126,15 @@ async fn wait_sink_settled(notifier: &Service, sink: &str, count: usize) {
         async || {
             let mut settled = 0.0;
             for outcome in ["delivered", "filtered", "failed", "invalid"] {
-                settled += metric(
-                    notifier,
-                    "notifier_deliveries_total",
-                    &[
-                        &format!("sink=\"{sink}\""),
-                        &format!("outcome=\"{outcome}\""),
-                    ],
-                )
-                .await;
+                settled += notifier
+                    .metric_matching(
+                        "notifier_deliveries_total",
+                        &[
+                            &format!("sink=\"{sink}\""),
+                            &format!("outcome=\"{outcome}\""),
+                        ],
+                    )
+                    .await;
             }
             if settled == count as f64 {
                 Ok(())
@@ -308,12 +292,12 @@ places = ["School"]
         requests.iter().map(Request::text).collect::<Vec<_>>()
     );
     assert_eq!(
-        metric(
-            notifier,
-            "notifier_deliveries_total",
-            &["sink=\"ntfy\"", "outcome=\"delivered\""]
-        )
-        .await,
+        notifier
+            .metric_matching(
+                "notifier_deliveries_total",
+                &["sink=\"ntfy\"", "outcome=\"delivered\""]
+            )
+            .await,
         1.0
     );
 }
