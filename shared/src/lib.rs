@@ -6,6 +6,7 @@
 //! - `crypto`: decryption (and encryption) of `encrypted` payloads.
 //! - `topic`: MQTT topic patterns (`owntracks/{user}/{device}`, suffixes).
 //! - `token`: the reversible encoding of names into subject tokens.
+//! - `limits`: size limits on names that become subjects, keys or state.
 //! - `subjects`: stream, subject, bucket and key names of the contract.
 //! - `envelope`: what ingest publishes around each message.
 //! - `state`: person and device state, presence events.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod crypto;
 pub mod envelope;
 pub mod jetstream;
+pub mod limits;
 pub mod mqtt;
 pub mod owntracks;
 pub mod server;
