@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use shared::config::Config;
 use shared::envelope::{Envelope, Transport, content_id};
+use shared::limits::MAX_TOPIC_LEVEL_BYTES;
 use shared::owntracks::{self, Reason, Rejection};
 use shared::subjects;
 use shared::topic::{TopicMatch, TopicPattern};
@@ -77,14 +78,16 @@ impl Classifier {
 
     pub fn classify(&self, input: &Incoming<'_>) -> Verdict {
         let who = self.identify(input.topic);
-        let names = who
-            .as_ref()
-            .map(|(h, m)| (h.as_str(), m.user.as_str(), m.device.as_str()));
+        // The names a REJECTED subject may carry: `_` where unknown or over
+        // the limit (an over-long level would make an unusable subject).
+        fn usable(name: &str) -> Option<&str> {
+            (name.len() <= MAX_TOPIC_LEVEL_BYTES).then_some(name)
+        }
+        let names = match &who {
+            Some((h, m)) => [usable(h), usable(&m.user), usable(&m.device)],
+            None => [None; 3],
+        };
         let reject = |rejection: Rejection| {
-            let (h, u, d) = match names {
-                Some((h, u, d)) => (Some(h), Some(u), Some(d)),
-                None => (None, None, None),
-            };
             let payload = if rejection.reason == Reason::TooLarge {
                 Bytes::copy_from_slice(
                     &input.payload[..MAX_REJECTED_BYTES.min(input.payload.len())],
@@ -93,7 +96,7 @@ impl Classifier {
                 Bytes::copy_from_slice(input.payload)
             };
             Verdict::Rejected {
-                subject: subjects::rejected(h, u, d),
+                subject: subjects::rejected(names[0], names[1], names[2]),
                 msg_id: content_id(&[b"rejected", input.topic.as_bytes(), input.payload]),
                 reason: rejection.reason,
                 detail: rejection.detail,
@@ -110,6 +113,28 @@ impl Classifier {
                 detail: format!("topic does not fit {:?}", self.config.ingest.topic_pattern),
             });
         };
+        // Rejected, never cut: a cut name could be someone else's.
+        for (level, name) in [
+            ("household", &household),
+            ("user", &m.user),
+            ("device", &m.device),
+        ] {
+            if name.len() > MAX_TOPIC_LEVEL_BYTES {
+                return reject(Rejection {
+                    reason: Reason::NameTooLong,
+                    detail: format!(
+                        "{level} level is {} bytes, limit {MAX_TOPIC_LEVEL_BYTES}",
+                        name.len()
+                    ),
+                });
+            }
+        }
+        if !self.config.accepts_household(&household) {
+            return reject(Rejection {
+                reason: Reason::UnknownHousehold,
+                detail: format!("household {household:?} is not configured"),
+            });
+        }
         if input.payload.len() > self.config.ingest.max_payload_bytes {
             return reject(Rejection {
                 reason: Reason::TooLarge,
@@ -120,10 +145,8 @@ impl Classifier {
                 ),
             });
         }
-        let secret = self
-            .config
-            .device_entry(&household, &m.user, &m.device)
-            .and_then(|e| e.secret.as_deref());
+        let entry = self.config.device_entry(&household, &m.user, &m.device);
+        let secret = entry.and_then(|e| e.secret.as_deref());
         let parsed = owntracks::parse(input.payload).and_then(|msg| {
             let encrypted = msg.kind == owntracks::MessageType::Encrypted;
             owntracks::decrypt(msg, secret).map(|msg| (msg, encrypted))
@@ -132,6 +155,19 @@ impl Classifier {
             Ok(ok) => ok,
             Err(rejection) => return reject(rejection),
         };
+        // LWTs are exempt: the apps fix them at connect time, unencrypted.
+        if !encrypted
+            && message.kind != owntracks::MessageType::Lwt
+            && entry.is_some_and(|e| e.requires_encryption())
+        {
+            return reject(Rejection {
+                reason: Reason::PlaintextRefused,
+                detail: format!(
+                    "plaintext {} from a device with a secret",
+                    message.kind.as_str()
+                ),
+            });
+        }
         if !owntracks::fits_suffix(m.suffix.as_deref(), message.kind) {
             return reject(Rejection {
                 reason: Reason::TopicMismatch,
@@ -206,7 +242,9 @@ mod tests {
 
     #[test]
     fn household_from_topic_or_user_map() {
-        let c = classifier("[ingest]\ntopic_pattern = \"owntracks/{household}/{user}/{device}\"");
+        let c = classifier(
+            "[ingest]\ntopic_pattern = \"owntracks/{household}/{user}/{device}\"\n[households.w]",
+        );
         let Verdict::Accepted { subject, .. } = c.classify(&incoming("owntracks/w/u/d", LOCATION))
         else {
             panic!()
@@ -221,6 +259,82 @@ mod tests {
             panic!()
         };
         assert_eq!(subject, "owntracks.b.bob.d.location");
+    }
+
+    fn rejection(c: &Classifier, topic: &str, payload: &[u8]) -> (Reason, String) {
+        match c.classify(&incoming(topic, payload)) {
+            Verdict::Rejected {
+                reason, subject, ..
+            } => (reason, subject),
+            other => panic!("{topic}: expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn over_long_topic_levels_are_rejected_under_a_usable_subject() {
+        let c = classifier(
+            "[ingest]\ntopic_pattern = \"owntracks/{household}/{user}/{device}\"\n[households.w]\n[households.home]",
+        );
+        let long = "é".repeat(1000);
+        let (reason, subject) = rejection(&c, &format!("owntracks/w/{long}/phone"), LOCATION);
+        assert_eq!(reason, Reason::NameTooLong);
+        assert_eq!(subject, "rejected.w._.phone");
+        let (reason, subject) = rejection(&c, &format!("owntracks/{long}/u/{long}"), LOCATION);
+        assert_eq!(reason, Reason::NameTooLong);
+        assert_eq!(subject, "rejected._.u._");
+        // The limit itself is fine.
+        let at_limit = "x".repeat(MAX_TOPIC_LEVEL_BYTES);
+        let topic = format!("owntracks/home/{at_limit}/d");
+        assert!(matches!(
+            c.classify(&incoming(&topic, LOCATION)),
+            Verdict::Accepted { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_households_are_rejected_unless_allowed() {
+        let pattern = "[ingest]\ntopic_pattern = \"owntracks/{household}/{user}/{device}\"";
+        let c = classifier(&format!("{pattern}\n[households.w]"));
+        let (reason, subject) = rejection(&c, "owntracks/strangers/u/d", LOCATION);
+        assert_eq!(reason, Reason::UnknownHousehold);
+        assert_eq!(subject, "rejected.strangers.u.d");
+        let c = classifier(&format!(
+            "{pattern}\nallow_unknown_households = true\n[households.w]"
+        ));
+        assert!(matches!(
+            c.classify(&incoming("owntracks/strangers/u/d", LOCATION)),
+            Verdict::Accepted { .. }
+        ));
+    }
+
+    #[test]
+    fn plaintext_from_a_device_with_a_secret_is_refused_but_its_lwt_is_not() {
+        let c = classifier(
+            "[[ingest.devices]]\nuser = \"u\"\nsecret = \"k\"\n[[ingest.devices]]\nuser = \"v\"\nsecret = \"k\"\nrequire_encryption = false",
+        );
+        let (reason, _) = rejection(&c, "owntracks/u/d", LOCATION);
+        assert_eq!(reason, Reason::PlaintextRefused);
+        let lwt = br#"{"_type":"lwt","tst":1700000000}"#;
+        assert!(matches!(
+            c.classify(&incoming("owntracks/u/d", lwt)),
+            Verdict::Accepted { kind: "lwt", .. }
+        ));
+        let sealed = serde_json::json!({
+            "_type": "encrypted",
+            "data": shared::crypto::encrypt(LOCATION, "k"),
+        })
+        .to_string();
+        let Verdict::Accepted { envelope, .. } =
+            c.classify(&incoming("owntracks/u/d", sealed.as_bytes()))
+        else {
+            panic!("encrypted location refused")
+        };
+        assert!(envelope.encrypted);
+        // Opted out: plaintext accepted.
+        assert!(matches!(
+            c.classify(&incoming("owntracks/v/d", LOCATION)),
+            Verdict::Accepted { .. }
+        ));
     }
 
     #[test]

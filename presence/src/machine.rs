@@ -974,8 +974,8 @@ fn settle(run: &Run<'_>, person: &mut PersonState) {
         h.person_for(&d.user, &d.device).as_deref() == Some(person.person.as_str())
             || person.person.is_empty()
     });
-    person.name = if h.person(&person.person).is_some() {
-        person.person.clone()
+    person.name = if let Some(configured) = h.person(&person.person) {
+        configured.name.clone()
     } else {
         person
             .devices

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::limits::MAX_TOPIC_LEVEL_BYTES;
 use crate::topic::TopicPattern;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -59,6 +60,11 @@ pub struct IngestConfig {
     pub max_payload_bytes: usize,
     /// HTTP-mode credentials and encryption secrets.
     pub devices: Vec<DeviceEntry>,
+    /// Whether a household named by a `{household}` topic level but absent
+    /// from `[households]` is accepted. Off: such messages are rejected as
+    /// `unknown_household` (anyone able to publish could otherwise invent
+    /// households, people and events).
+    pub allow_unknown_households: bool,
 }
 
 impl Default for IngestConfig {
@@ -70,6 +76,7 @@ impl Default for IngestConfig {
             client_id: "whereabouts-ingest".into(),
             max_payload_bytes: 512 * 1024,
             devices: Vec::new(),
+            allow_unknown_households: false,
         }
     }
 }
@@ -89,6 +96,19 @@ pub struct DeviceEntry {
     /// OwnTracks payload encryption secret.
     #[serde(default)]
     pub secret: Option<String>,
+    /// Whether plaintext from this device is refused (`plaintext_refused`).
+    /// Default: on when the entry has a `secret`. LWTs are exempt: the apps
+    /// fix them at connect time, unencrypted.
+    #[serde(default)]
+    pub require_encryption: Option<bool>,
+}
+
+impl DeviceEntry {
+    /// Whether this device's plaintext messages (other than LWTs) are refused.
+    pub fn requires_encryption(&self) -> bool {
+        self.require_encryption
+            .unwrap_or_else(|| self.secret.as_deref().is_some_and(|s| !s.is_empty()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -118,20 +138,42 @@ impl Default for Household {
     }
 }
 
+/// Marks the id of an unmapped device's person whose user name is taken
+/// (by a configured person's id) or itself starts with the mark.
+pub const UNMAPPED_ID_MARK: char = '~';
+
 impl Household {
-    /// The person a `user/device` belongs to: configured, else (unless the
-    /// household says otherwise) a person named after the user.
+    /// The id of the person a `user/device` belongs to: a configured person
+    /// claiming the device, else (unless the household says otherwise) a
+    /// person for the user. That id is the user name itself, unless a
+    /// configured person has that id or the name starts with `~`: then it is
+    /// `~` + the user name. Configured ids never start with `~`, so an
+    /// unmapped device can never merge into a configured person, and two
+    /// users never share an id.
     pub fn person_for(&self, user: &str, device: &str) -> Option<String> {
         let id = format!("{user}/{device}");
         self.people
             .iter()
             .find(|p| p.devices.iter().any(|d| d == &id))
-            .map(|p| p.name.clone())
-            .or_else(|| self.unmapped_devices_are_people.then(|| user.to_string()))
+            .map(|p| p.id().to_string())
+            .or_else(|| {
+                self.unmapped_devices_are_people
+                    .then(|| self.unmapped_person_id(user))
+            })
     }
 
-    pub fn person(&self, name: &str) -> Option<&Person> {
-        self.people.iter().find(|p| p.name == name)
+    /// The person id of an unmapped device of `user` (see [`Self::person_for`]).
+    pub fn unmapped_person_id(&self, user: &str) -> String {
+        if user.starts_with(UNMAPPED_ID_MARK) || self.person(user).is_some() {
+            format!("{UNMAPPED_ID_MARK}{user}")
+        } else {
+            user.to_string()
+        }
+    }
+
+    /// The configured person with this id.
+    pub fn person(&self, id: &str) -> Option<&Person> {
+        self.people.iter().find(|p| p.id() == id)
     }
 }
 
@@ -156,6 +198,12 @@ impl Default for Labels {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Person {
+    /// Stable id: names the person's subject and KV key, so it must not
+    /// change. Defaults to `name` (what the id was before ids existed, so
+    /// stored state keeps working). Set it before renaming someone.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Display name; may change freely once `id` is set.
     pub name: String,
     /// `user/device` pairs.
     #[serde(default)]
@@ -163,6 +211,13 @@ pub struct Person {
     /// Hand colour on the clock (CSS colour).
     #[serde(default)]
     pub color: Option<String>,
+}
+
+impl Person {
+    /// The stable id: `id`, else `name`.
+    pub fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or(&self.name)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -381,8 +436,34 @@ impl Config {
         if self.ingest.max_payload_bytes > 900 * 1024 {
             bail!("ingest.max_payload_bytes is over 900 KiB: NATS could not store such messages");
         }
+        let known = |h: &str| self.households.contains_key(h);
+        for (user, household) in &self.ingest.user_households {
+            if !known(household) {
+                bail!("ingest.user_households: {user:?} maps to unknown household {household:?}");
+            }
+        }
+        for entry in &self.ingest.devices {
+            if let Some(h) = &entry.household
+                && !known(h)
+                && !self.ingest.allow_unknown_households
+            {
+                bail!(
+                    "ingest.devices: {:?} names unknown household {h:?}",
+                    entry.user
+                );
+            }
+            if entry.require_encryption == Some(true) && entry.secret.is_none() {
+                bail!(
+                    "ingest.devices: {:?} requires encryption but has no secret",
+                    entry.user
+                );
+            }
+        }
         let mut tokens = BTreeMap::new();
         for (name, household) in &self.households {
+            if name.len() > MAX_TOPIC_LEVEL_BYTES {
+                bail!("households.{name}: the name is over {MAX_TOPIC_LEVEL_BYTES} bytes");
+            }
             if let Some(token) = &household.token {
                 if token.len() < 16 {
                     bail!("households.{name}.token is shorter than 16 characters");
@@ -391,7 +472,22 @@ impl Config {
                     bail!("households {other} and {name} share a token");
                 }
             }
+            let mut ids = BTreeMap::new();
             for person in &household.people {
+                let id = person.id();
+                if id.is_empty() || id.len() > MAX_TOPIC_LEVEL_BYTES {
+                    bail!(
+                        "households.{name}: person id {id:?} is empty or over {MAX_TOPIC_LEVEL_BYTES} bytes"
+                    );
+                }
+                if id.starts_with(UNMAPPED_ID_MARK) {
+                    bail!(
+                        "households.{name}: person id {id:?} starts with {UNMAPPED_ID_MARK:?}, reserved for unmapped devices"
+                    );
+                }
+                if ids.insert(id, ()).is_some() {
+                    bail!("households.{name}: two people have the id {id:?}");
+                }
                 for device in &person.devices {
                     if device.split('/').count() != 2 {
                         bail!(
@@ -424,6 +520,12 @@ impl Config {
             .user_households
             .get(user)
             .unwrap_or(&self.ingest.default_household)
+    }
+
+    /// Whether messages for `household` are accepted: configured, or unknown
+    /// households allowed.
+    pub fn accepts_household(&self, household: &str) -> bool {
+        self.ingest.allow_unknown_households || self.households.contains_key(household)
     }
 
     /// The credentials entry of a device: an exact one, else the user's.
@@ -480,6 +582,63 @@ mod tests {
             Config::from_toml("[households.a]\ntoken = \"short\"").is_err(),
             "short tokens are refused"
         );
+    }
+
+    #[test]
+    fn person_ids_are_stable_and_never_shared_with_unmapped_devices() {
+        let config = Config::from_toml(
+            r#"
+            [[households.home.people]]
+            id = "harry"
+            name = "Harry Potter"
+            devices = ["hp/phone"]
+            [[households.home.people]]
+            name = "Ron"
+            devices = ["ron/phone"]
+            "#,
+        )
+        .unwrap();
+        let h = &config.households["home"];
+        // Configured: the id, not the display name; the id defaults to the name.
+        assert_eq!(h.person_for("hp", "phone").as_deref(), Some("harry"));
+        assert_eq!(h.person("harry").unwrap().name, "Harry Potter");
+        assert_eq!(h.person_for("ron", "phone").as_deref(), Some("Ron"));
+        // An unmapped device whose user is a configured id gets its own person.
+        assert_eq!(h.person_for("harry", "laptop").as_deref(), Some("~harry"));
+        assert_eq!(h.person_for("Ron", "tablet").as_deref(), Some("~Ron"));
+        // A user name starting with the mark is marked too: no two users meet.
+        assert_eq!(h.person_for("~harry", "x").as_deref(), Some("~~harry"));
+        assert_eq!(h.person_for("hp", "tablet").as_deref(), Some("hp"));
+    }
+
+    #[test]
+    fn identity_settings_are_validated() {
+        let bad = [
+            "[[households.home.people]]\nid = \"~x\"\nname = \"X\"",
+            "[[households.home.people]]\nname = \"A\"\n[[households.home.people]]\nid = \"A\"\nname = \"B\"",
+            &format!("[[households.home.people]]\nname = \"{}\"", "x".repeat(129)),
+            "[ingest]\nuser_households = { bob = \"nowhere\" }",
+            "[[ingest.devices]]\nuser = \"u\"\nhousehold = \"nowhere\"",
+            "[[ingest.devices]]\nuser = \"u\"\nrequire_encryption = true",
+        ];
+        for text in bad {
+            assert!(Config::from_toml(text).is_err(), "accepted: {text}");
+        }
+        let config = Config::from_toml(
+            "[[ingest.devices]]\nuser = \"a\"\nsecret = \"s\"\n[[ingest.devices]]\nuser = \"b\"\nsecret = \"s\"\nrequire_encryption = false\n[[ingest.devices]]\nuser = \"c\"",
+        )
+        .unwrap();
+        let requires = |u| {
+            config
+                .device_entry("home", u, "d")
+                .unwrap()
+                .requires_encryption()
+        };
+        assert!(requires("a"), "on by default with a secret");
+        assert!(!requires("b"));
+        assert!(!requires("c"));
+        assert!(config.accepts_household("home"));
+        assert!(!config.accepts_household("elsewhere"));
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!   `"face": "not base64"`) is removed rather than failing the message;
 //! - `SSID`/`BSSID` (older apps) become `ssid`/`bssid` (iOS >= 18.3), so
 //!   there is one spelling downstream; the lower-case one wins if both exist;
+//! - names that become state (`desc`, `inregions`/`inrids` entries, `rid`,
+//!   a card's `name`, `tid`, waypoint `desc`) are cut to the bounds of
+//!   `limits`, at a character boundary; `inregions` keeps at most
+//!   `MAX_REGIONS_PER_DEVICE` entries. The message is kept;
 //! - unknown keys are kept.
 //!
 //! Required fields missing give [`Reason::MissingField`]; present but
@@ -24,6 +28,10 @@ use time::format_description::well_known::{Iso8601, Rfc3339};
 use time::{OffsetDateTime, PrimitiveDateTime};
 
 use crate::crypto;
+use crate::limits::{
+    MAX_CARD_NAME_BYTES, MAX_REGION_NAME_BYTES, MAX_REGIONS_PER_DEVICE, MAX_TID_BYTES,
+    truncate_utf8,
+};
 use crate::state::RegionEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,10 +105,20 @@ pub enum Reason {
     DecryptFailed,
     TopicMismatch,
     TooLarge,
+    /// A topic level (household, user, device) longer than
+    /// [`crate::limits::MAX_TOPIC_LEVEL_BYTES`]: cutting it could merge two identities.
+    NameTooLong,
+    /// A household the config does not know (and does not allow).
+    UnknownHousehold,
+    /// Plaintext from a device that must encrypt (it has a `secret`).
+    PlaintextRefused,
+    /// Accepted, but JetStream refused to store it for good (e.g. over the
+    /// server's `max_payload`); kept on `rejected.>` instead.
+    StoreRefused,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 11] = [
         Reason::InvalidJson,
         Reason::UnknownType,
         Reason::MissingField,
@@ -108,6 +126,10 @@ impl Reason {
         Reason::DecryptFailed,
         Reason::TopicMismatch,
         Reason::TooLarge,
+        Reason::NameTooLong,
+        Reason::UnknownHousehold,
+        Reason::PlaintextRefused,
+        Reason::StoreRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -119,6 +141,10 @@ impl Reason {
             Reason::DecryptFailed => "decrypt_failed",
             Reason::TopicMismatch => "topic_mismatch",
             Reason::TooLarge => "too_large",
+            Reason::NameTooLong => "name_too_long",
+            Reason::UnknownHousehold => "unknown_household",
+            Reason::PlaintextRefused => "plaintext_refused",
+            Reason::StoreRefused => "store_refused",
         }
     }
 }
@@ -448,10 +474,33 @@ fn clean_string_list(body: &mut Map<String, Value>, field: &str) {
     }
 }
 
-/// Drops an optional field that is present but not a string.
-fn drop_non_string(body: &mut Map<String, Value>, field: &str) {
-    if body.get(field).is_some_and(|v| !v.is_string()) {
-        body.shift_remove(field);
+/// Cuts a string field to `max` bytes (at a character boundary); a field
+/// that is not a string is dropped. Names become state, keys and labels
+/// downstream: one long name must not grow a person's state without bound.
+fn cut_string(body: &mut Map<String, Value>, field: &str, max: usize) {
+    match body.get_mut(field) {
+        Some(Value::String(s)) => {
+            let cut = truncate_utf8(s, max).len();
+            s.truncate(cut);
+        }
+        Some(_) => {
+            body.shift_remove(field);
+        }
+        None => {}
+    }
+}
+
+/// Keeps at most `count` strings of a list field, each cut to `max` bytes.
+fn cut_string_list(body: &mut Map<String, Value>, field: &str, count: usize, max: usize) {
+    clean_string_list(body, field);
+    if let Some(Value::Array(items)) = body.get_mut(field) {
+        items.truncate(count);
+        for item in items.iter_mut() {
+            if let Value::String(s) = item {
+                let cut = truncate_utf8(s, max).len();
+                s.truncate(cut);
+            }
+        }
     }
 }
 
@@ -462,6 +511,8 @@ fn normalise_waypoint_list(items: &mut [Value]) {
     for item in items {
         if let Value::Object(entry) = item {
             coerce_fields(entry, &WAYPOINT_NUMBERS, &TIMES);
+            cut_string(entry, "desc", MAX_REGION_NAME_BYTES);
+            cut_string(entry, "rid", MAX_REGION_NAME_BYTES);
         }
     }
 }
@@ -484,8 +535,10 @@ fn normalise(kind: MessageType, body: &mut Map<String, Value>) -> Result<(), Rej
             need_in_range(body, removed, "lat", 90.0)?;
             need_in_range(body, removed, "lon", 180.0)?;
             need_time(body, removed, "tst")?;
-            clean_string_list(body, "inregions");
-            clean_string_list(body, "inrids");
+            for list in ["inregions", "inrids"] {
+                cut_string_list(body, list, MAX_REGIONS_PER_DEVICE, MAX_REGION_NAME_BYTES);
+            }
+            cut_string(body, "tid", MAX_TID_BYTES);
         }
         MessageType::Transition => {
             let event = need_str(body, "event")?.to_ascii_lowercase();
@@ -497,6 +550,9 @@ fn normalise(kind: MessageType, body: &mut Map<String, Value>) -> Result<(), Rej
             }
             body.insert("event".into(), Value::String(event));
             need_time(body, removed, "tst")?;
+            cut_string(body, "desc", MAX_REGION_NAME_BYTES);
+            cut_string(body, "rid", MAX_REGION_NAME_BYTES);
+            cut_string(body, "tid", MAX_TID_BYTES);
             // Coordinates are informational here: a bad one is dropped, the
             // enter/leave is kept (losing it would strand the person).
             for (field, limit) in [("lat", 90.0), ("lon", 180.0)] {
@@ -517,6 +573,8 @@ fn normalise(kind: MessageType, body: &mut Map<String, Value>) -> Result<(), Rej
             need_in_range(body, removed, "lat", 90.0)?;
             need_in_range(body, removed, "lon", 180.0)?;
             need_time(body, removed, "tst")?;
+            cut_string(body, "desc", MAX_REGION_NAME_BYTES);
+            cut_string(body, "rid", MAX_REGION_NAME_BYTES);
         }
         MessageType::Waypoints => match body.get_mut("waypoints") {
             Some(Value::Array(items)) => normalise_waypoint_list(items),
@@ -545,8 +603,8 @@ fn normalise(kind: MessageType, body: &mut Map<String, Value>) -> Result<(), Rej
                     body.shift_remove("face");
                 }
             }
-            drop_non_string(body, "name");
-            drop_non_string(body, "tid");
+            cut_string(body, "name", MAX_CARD_NAME_BYTES);
+            cut_string(body, "tid", MAX_TID_BYTES);
         }
         MessageType::Cmd => {
             let action = need_str(body, "action")?;
@@ -1197,6 +1255,40 @@ mod tests {
     }
 
     #[test]
+    fn long_names_are_cut_and_the_message_kept() {
+        let long = "é".repeat(150_000); // 300 kB
+        let m = parse_str(&format!(
+            r#"{{"_type":"transition","event":"enter","tst":1,"desc":"{long}","tid":"{long}"}}"#
+        ))
+        .unwrap();
+        let t = m.transition().unwrap();
+        assert_eq!(t.desc.as_deref().map(str::len), Some(MAX_REGION_NAME_BYTES));
+        assert_eq!(m.body["tid"].as_str().map(str::len), Some(MAX_TID_BYTES));
+
+        let regions: Vec<String> = (0..500).map(|i| format!("{i}{long}")).collect();
+        let m = parse_str(
+            &json!({"_type":"location","lat":1,"lon":2,"tst":3,"inregions":regions}).to_string(),
+        )
+        .unwrap();
+        let inregions = m.location().unwrap().inregions.unwrap();
+        assert_eq!(inregions.len(), MAX_REGIONS_PER_DEVICE);
+        assert!(inregions.iter().all(|r| r.len() <= MAX_REGION_NAME_BYTES));
+        assert!(inregions[1].starts_with("1é"));
+
+        let m = parse_str(&json!({"_type":"card","name":long}).to_string()).unwrap();
+        let name = m.card().unwrap().name.unwrap();
+        assert_eq!(name.len(), MAX_CARD_NAME_BYTES);
+
+        let m = parse_str(
+            &json!({"_type":"waypoints","waypoints":[{"desc":long,"lat":1,"lon":2,"tst":3}]})
+                .to_string(),
+        )
+        .unwrap();
+        let w = m.waypoints().unwrap();
+        assert_eq!(w[0].desc.len(), MAX_REGION_NAME_BYTES);
+    }
+
+    #[test]
     fn location_view() {
         let m = parse_str(
             r#"{"_type":"location","lat":"52.1","lon":5,"tst":1,"acc":-1,"vel":-1,"batt":-1,
@@ -1364,7 +1456,11 @@ mod tests {
                 "invalid_field",
                 "decrypt_failed",
                 "topic_mismatch",
-                "too_large"
+                "too_large",
+                "name_too_long",
+                "unknown_household",
+                "plaintext_refused",
+                "store_refused"
             ]
         );
     }

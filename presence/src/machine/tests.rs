@@ -31,6 +31,7 @@ fn household() -> Household {
     Household {
         places: vec!["Home".into(), "Work".into(), "School".into()],
         people: vec![Person {
+            id: None,
             name: "harry".into(),
             devices: vec!["harry/phone".into(), "harry/tablet".into()],
             color: None,
