@@ -15,8 +15,12 @@ pub struct Metrics {
     pub publish_seconds: HistogramVec,
     /// JetStream publishes retried after an error, by `stream`.
     pub publish_retries: IntCounterVec,
+    /// Publishes JetStream refused for good, by `stream` and `error`.
+    pub publish_failures: IntCounterVec,
     pub mqtt_connected: IntGauge,
     pub mqtt_reconnects: IntCounter,
+    /// QoS 0 messages dropped because the QoS 0 budget was full.
+    pub mqtt_dropped: IntCounter,
     /// MQTT messages received but not yet acknowledged to the broker.
     pub inflight: IntGauge,
     /// HTTP-mode requests by status `code`.
@@ -56,6 +60,12 @@ impl Metrics {
                 "JetStream publishes retried after an error or timeout.",
                 &["stream"],
             ),
+            publish_failures: counter_vec(
+                registry,
+                "ingest_publish_failures_total",
+                "JetStream publishes refused for good (not retried), by stream and error (max_payload, invalid_subject, refused).",
+                &["stream", "error"],
+            ),
             mqtt_connected: gauge(
                 registry,
                 "ingest_mqtt_connected",
@@ -65,6 +75,17 @@ impl Metrics {
                 let c = IntCounter::new(
                     "ingest_mqtt_reconnects_total",
                     "MQTT connection losses followed by a reconnect attempt.",
+                )
+                .expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique counter");
+                c
+            },
+            mqtt_dropped: {
+                let c = IntCounter::new(
+                    "ingest_mqtt_dropped_total",
+                    "QoS 0 MQTT messages dropped because the QoS 0 budget (16 MiB pending) was full.",
                 )
                 .expect("valid counter");
                 registry

@@ -2,14 +2,21 @@
 //! acknowledged to the broker only once JetStream has stored them.
 //!
 //! Two tasks, so that acknowledgements can never deadlock behind a backlog:
-//! the *event loop* only polls rumqttc and hands publishes over an unbounded
-//! channel (the broker's in-flight window bounds it); the *pipeline*
-//! classifies, publishes with up to [`MAX_IN_FLIGHT`] acks pending, and
-//! acknowledges in arrival order (MQTT requires PUBACKs in order) through
-//! the client, whose requests the event loop keeps draining.
+//! the *event loop* only polls rumqttc and hands publishes over a channel it
+//! never waits on; the *pipeline* classifies, publishes with up to
+//! [`MAX_IN_FLIGHT`] acks pending, and acknowledges in arrival order (MQTT
+//! requires PUBACKs in order) through the client, whose requests the event
+//! loop keeps draining.
+//!
+//! What bounds the channel: QoS 1/2 messages wait for our PUBACK, so the
+//! broker's in-flight window (`max_inflight_messages`) caps how many can be
+//! queued. QoS 0 messages need no ack and nothing caps them, so they share a
+//! budget of [`QOS0_BUDGET_BYTES`]; beyond it they are dropped and counted
+//! (`ingest_mqtt_dropped_total`), as QoS 0 allows. Blocking the event loop
+//! instead would stop the acks and the keepalive with it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -17,6 +24,7 @@ use futures::stream::FuturesOrdered;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use shared::envelope::Transport;
 use shared::mqtt::Backoff;
+use shared::owntracks::Reason;
 use shared::server::ReadyFlag;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -24,10 +32,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::classify::{Classifier, Incoming};
 use crate::metrics::Metrics;
-use crate::publish::{Publication, count, publish_until_stored};
+use crate::publish::{Publication, Stored, count, publish_until_stored};
 
 /// JetStream publishes awaiting their ack at once.
 pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// Bytes of QoS 0 messages received and not yet stored, at most; later
+/// QoS 0 messages are dropped until the pipeline catches up.
+pub const QOS0_BUDGET_BYTES: usize = 16 << 20;
+
+/// What a queued message costs against the budget besides its payload
+/// (topic, `Publish`, channel slot, in-flight future).
+const PER_MESSAGE_OVERHEAD: usize = 512;
+
+/// A received message and what it holds of the QoS 0 budget (0 for QoS 1/2).
+struct Queued {
+    generation: u64,
+    publish: Publish,
+    qos0_cost: usize,
+}
+
+fn qos0_cost(publish: &Publish) -> usize {
+    match publish.qos {
+        QoS::AtMostOnce => publish.payload.len() + publish.topic.len() + PER_MESSAGE_OVERHEAD,
+        _ => 0,
+    }
+}
 
 pub struct MqttSettings {
     pub url: String,
@@ -70,6 +100,7 @@ pub async fn run(
     // older connection are not sent (the broker redelivers those anyway).
     let generation = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::unbounded_channel();
+    let qos0_used = Arc::new(AtomicUsize::new(0));
     let subscription = classifier.pattern().subscription();
     let stop = CancellationToken::new();
     let poller = tokio::spawn(event_loop(
@@ -78,6 +109,7 @@ pub async fn run(
         subscription,
         tx,
         generation.clone(),
+        qos0_used.clone(),
         metrics.clone(),
         ready.clone(),
         stop.clone(),
@@ -89,6 +121,7 @@ pub async fn run(
         js,
         metrics,
         generation,
+        qos0_used,
         shutdown,
     )
     .await;
@@ -111,13 +144,16 @@ async fn event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     subscription: String,
-    tx: mpsc::UnboundedSender<(u64, Publish)>,
+    tx: mpsc::UnboundedSender<Queued>,
     generation: Arc<AtomicU64>,
+    qos0_used: Arc<AtomicUsize>,
     metrics: Metrics,
     ready: ReadyFlag,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
+    // Log a drop streak once, when it starts.
+    let mut dropping = false;
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => break,
@@ -125,11 +161,26 @@ async fn event_loop(
         };
         match event {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let cost = qos0_cost(&publish);
+                if cost > 0 {
+                    if qos0_used.load(Ordering::Acquire) + cost > QOS0_BUDGET_BYTES {
+                        metrics.mqtt_dropped.inc();
+                        if !dropping {
+                            tracing::warn!(topic = %publish.topic, budget_bytes = QOS0_BUDGET_BYTES, "QoS 0 budget full: dropping QoS 0 messages until the pipeline catches up");
+                            dropping = true;
+                        }
+                        continue;
+                    }
+                    dropping = false;
+                    qos0_used.fetch_add(cost, Ordering::AcqRel);
+                }
                 metrics.inflight.inc();
-                if tx
-                    .send((generation.load(Ordering::Acquire), publish))
-                    .is_err()
-                {
+                let queued = Queued {
+                    generation: generation.load(Ordering::Acquire),
+                    publish,
+                    qos0_cost: cost,
+                };
+                if tx.send(queued).is_err() {
                     break;
                 }
             }
@@ -182,13 +233,15 @@ async fn event_loop(
     metrics.mqtt_connected.set(0);
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pipeline(
-    mut rx: mpsc::UnboundedReceiver<(u64, Publish)>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     client: AsyncClient,
     classifier: Arc<Classifier>,
     js: jetstream::Context,
     metrics: Metrics,
     generation: Arc<AtomicU64>,
+    qos0_used: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 ) {
     let mut in_flight = FuturesOrdered::new();
@@ -200,24 +253,25 @@ async fn pipeline(
             // Stop intake; what is still queued was never acked, so the
             // broker keeps it for the next run.
             _ = shutdown.cancelled(), if open => open = false,
-            Some((conn_gen, publish)) = in_flight.next(), if !in_flight.is_empty() => {
-                let publish: Publish = publish;
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let done: Queued = done;
                 metrics.inflight.dec();
-                if conn_gen == generation.load(Ordering::Acquire)
-                    && let Err(e) = client.ack(&publish).await
+                qos0_used.fetch_sub(done.qos0_cost, Ordering::AcqRel);
+                if done.generation == generation.load(Ordering::Acquire)
+                    && let Err(e) = client.ack(&done.publish).await
                 {
                     tracing::warn!(error = %e, "MQTT ack not sent; the broker will redeliver");
                 }
             }
             received = rx.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => {
-                let Some((conn_gen, publish)) = received else {
+                let Some(queued) = received else {
                     open = false;
                     continue;
                 };
                 let (js, metrics, classifier) = (js.clone(), metrics.clone(), classifier.clone());
                 in_flight.push_back(async move {
-                    store(&classifier, &js, &metrics, &publish).await;
-                    (conn_gen, publish)
+                    store(&classifier, &js, &metrics, &queued.publish).await;
+                    queued
                 });
             }
             else => break,
@@ -243,8 +297,17 @@ async fn store(
     if let crate::classify::Verdict::Rejected { reason, detail, .. } = &verdict {
         tracing::info!(%topic, reason = reason.as_str(), %detail, bytes = publish.payload.len(), "payload rejected");
     }
-    if let Some(publication) = Publication::from_verdict(&verdict) {
-        publish_until_stored(js, publication, metrics).await;
+    let stored = match Publication::from_verdict(&verdict) {
+        Some(publication) => publish_until_stored(js, publication, metrics).await,
+        None => Stored::Stored,
+    };
+    match stored {
+        Stored::Stored => count(metrics, &verdict, Transport::Mqtt),
+        Stored::Diverted => metrics
+            .rejected
+            .with_label_values(&[Reason::StoreRefused.as_str(), Transport::Mqtt.as_str()])
+            .inc(),
+        // Counted in ingest_publish_failures_total.
+        Stored::Dropped => {}
     }
-    count(metrics, &verdict, Transport::Mqtt);
 }

@@ -1,15 +1,20 @@
-//! Publishing verdicts to JetStream, retrying until acknowledged: a message
-//! is acknowledged to its sender (MQTT broker, HTTP client) only after this.
+//! Publishing verdicts to JetStream, retrying transient errors until
+//! acknowledged: a message is acknowledged to its sender (MQTT broker, HTTP
+//! client) only after this. Permanent errors are never retried, so one bad
+//! message cannot hold up the others.
 
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, ErrorCode};
+use async_nats::subject::SubjectError;
 use bytes::Bytes;
 use shared::envelope::Transport;
-use shared::subjects::{OWNTRACKS_STREAM, REASON_HEADER, REJECTED_STREAM};
+use shared::owntracks::Reason;
+use shared::subjects::{self, OWNTRACKS_STREAM, REASON_HEADER, REJECTED_STREAM};
 
-use crate::classify::Verdict;
+use crate::classify::{MAX_REJECTED_BYTES, Verdict};
 use crate::metrics::Metrics;
 
 /// A verdict serialised and ready to send.
@@ -19,6 +24,8 @@ pub struct Publication {
     headers: HeaderMap,
     payload: Bytes,
     stream: &'static str,
+    /// Where an accepted message goes if JetStream refuses it for good.
+    fallback: Option<Box<Publication>>,
 }
 
 impl Publication {
@@ -33,12 +40,26 @@ impl Publication {
             } => {
                 let mut headers = HeaderMap::new();
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-                let payload = serde_json::to_vec(envelope).expect("envelope serialises");
+                let payload =
+                    Bytes::from(serde_json::to_vec(envelope).expect("envelope serialises"));
+                let kept = payload.slice(..MAX_REJECTED_BYTES.min(payload.len()));
+                let fallback = Verdict::Rejected {
+                    subject: subjects::rejected(
+                        Some(&envelope.household),
+                        Some(&envelope.user),
+                        Some(&envelope.device),
+                    ),
+                    msg_id: format!("refused-{msg_id}"),
+                    reason: Reason::StoreRefused,
+                    detail: String::new(),
+                    payload: kept,
+                };
                 Some(Publication {
                     subject: subject.clone(),
                     headers,
-                    payload: payload.into(),
+                    payload,
                     stream: OWNTRACKS_STREAM,
+                    fallback: Publication::from_verdict(&fallback).map(Box::new),
                 })
             }
             Verdict::Rejected {
@@ -56,10 +77,71 @@ impl Publication {
                     headers,
                     payload: payload.clone(),
                     stream: REJECTED_STREAM,
+                    fallback: None,
                 })
             }
             Verdict::Cleared => None,
         }
+    }
+}
+
+/// What became of a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored where it was meant to go.
+    Stored,
+    /// Refused for good on OWNTRACKS, kept on REJECTED as `store_refused`.
+    Diverted,
+    /// Refused for good, and nowhere to keep it: counted, logged, dropped.
+    Dropped,
+}
+
+/// Why a publish failed, as far as retrying goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// NATS unreachable, a timeout, no stream answering: retry.
+    Transient,
+    /// Retrying cannot help; the label of `ingest_publish_failures_total`.
+    Permanent(&'static str),
+}
+
+/// Sorts a JetStream publish error into transient and permanent.
+pub fn classify_error(error: &PublishError) -> Failure {
+    match error.kind() {
+        PublishErrorKind::MaxPayloadExceeded => return Failure::Permanent("max_payload"),
+        PublishErrorKind::Other => {}
+        // Timeouts, broken pipes, no responders (JetStream not up yet, or the
+        // stream being recreated), ack backpressure: all pass.
+        _ => return Failure::Transient,
+    }
+    let source = std::error::Error::source(error);
+    if source.is_some_and(|s| s.is::<SubjectError>()) {
+        return Failure::Permanent("invalid_subject");
+    }
+    match source.and_then(|s| s.downcast_ref::<jetstream::Error>()) {
+        // The server answered and said no; only a shortage may pass.
+        Some(api) => {
+            let code = api.error_code();
+            let shortage = [
+                ErrorCode::INSUFFICIENT_RESOURCES,
+                ErrorCode::STORAGE_RESOURCES_EXCEEDED,
+                ErrorCode::ACCOUNT_RESOURCES_EXCEEDED,
+                ErrorCode::TEMP_STORAGE_FAILED,
+                ErrorCode::JETSTREAM_NOT_ENABLED,
+                ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
+                ErrorCode::CLUSTER_NOT_AVAILABLE,
+                ErrorCode::CLUSTER_NO_PEERS,
+                ErrorCode::CLUSTER_INCOMPLETE,
+                ErrorCode::RAFT_GENERAL,
+            ];
+            if shortage.contains(&code) {
+                Failure::Transient
+            } else {
+                Failure::Permanent("refused")
+            }
+        }
+        // The client's channel closed, an unreadable ack: connection trouble.
+        None => Failure::Transient,
     }
 }
 
@@ -84,10 +166,45 @@ pub fn count(metrics: &Metrics, verdict: &Verdict, transport: Transport) {
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
-/// Publishes and waits for the JetStream ack, retrying with jittered
-/// exponential backoff for as long as it takes. Retrying is safe: the
-/// `Nats-Msg-Id` makes JetStream drop the copies.
-pub async fn publish_until_stored(js: &jetstream::Context, p: Publication, metrics: &Metrics) {
+/// Publishes and waits for the JetStream ack, retrying transient errors
+/// with jittered exponential backoff for as long as it takes. Retrying is
+/// safe: the `Nats-Msg-Id` makes JetStream drop the copies. A permanent
+/// error is never retried: it is counted and logged once, and an accepted
+/// message goes to its REJECTED fallback instead.
+pub async fn publish_until_stored(
+    js: &jetstream::Context,
+    p: Publication,
+    metrics: &Metrics,
+) -> Stored {
+    let mut p = p;
+    let mut diverted = false;
+    loop {
+        match publish_once_stored(js, &p, metrics).await {
+            Ok(()) if diverted => return Stored::Diverted,
+            Ok(()) => return Stored::Stored,
+            Err(label) => {
+                metrics
+                    .publish_failures
+                    .with_label_values(&[p.stream, label])
+                    .inc();
+                let Some(fallback) = p.fallback.take() else {
+                    tracing::error!(subject = %p.subject, stream = p.stream, error = label, bytes = p.payload.len(), "JetStream refused the message for good: dropped");
+                    return Stored::Dropped;
+                };
+                tracing::error!(subject = %p.subject, stream = p.stream, error = label, bytes = p.payload.len(), "JetStream refused the message for good: kept on REJECTED as store_refused");
+                p = *fallback;
+                diverted = true;
+            }
+        }
+    }
+}
+
+/// Retries `p` until stored (`Ok`) or refused for good (`Err(label)`).
+async fn publish_once_stored(
+    js: &jetstream::Context,
+    p: &Publication,
+    metrics: &Metrics,
+) -> Result<(), &'static str> {
     let mut delay = FIRST_RETRY;
     loop {
         let started = Instant::now();
@@ -98,31 +215,75 @@ pub async fn publish_until_stored(js: &jetstream::Context, p: Publication, metri
             Ok(ack) => ack.await.map(|_| ()),
             Err(e) => Err(e),
         };
-        match result {
+        let error = match result {
             Ok(()) => {
                 metrics
                     .publish_seconds
                     .with_label_values(&[p.stream])
                     .observe(started.elapsed().as_secs_f64());
-                return;
+                return Ok(());
             }
-            Err(e) => {
-                metrics.publish_retries.with_label_values(&[p.stream]).inc();
-                let permanent = matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded);
-                tracing::warn!(subject = %p.subject, error = %e, retry_in_ms = delay.as_millis() as u64, "JetStream publish failed");
-                if permanent {
-                    // Cannot happen for our sizes; never spin on it.
-                    tracing::error!(subject = %p.subject, "payload exceeds NATS max_payload: dropped");
-                    return;
-                }
-                tokio::time::sleep(jitter(delay)).await;
-                delay = (delay * 2).min(MAX_RETRY);
-            }
+            Err(e) => e,
+        };
+        if let Failure::Permanent(label) = classify_error(&error) {
+            tracing::debug!(subject = %p.subject, error = %error, "permanent publish error");
+            return Err(label);
         }
+        metrics.publish_retries.with_label_values(&[p.stream]).inc();
+        tracing::warn!(subject = %p.subject, error = %error, retry_in_ms = delay.as_millis() as u64, "JetStream publish failed");
+        tokio::time::sleep(jitter(delay)).await;
+        delay = (delay * 2).min(MAX_RETRY);
     }
 }
 
 /// A delay between half and all of `d`, so that retries spread out.
 pub fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(err_code: u64) -> PublishError {
+        let api: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 400, "err_code": err_code, "description": "test"
+        }))
+        .unwrap();
+        PublishError::with_source(PublishErrorKind::Other, api)
+    }
+
+    #[test]
+    fn only_transient_errors_are_retried() {
+        use Failure::*;
+        let cases = [
+            (PublishError::new(PublishErrorKind::TimedOut), Transient),
+            (PublishError::new(PublishErrorKind::BrokenPipe), Transient),
+            (
+                PublishError::new(PublishErrorKind::StreamNotFound),
+                Transient,
+            ),
+            (
+                PublishError::new(PublishErrorKind::MaxAckPending),
+                Transient,
+            ),
+            (PublishError::new(PublishErrorKind::Other), Transient),
+            (
+                PublishError::new(PublishErrorKind::MaxPayloadExceeded),
+                Permanent("max_payload"),
+            ),
+            (
+                PublishError::with_source(PublishErrorKind::Other, SubjectError::InvalidFormat),
+                Permanent("invalid_subject"),
+            ),
+            // "message size exceeds maximum allowed" (a stream's max_msg_size)
+            (api_error(10054), Permanent("refused")),
+            (api_error(10003), Permanent("refused")),
+            // "insufficient resources": the server may recover.
+            (api_error(10023), Transient),
+        ];
+        for (error, want) in cases {
+            assert_eq!(classify_error(&error), want, "{error}");
+        }
+    }
 }

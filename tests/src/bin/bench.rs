@@ -4,11 +4,15 @@
 //!   same publisher through mosquitto → ingest → JetStream (acknowledged,
 //!   file storage), the ratio b/a, p50/p99 latency at a paced rate, and
 //!   ingest's RSS.
+//! - `bench ingest-flood`: ingest's peak RSS while 100,000 QoS 0 messages
+//!   arrive with NATS stopped (nothing can be stored): the QoS 0 budget, not
+//!   the flood, must set the memory.
 //! - `bench presence`: presence alone over a pre-loaded OWNTRACKS stream,
 //!   against the KV's concurrent put rate measured in the same run.
 //! - `bench notifier`: MQTT publish → SSE event latency with many SSE clients.
 //!
-//! Build everything first, release: `scripts/bench.sh ingest|presence|notifier`.
+//! Build everything first, release:
+//! `scripts/bench.sh ingest|ingest-flood|presence|notifier`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -128,6 +132,17 @@ fn rss_mib(pid: u32) -> f64 {
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Peak resident set (`VmHWM`) of a process, MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
@@ -253,6 +268,66 @@ async fn bench_ingest() {
     println!(
         "    ingest RSS at the end:                 {:>9.1} MiB",
         rss_mib(ingest.pid().unwrap())
+    );
+}
+
+/// 100,000 QoS 0 locations at full speed into an ingest whose NATS is down.
+async fn bench_ingest_flood() {
+    let n: usize = std::env::var("BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    println!("# ingest QoS 0 flood: {n} locations (~250 B) with NATS stopped");
+    let mut nats = NatsServer::start().await;
+    let mosquitto = Mosquitto::start().await;
+    let ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), "").await;
+    let pid = ingest.pid().unwrap();
+    println!(
+        "    ingest RSS before (NATS up):           {:>9.1} MiB",
+        rss_mib(pid)
+    );
+    nats.stop().await;
+    let (client, mut eventloop) =
+        AsyncClient::new(options(&mosquitto.url(), "bench-flood"), 10_000);
+    let poller = tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = event {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    for i in 0..n {
+        client
+            .publish(topic(i), QoS::AtMostOnce, false, payload(i, now_ns()))
+            .await
+            .unwrap();
+    }
+    let sent = started.elapsed();
+    // Let ingest read everything the broker forwards.
+    let mut last = -1.0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let seen = ingest.metric("ingest_mqtt_dropped_total", "").await
+            + ingest.metric("ingest_inflight_messages", "").await;
+        if seen == last {
+            break;
+        }
+        last = seen;
+    }
+    let dropped = ingest.metric("ingest_mqtt_dropped_total", "").await;
+    let held = ingest.metric("ingest_inflight_messages", "").await;
+    let _ = client.disconnect().await;
+    poller.abort();
+    println!(
+        "    published in {:.1} s; ingest holds {held:.0}, dropped {dropped:.0}, {:.0} not seen",
+        sent.as_secs_f64(),
+        n as f64 - held - dropped
+    );
+    println!(
+        "    ingest RSS now / peak:                 {:>9.1} / {:.1} MiB",
+        rss_mib(pid),
+        peak_rss_mib(pid)
     );
 }
 
@@ -497,10 +572,11 @@ async fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
     match which.as_str() {
         "ingest" => bench_ingest().await,
+        "ingest-flood" => bench_ingest_flood().await,
         "presence" => bench_presence().await,
         "notifier" => bench_notifier().await,
         _ => {
-            eprintln!("usage: bench ingest|presence|notifier");
+            eprintln!("usage: bench ingest|ingest-flood|presence|notifier");
             std::process::exit(2);
         }
     }
