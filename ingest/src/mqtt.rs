@@ -41,9 +41,10 @@ pub const MAX_IN_FLIGHT: usize = 4096;
 /// QoS 0 messages are dropped until the pipeline catches up.
 pub const QOS0_BUDGET_BYTES: usize = 16 << 20;
 
-/// What a queued message costs against the budget besides its payload
-/// (topic, `Publish`, channel slot, in-flight future).
-const PER_MESSAGE_OVERHEAD: usize = 512;
+/// What a held message costs against the budget besides its payload: the
+/// `Publish`, its channel slot, and once in flight the envelope, its JSON
+/// and the publish future (~2 KiB each in `bench ingest-flood`).
+const PER_MESSAGE_OVERHEAD: usize = 2048;
 
 /// A received message and what it holds of the QoS 0 budget (0 for QoS 1/2).
 struct Queued {
