@@ -269,10 +269,58 @@ secret = "a shared secret"
     );
 }
 
-/// People keep a stable id while their display name changes, and a stranger
-/// whose user name is someone's id gets a person of their own.
+/// The KV state of a person, when there is one.
+async fn person_state(kv: &jetstream::kv::Store, key: &str) -> Option<Value> {
+    let bytes = kv.get(key).await.ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A stranger whose user name is a configured person's id used to merge
+/// into that person (their fixes moved Ron). Now they get a person of their
+/// own, `~ron`.
 #[tokio::test]
-async fn person_ids_are_stable_and_cannot_be_claimed_by_a_user_name() {
+async fn a_user_name_cannot_claim_a_configured_person() {
+    let config = r#"
+[[households.home.people]]
+name = "ron"
+devices = ["rw/phone"]
+"#;
+    let p = Pipeline::start(config).await;
+    let ron = MqttPublisher::connect(&p.mosquitto.url(), "rw-phone").await;
+    let stranger = MqttPublisher::connect(&p.mosquitto.url(), "ron-laptop").await;
+    ron.publish("owntracks/rw/phone", location(now())).await;
+    stranger
+        .publish("owntracks/ron/laptop", location(now()))
+        .await;
+    let kv =
+        p.js.get_key_value("presence")
+            .await
+            .expect("presence bucket");
+    // `~ron`, encoded: `_7Eron`.
+    let stranger_state = eventually(
+        "the stranger's own state",
+        Duration::from_secs(10),
+        async || person_state(&kv, "home.person._7Eron").await,
+    )
+    .await;
+    assert_eq!(stranger_state["person"], "~ron");
+    assert_eq!(stranger_state["devices"][0]["device"], "laptop");
+    let ron_state = person_state(&kv, "home.person.ron")
+        .await
+        .expect("Ron's state");
+    let devices: Vec<&str> = ron_state["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices, ["rw"], "the stranger's laptop is not Ron's");
+}
+
+/// A person's subject and key follow their `id`; the display `name` rides
+/// along in the state and can change without moving them.
+#[tokio::test]
+async fn a_person_is_keyed_by_id_and_shown_by_name() {
     let config = r#"
 [[households.home.people]]
 id = "harry"
@@ -281,42 +329,19 @@ devices = ["hp/phone"]
 "#;
     let p = Pipeline::start(config).await;
     let harry = MqttPublisher::connect(&p.mosquitto.url(), "hp-phone").await;
-    let stranger = MqttPublisher::connect(&p.mosquitto.url(), "harry-laptop").await;
     harry.publish("owntracks/hp/phone", location(now())).await;
-    stranger
-        .publish("owntracks/harry/laptop", location(now()))
-        .await;
     let kv =
         p.js.get_key_value("presence")
             .await
             .expect("presence bucket");
-    let person = async |key: &str| -> Option<Value> {
-        let bytes = kv.get(key).await.ok()??;
-        serde_json::from_slice(&bytes).ok()
-    };
-    let harry_state = eventually("Harry's state", Duration::from_secs(10), async || {
-        person("home.person.harry").await
+    let state = eventually("Harry's state", Duration::from_secs(10), async || {
+        person_state(&kv, "home.person.harry").await
     })
     .await;
-    assert_eq!(harry_state["person"], "harry");
-    assert_eq!(harry_state["name"], "Harry Potter");
-    let devices: Vec<&str> = harry_state["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["user"].as_str().unwrap())
-        .collect();
-    assert_eq!(devices, ["hp"], "the stranger's laptop is not Harry's");
-
-    // `~harry`, encoded: `_7Eharry`.
-    let stranger_state = eventually(
-        "the stranger's state",
-        Duration::from_secs(10),
-        async || person("home.person._7Eharry").await,
-    )
-    .await;
-    assert_eq!(stranger_state["person"], "~harry");
-    assert_eq!(stranger_state["devices"][0]["device"], "laptop");
+    assert_eq!(state["person"], "harry");
+    assert_eq!(state["name"], "Harry Potter");
+    let events = stream_messages(&p.js, "PRESENCE", "presence.home.harry").await;
+    assert!(!events.is_empty(), "events on the id's subject");
 }
 
 /// QoS 0 needs no ack, so nothing but ingest's budget bounds what it holds
