@@ -530,6 +530,8 @@ fn normalise(kind: MessageType, body: &mut Map<String, Value>) -> Result<(), Rej
     let removed = coerce_fields(body, numbers_for(kind), times_for(kind));
     let removed = removed.as_slice();
     lowercase_wifi(body);
+    // Any type may carry a tid (beacons, LWTs, …); it names the device on maps.
+    cut_string(body, "tid", MAX_TID_BYTES);
     match kind {
         MessageType::Location => {
             need_in_range(body, removed, "lat", 90.0)?;
@@ -538,7 +540,6 @@ fn normalise(kind: MessageType, body: &mut Map<String, Value>) -> Result<(), Rej
             for list in ["inregions", "inrids"] {
                 cut_string_list(body, list, MAX_REGIONS_PER_DEVICE, MAX_REGION_NAME_BYTES);
             }
-            cut_string(body, "tid", MAX_TID_BYTES);
         }
         MessageType::Transition => {
             let event = need_str(body, "event")?.to_ascii_lowercase();
@@ -552,7 +553,6 @@ fn normalise(kind: MessageType, body: &mut Map<String, Value>) -> Result<(), Rej
             need_time(body, removed, "tst")?;
             cut_string(body, "desc", MAX_REGION_NAME_BYTES);
             cut_string(body, "rid", MAX_REGION_NAME_BYTES);
-            cut_string(body, "tid", MAX_TID_BYTES);
             // Coordinates are informational here: a bad one is dropped, the
             // enter/leave is kept (losing it would strand the person).
             for (field, limit) in [("lat", 90.0), ("lon", 180.0)] {
@@ -604,7 +604,6 @@ fn normalise(kind: MessageType, body: &mut Map<String, Value>) -> Result<(), Rej
                 }
             }
             cut_string(body, "name", MAX_CARD_NAME_BYTES);
-            cut_string(body, "tid", MAX_TID_BYTES);
         }
         MessageType::Cmd => {
             let action = need_str(body, "action")?;
