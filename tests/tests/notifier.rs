@@ -993,8 +993,15 @@ async fn mqtt_sink_retains_state_and_home_assistant_discovery() {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
             "{object_id}"
         );
+        // The entity's name is an explicit null, so HA names it after its
+        // device ("Harry (Whereabouts)", not "Harry (Whereabouts) Harry").
+        assert!(
+            config.get("name").is_some_and(Value::is_null),
+            "name in {config}"
+        );
+        let device_name = config["device"]["name"].as_str().unwrap_or_default();
+        assert!(device_name.contains(p), "device name {device_name:?}");
         for field in [
-            "name",
             "unique_id",
             "payload_home",
             "payload_not_home",
