@@ -24,27 +24,38 @@ mqtt_port=${MQTT_PORT:-1883}
   if [ "$(id -u)" = 0 ]; then echo "user root"; fi
 } > "$run/mosquitto.conf"
 
-pids=()
+# Services stop first (while the brokers are still there), then the brokers.
+# Each pid is the process itself, never the end of a pipe: a
+# `kill -TERM -- -PGID` may take out the log pipes first, and the services
+# must still get their own SIGTERM and be waited for.
+brokers=()
+services=()
+stop() {
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
 cleanup() {
   trap - INT TERM EXIT
-  echo "stopping…"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  echo "stopping…" >&2 || true
+  stop "${services[@]}"
+  stop "${brokers[@]}"
 }
 trap cleanup INT TERM EXIT
 
 "$nats_bin" -js -a 127.0.0.1 -p "$nats_port" --store_dir "$run/nats" >"$run/logs/nats.log" 2>&1 &
-pids+=($!)
+brokers+=($!)
 "$mosquitto_bin" -c "$run/mosquitto.conf" >"$run/logs/mosquitto.log" 2>&1 &
-pids+=($!)
+brokers+=($!)
 sleep 1
 
 export NATS_URL="nats://127.0.0.1:$nats_port"
 export MQTT_URL="mqtt://127.0.0.1:$mqtt_port"
 export WHEREABOUTS_CONFIG=${WHEREABOUTS_CONFIG:-$root/whereabouts.example.toml}
 for service in ingest presence notifier; do
-  "target/release/$service" 2>&1 | tee "$run/logs/$service.log" | sed -u "s/^/[$service] /" &
-  pids+=($!)
+  # Output through a process substitution, so that $! is the service.
+  "target/release/$service" > >(tee "$run/logs/$service.log" | sed -u "s/^/[$service] /") 2>&1 &
+  services+=($!)
 done
 
 cat <<INFO

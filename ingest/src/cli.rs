@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use shared::cli::CommonArgs;
+use shared::telemetry::redact_url;
 
 /// Bridges OwnTracks MQTT and HTTP mode into NATS JetStream.
 #[derive(Debug, Parser)]
@@ -36,7 +37,13 @@ pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
-    tracing::info!(addr = %args.http_addr, nats = %args.common.nats_url, mqtt = %args.mqtt_url, "ingest starting");
+    // URLs may carry credentials: never log them as they are.
+    tracing::info!(
+        addr = %args.http_addr,
+        nats = %redact_url(&args.common.nats_url),
+        mqtt = %redact_url(&args.mqtt_url),
+        "ingest starting"
+    );
     let settings = crate::Settings {
         nats_url: args.common.nats_url,
         mqtt: (!args.no_mqtt).then_some(crate::MqttSettings {

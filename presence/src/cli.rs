@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use shared::cli::CommonArgs;
+use shared::telemetry::redact_url;
 
 /// Computes who is where from the OWNTRACKS stream into the `presence` KV
 /// bucket and the PRESENCE stream.
@@ -24,7 +25,7 @@ pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
-    tracing::info!(addr = %args.http_addr, nats = %args.common.nats_url, "presence starting");
+    tracing::info!(addr = %args.http_addr, nats = %redact_url(&args.common.nats_url), "presence starting");
     let settings = crate::Settings {
         nats_url: args.common.nats_url,
         config,

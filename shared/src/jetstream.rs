@@ -140,7 +140,12 @@ pub async fn connect(
         })
         .connect(url)
         .await
-        .with_context(|| format!("connecting to NATS at {url}"))?;
+        .with_context(|| {
+            format!(
+                "connecting to NATS at {}",
+                crate::telemetry::redact_url(url)
+            )
+        })?;
     Ok(client)
 }
 

@@ -107,26 +107,50 @@ pub async fn serve(
         .await
 }
 
-/// A token cancelled on SIGTERM or Ctrl-C.
+/// How long a service may take to stop after SIGTERM or Ctrl-C before the
+/// process exits anyway (a retry loop, a NATS that is gone, a stuck task).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// A token cancelled on SIGTERM or Ctrl-C. The process exits anyway
+/// [`SHUTDOWN_GRACE`] after the signal, or at once on a second signal.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+        let signalled = async {
+            #[cfg(unix)]
             tokio::select! {
-                _ = ctrl_c => {},
+                _ = tokio::signal::ctrl_c() => {},
                 _ = term.recv() => {},
             }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutdown requested");
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        signalled.await;
+        // Cancel first: nothing after this (a log line) may keep it from happening.
         t.cancel();
+        // A plain thread, so that it fires even if the runtime is stuck.
+        std::thread::spawn(|| {
+            std::thread::sleep(SHUTDOWN_GRACE);
+            tracing::error!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "shutdown did not finish in time; exiting"
+            );
+            std::process::exit(1);
+        });
+        tracing::info!("shutdown requested");
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(1);
+        }
     });
     token
 }
