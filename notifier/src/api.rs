@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::live::{Live, LiveEvent};
+use crate::live::{Feed, Live, LiveEvent};
 use crate::metrics::Metrics;
 use crate::people::People;
 
@@ -154,60 +154,74 @@ async fn stream_events(
     state: ApiState,
     household: String,
     last_event_id: Option<u64>,
-    mut live: broadcast::Receiver<Arc<LiveEvent>>,
+    mut live: broadcast::Receiver<Arc<Feed>>,
     tx: Tx,
 ) {
     state.metrics.sse_clients.inc();
     let _gauge = scopeguard(state.metrics.sse_clients.clone());
-    let resumable = match last_event_id {
-        Some(id) => match state.live.stream_first_seq().await {
-            Ok(first) => id + 1 >= first,
-            Err(_) => false,
-        },
-        None => false,
+    let first = match last_event_id {
+        Some(id) => resume(&state, &household, id, &tx).await,
+        None => send_snapshot(&state, &household, state.live.last_seq(), &tx).await,
     };
-    let mut last_sent = match last_event_id {
-        Some(id) if resumable => match replay(&state, &household, id, &tx).await {
-            Some(seq) => seq,
-            None => return,
-        },
-        _ => {
-            // The sequence first, then the state: the state is at least as
-            // new, and events after the sequence are applied on top.
-            let seq = state.live.last_seq();
-            let body = snapshot(&state, &household).to_string();
-            let event = Event::default()
-                .event("snapshot")
-                .id(seq.to_string())
-                .data(body);
-            if tx.send(Ok(event)).await.is_err() {
-                return;
-            }
-            seq
-        }
-    };
+    let Some(mut last_sent) = first else { return };
     loop {
-        match live.recv().await {
-            Ok(e) => {
-                if e.household != household || e.seq <= last_sent {
-                    continue;
+        let sent = match live.recv().await {
+            Ok(feed) => match &*feed {
+                Feed::Event(e) => {
+                    if e.household != household || e.seq <= last_sent {
+                        continue;
+                    }
+                    if tx.send(Ok(presence_event(e))).await.is_err() {
+                        return;
+                    }
+                    Some(e.seq)
                 }
-                if tx.send(Ok(presence_event(&e))).await.is_err() {
-                    return;
-                }
-                last_sent = e.seq;
-            }
+                // The stream went back: the client's position means nothing now.
+                Feed::Reset { seq } => send_snapshot(&state, &household, *seq, &tx).await,
+            },
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 // Too slow for the broadcast: catch up from the stream.
                 state.metrics.sse_lagged.inc_by(n);
-                match replay(&state, &household, last_sent, &tx).await {
-                    Some(seq) => last_sent = seq,
-                    None => return,
-                }
+                resume(&state, &household, last_sent, &tx).await
             }
             Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match sent {
+            Some(seq) => last_sent = seq,
+            None => return,
         }
     }
+}
+
+/// Sends what the client missed after `after`: the events from the stream
+/// when it still holds them all, else a snapshot — also when `after` is
+/// beyond the stream's end (a recreated stream, a restored volume), where
+/// a replay would send nothing until the sequence passed it. Returns the
+/// last sequence sent, or `None` once the client is gone.
+async fn resume(state: &ApiState, household: &str, after: u64, tx: &Tx) -> Option<u64> {
+    match state.live.stream_bounds().await {
+        Ok(b) if after + 1 >= b.first && after <= b.last => {
+            replay(state, household, after, tx).await
+        }
+        Ok(_) => send_snapshot(state, household, state.live.last_seq(), tx).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read PRESENCE to resume; sending a snapshot");
+            send_snapshot(state, household, state.live.last_seq(), tx).await
+        }
+    }
+}
+
+/// A `snapshot` event with id `seq`; returns `seq`, or `None` once the
+/// client is gone. The caller reads `seq` before the state: the state is
+/// at least as new, and events after `seq` are applied on top.
+async fn send_snapshot(state: &ApiState, household: &str, seq: u64, tx: &Tx) -> Option<u64> {
+    let body = snapshot(state, household).to_string();
+    let event = Event::default()
+        .event("snapshot")
+        .id(seq.to_string())
+        .data(body);
+    tx.send(Ok(event)).await.ok()?;
+    Some(seq)
 }
 
 /// Sends the household's events after `after` from the stream; returns the

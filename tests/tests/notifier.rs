@@ -435,6 +435,121 @@ async fn sse_snapshot_then_live_events_and_resume_with_last_event_id() {
     assert_eq!(ids(&live), ids(&more));
 }
 
+/// The place of `person` in a snapshot's data.
+fn snapshot_place(snapshot: &Value, person: &str) -> Option<String> {
+    snapshot["people"]
+        .as_array()?
+        .iter()
+        .find(|p| p["person"] == person)?["place"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn sse_resume_beyond_the_stream_end_gets_a_snapshot_then_live_events() {
+    // A client that saw a stream since replaced (a restored volume) comes
+    // back with an id the stream has not reached.
+    let stack = stack("").await;
+    let js = &stack.js;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    harry.transition("enter", "Home").await;
+    let home = wait_place(js, "Harry", "Home", 1).await;
+    let last = quiet_events(js, ">").await.last().unwrap().0;
+
+    let mut sse = SseClient::connect(
+        &stack.notifier,
+        "alpha",
+        Some(TOKEN_A),
+        "",
+        Some(last + 1000),
+    )
+    .await;
+    let (event, id, snapshot) = sse.next_event(WAIT).await;
+    assert_eq!(event, "snapshot", "{snapshot}");
+    assert!(id.expect("the snapshot carries an id") >= home);
+    assert_eq!(snapshot_place(&snapshot, "Harry").as_deref(), Some("Home"));
+
+    // And live from there.
+    harry.transition("leave", "Home").await;
+    wait_place(js, "Harry", "Away", 1).await;
+    let expected: Vec<_> = quiet_events(js, "alpha")
+        .await
+        .into_iter()
+        .filter(|(seq, _)| *seq > last)
+        .collect();
+    let live = presence_events(&mut sse, expected.len()).await;
+    assert_eq!(ids(&live), ids(&expected));
+    assert_eq!(places(&live, "Harry"), ["Away"]);
+}
+
+#[tokio::test]
+async fn sse_after_the_presence_stream_is_recreated_gets_a_snapshot_then_live_events() {
+    let stack = stack("").await;
+    let js = &stack.js;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    for (kind, place, nth, now) in [
+        ("enter", "Home", 1, "Home"),
+        ("leave", "Home", 1, "Away"),
+        ("enter", "Work", 1, "Work"),
+    ] {
+        harry.transition(kind, place).await;
+        wait_place(js, "Harry", now, nth).await;
+    }
+    let old_last = quiet_events(js, ">").await.last().unwrap().0;
+    assert!(old_last >= 3, "{old_last}");
+    let mut connected = SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", None).await;
+    let (event, _, _) = connected.next_event(WAIT).await;
+    assert_eq!(event, "snapshot");
+
+    // The stream deleted and recreated as it was: sequences start again at 1.
+    let config = js
+        .get_stream("PRESENCE")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    js.delete_stream("PRESENCE").await.unwrap();
+    js.create_stream(config).await.unwrap();
+
+    // A connected client is told: a fresh snapshot, Harry still at Work.
+    let (event, id, snapshot) = connected.next_event(WAIT).await;
+    assert_eq!(event, "snapshot", "{snapshot}");
+    assert_eq!(id, Some(0), "the new stream's position");
+    assert_eq!(snapshot_place(&snapshot, "Harry").as_deref(), Some("Work"));
+
+    // New events, with the new stream's low sequences, reach it.
+    harry.transition("leave", "Work").await;
+    wait_place(js, "Harry", "Away", 1).await;
+    let expected = quiet_events(js, "alpha").await;
+    assert!(
+        expected.iter().all(|(seq, _)| *seq < old_last),
+        "{expected:?}"
+    );
+    let live = presence_events(&mut connected, expected.len()).await;
+    assert_eq!(ids(&live), ids(&expected));
+    assert_eq!(places(&live, "Harry"), ["Away"]);
+
+    // A client resuming from the old stream: a snapshot, then live.
+    let mut resumed =
+        SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", Some(old_last)).await;
+    let (event, _, snapshot) = resumed.next_event(WAIT).await;
+    assert_eq!(event, "snapshot", "{snapshot}");
+    assert_eq!(snapshot_place(&snapshot, "Harry").as_deref(), Some("Away"));
+    harry.transition("enter", "School").await;
+    wait_place(js, "Harry", "School", 1).await;
+    let more: Vec<_> = quiet_events(js, "alpha")
+        .await
+        .into_iter()
+        .filter(|(seq, _)| *seq > expected.last().unwrap().0)
+        .collect();
+    let live = presence_events(&mut resumed, more.len()).await;
+    assert_eq!(ids(&live), ids(&more));
+    assert_eq!(places(&live, "Harry"), ["School"]);
+}
+
 // --------------------------------------------------------------- 2. tokens
 
 #[tokio::test]
