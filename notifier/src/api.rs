@@ -1,8 +1,9 @@
 //! The HTTP API: snapshot and SSE per household, behind a per-household
 //! bearer token (`?token=` for EventSource), plus the web board.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -28,7 +29,48 @@ pub struct ApiState {
     pub people: People,
     pub live: Live,
     pub metrics: Metrics,
+    pub sse_slots: SseSlots,
     pub shutdown: CancellationToken,
+}
+
+/// Open SSE streams per household, held against
+/// `notifier.max_sse_clients_per_household`: one household's clients
+/// (a reload loop, a leaked token) cannot take every connection.
+#[derive(Clone, Default)]
+pub struct SseSlots(Arc<Mutex<HashMap<String, usize>>>);
+
+impl SseSlots {
+    /// A slot for one more stream of `household`, if it has fewer than `max`.
+    fn take(&self, household: &str, max: usize) -> Option<SseSlot> {
+        let mut open = self.0.lock().unwrap();
+        let count = open.entry(household.to_string()).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SseSlot {
+            slots: self.clone(),
+            household: household.to_string(),
+        })
+    }
+}
+
+/// One open SSE stream; gives its slot back when the stream's task ends.
+struct SseSlot {
+    slots: SseSlots,
+    household: String,
+}
+
+impl Drop for SseSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.0.lock().unwrap();
+        if let Some(count) = open.get_mut(&self.household) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.household);
+            }
+        }
+    }
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -124,6 +166,16 @@ async fn events(
     if let Err(denied) = authorise(&state, &household, &headers, &query) {
         return denied.into_response();
     }
+    let max = state.config.notifier.max_sse_clients_per_household;
+    let Some(slot) = state.sse_slots.take(&household, max) else {
+        state.metrics.sse_refused.inc();
+        tracing::warn!(%household, max, "SSE client refused: the household has too many streams open");
+        let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "too_many_sse_clients");
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
+        return response;
+    };
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -132,7 +184,10 @@ async fn events(
     let rx_live = state.live.subscribe();
     let heartbeat = state.config.notifier.heartbeat;
     let shutdown = state.shutdown.clone();
-    tokio::spawn(stream_events(state, household, last_event_id, rx_live, tx));
+    tokio::spawn(async move {
+        stream_events(state, household, last_event_id, rx_live, tx).await;
+        drop(slot);
+    });
     // Streams end when shutdown starts, or the server would never stop.
     let stream = ReceiverStream::new(rx).take_until(shutdown.cancelled_owned());
     Sse::new(stream)
@@ -165,7 +220,12 @@ async fn stream_events(
     };
     let Some(mut last_sent) = first else { return };
     loop {
-        let sent = match live.recv().await {
+        let next = tokio::select! {
+            // Gone: give the slot back now, not at the household's next event.
+            _ = tx.closed() => return,
+            next = live.recv() => next,
+        };
+        let sent = match next {
             Ok(feed) => match &*feed {
                 Feed::Event(e) => {
                     if e.household != household || e.seq <= last_sent {

@@ -102,6 +102,7 @@ pub async fn run(
         people,
         live,
         metrics,
+        sse_slots: api::SseSlots::default(),
         shutdown: shutdown.clone(),
     });
     let app = ops_router(registry, readiness)

@@ -9,6 +9,8 @@ pub struct Metrics {
     pub sse_clients: IntGauge,
     /// Events a slow SSE client missed from the broadcast (then replayed).
     pub sse_lagged: IntCounter,
+    /// SSE clients refused: their household had its maximum open.
+    pub sse_refused: IntCounter,
     /// Deliveries by `sink` and `outcome` (`delivered`, `retried`, `failed`, `filtered`).
     pub deliveries: IntCounterVec,
     /// From the event's emission to its delivery, by `sink`.
@@ -27,9 +29,18 @@ impl Metrics {
         registry
             .register(Box::new(sse_lagged.clone()))
             .expect("unique counter");
+        let sse_refused = IntCounter::new(
+            "notifier_sse_refused_total",
+            "SSE clients refused with 503: their household had notifier.max_sse_clients_per_household open.",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(sse_refused.clone()))
+            .expect("unique counter");
         Metrics {
             sse_clients: gauge(registry, "notifier_sse_clients", "Connected SSE clients."),
             sse_lagged,
+            sse_refused,
             deliveries: counter_vec(
                 registry,
                 "notifier_deliveries_total",

@@ -219,6 +219,8 @@ pub struct NotifierConfig {
     /// Interval of SSE heartbeats.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
+    /// SSE clients one household may hold open at once; more get 503.
+    pub max_sse_clients_per_household: usize,
     pub sinks: Vec<SinkConfig>,
 }
 
@@ -227,6 +229,7 @@ impl Default for NotifierConfig {
         NotifierConfig {
             cors_origins: Vec::new(),
             heartbeat: Duration::from_secs(15),
+            max_sse_clients_per_household: 100,
             sinks: Vec::new(),
         }
     }

@@ -550,6 +550,55 @@ async fn sse_after_the_presence_stream_is_recreated_gets_a_snapshot_then_live_ev
     assert_eq!(places(&live, "Harry"), ["School"]);
 }
 
+#[tokio::test]
+async fn sse_clients_are_capped_per_household_and_a_closed_stream_frees_its_slot() {
+    let stack = stack("max_sse_clients_per_household = 2").await;
+    let events_url = |h: &str| format!("{}/v1/households/{h}/events", stack.notifier.url());
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut sse = SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", None).await;
+        assert_eq!(sse.next_event(WAIT).await.0, "snapshot");
+        open.push(sse);
+    }
+
+    // A third stream of alpha: refused, with a reason and a hint to retry.
+    let refused = http()
+        .get(events_url("alpha"))
+        .bearer_auth(TOKEN_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_sse_clients");
+    assert_eq!(
+        stack
+            .notifier
+            .metric("notifier_sse_refused_total", "")
+            .await,
+        1.0
+    );
+
+    // The cap is per household: beta is not affected.
+    let mut beta = SseClient::connect(&stack.notifier, "beta", Some(TOKEN_B), "", None).await;
+    assert_eq!(beta.next_event(WAIT).await.0, "snapshot");
+
+    // A client that goes away gives its slot back (with no event to
+    // notice it by: the household stays quiet).
+    drop(open.pop());
+    eventually("a freed alpha slot", WAIT, async || {
+        let r = http()
+            .get(events_url("alpha"))
+            .bearer_auth(TOKEN_A)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
 // --------------------------------------------------------------- 2. tokens
 
 #[tokio::test]
