@@ -37,30 +37,7 @@ impl Drop for Running {
 /// Starts `kind` with piped output (debug logs, so that it keeps writing)
 /// and waits for `/readyz`.
 async fn start(kind: &'static str, nats: &NatsServer, mqtt: &Mosquitto) -> Running {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("whereabouts.toml");
-    std::fs::write(&config, CONFIG).expect("write config");
-    let port = free_port();
-    let child = Command::new(service_binary())
-        .arg(kind)
-        .env("NATS_URL", nats.url())
-        .env("MQTT_URL", mqtt.url())
-        .env("WHEREABOUTS_CONFIG", &config)
-        .env(
-            format!("{}_HTTP_ADDR", kind.to_uppercase()),
-            format!("127.0.0.1:{port}"),
-        )
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn whereabouts-service");
-    let mut running = Running {
-        kind,
-        child,
-        _dir: dir,
-    };
+    let (mut running, port) = spawn(kind, &nats.url(), &mqtt.url());
     let url = format!("http://127.0.0.1:{port}/readyz");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -76,6 +53,35 @@ async fn start(kind: &'static str, nats: &NatsServer, mqtt: &Mosquitto) -> Runni
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     running
+}
+
+/// Spawns `kind` with piped output; returns it and its HTTP port.
+fn spawn(kind: &'static str, nats_url: &str, mqtt_url: &str) -> (Running, u16) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("whereabouts.toml");
+    std::fs::write(&config, CONFIG).expect("write config");
+    let port = free_port();
+    let child = Command::new(service_binary())
+        .arg(kind)
+        .env("NATS_URL", nats_url)
+        .env("MQTT_URL", mqtt_url)
+        .env("WHEREABOUTS_CONFIG", &config)
+        .env(
+            format!("{}_HTTP_ADDR", kind.to_uppercase()),
+            format!("127.0.0.1:{port}"),
+        )
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn whereabouts-service");
+    let running = Running {
+        kind,
+        child,
+        _dir: dir,
+    };
+    (running, port)
 }
 
 impl Running {
@@ -150,4 +156,27 @@ async fn sigterm_with_nats_gone_stops_every_service() {
     for service in &mut services {
         service.assert_stops("NATS gone, output closed").await;
     }
+}
+
+#[tokio::test]
+async fn sigterm_while_nats_was_never_reachable_stops_every_service() {
+    // Still connecting for the first time (retried without end), which
+    // does not watch for the shutdown: the grace period ends it.
+    let nowhere = format!("nats://127.0.0.1:{}", free_port());
+    let mqtt = format!("mqtt://127.0.0.1:{}", free_port());
+    let mut services: Vec<Running> = ["ingest", "presence", "notifier"]
+        .into_iter()
+        .map(|kind| spawn(kind, &nowhere, &mqtt).0)
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for service in &mut services {
+        if let Ok(Some(status)) = service.child.try_wait() {
+            panic!("{} exited before the signal: {status}", service.kind);
+        }
+    }
+    // Signal all three at once: each may take up to the grace period.
+    let stops = services
+        .iter_mut()
+        .map(|s| s.assert_stops("NATS never reachable"));
+    futures::future::join_all(stops).await;
 }
