@@ -260,7 +260,7 @@ async fn stream_events(
 /// last sequence sent, or `None` once the client is gone.
 async fn resume(state: &ApiState, household: &str, after: u64, tx: &Tx) -> Option<u64> {
     match state.live.stream_bounds().await {
-        Ok(b) if after + 1 >= b.first && after <= b.last => {
+        Ok(b) if after.saturating_add(1) >= b.first && after <= b.last => {
             replay(state, household, after, tx).await
         }
         Ok(_) => send_snapshot(state, household, state.live.last_seq(), tx).await,

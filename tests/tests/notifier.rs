@@ -468,6 +468,10 @@ async fn sse_resume_beyond_the_stream_end_gets_a_snapshot_then_live_events() {
     assert_eq!(event, "snapshot", "{snapshot}");
     assert!(id.expect("the snapshot carries an id") >= home);
     assert_eq!(snapshot_place(&snapshot, "Harry").as_deref(), Some("Home"));
+    // The largest id there is, too (no overflow on the way).
+    let mut max =
+        SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", Some(u64::MAX)).await;
+    assert_eq!(max.next_event(WAIT).await.0, "snapshot");
 
     // And live from there.
     harry.transition("leave", "Home").await;
