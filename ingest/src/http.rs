@@ -81,7 +81,13 @@ async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let peer = peer.map(|Extension(ConnectInfo(addr))| {
+        client_address(
+            addr.ip(),
+            &headers,
+            &state.classifier.config().ingest.trusted_proxies,
+        )
+    });
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let response = handle(&state, peer, query, &headers, body).await;
     state
@@ -321,6 +327,25 @@ async fn read_body(body: Body, keep: usize) -> Result<(Vec<u8>, usize), axum::Er
     Ok((kept, total))
 }
 
+/// The client's address: the TCP peer, or, when the peer is a trusted
+/// proxy, the nearest `X-Forwarded-For` hop that is not one.
+fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|hop| !trusted.contains(hop))
+        .unwrap_or(peer)
+}
+
 /// `(user, password)` from an `Authorization: Basic` header.
 fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -417,6 +442,23 @@ mod tests {
             failures.locked(b).is_none(),
             "other addresses are not affected"
         );
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_a_trusted_proxy() {
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.7".parse().unwrap(),
+        );
+        assert_eq!(client_address(proxy, &headers, &[]), proxy);
+        assert_eq!(
+            client_address(proxy, &headers, &[proxy]),
+            "198.51.100.7".parse::<IpAddr>().unwrap(),
+            "the hop the proxy saw, not what the client claims before it"
+        );
+        assert_eq!(client_address(proxy, &HeaderMap::new(), &[proxy]), proxy);
     }
 
     #[test]

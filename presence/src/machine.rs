@@ -433,7 +433,10 @@ fn apply_input(run: &mut Run<'_>, dev: &mut DeviceState, input: &DeviceInput) ->
                 vel: *vel,
                 batt: *batt,
                 tst: fix_tst,
-                tid: tid.clone(),
+                // A fix without a tid keeps the one the phone sent before.
+                tid: tid
+                    .clone()
+                    .or_else(|| dev.last_fix.as_ref().and_then(|f| f.tid.clone())),
             };
             let limit = run.cfg.traveling_kmh;
             let computed = dev

@@ -21,6 +21,9 @@ const SECRET: &str = "a-secret-for-the-payloads";
 fn config() -> String {
     format!(
         r#"
+[ingest]
+trusted_proxies = ["127.0.0.3"]
+
 [[ingest.devices]]
 user = "jane"
 device = "phone"
@@ -73,8 +76,19 @@ async fn stack(with_presence: bool) -> Stack {
 async fn post(
     client: &reqwest::Client,
     ingest: &Service,
+    who: (&str, &str, Option<&str>),
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    post_via(client, ingest, who, body, &[]).await
+}
+
+/// [`post`] with extra headers (a proxy's `X-Forwarded-For`).
+async fn post_via(
+    client: &reqwest::Client,
+    ingest: &Service,
     (user, password, device): (&str, &str, Option<&str>),
     body: impl Into<reqwest::Body>,
+    extra: &[(&str, &str)],
 ) -> reqwest::Response {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let mut request = client
@@ -85,6 +99,9 @@ async fn post(
         .body(body);
     if let Some(device) = device {
         request = request.header("X-Limit-D", device);
+    }
+    for (name, value) in extra {
+        request = request.header(*name, *value);
     }
     request.send().await.expect("POST /pub")
 }
@@ -444,14 +461,29 @@ async fn repeated_wrong_passwords_lock_out_that_address_only() {
     // ...and accepted from another one.
     let ok = post(&family, &s.ingest, jane, fix()).await;
     assert_eq!(ok.status(), 200);
+
+    // Behind a trusted proxy the forwarded address is the one locked out:
+    // the guesser, not everyone coming through the proxy.
+    let proxy = from("127.0.0.3");
+    let stranger = [("X-Forwarded-For", "192.0.2.66")];
+    let member = [("X-Forwarded-For", "192.0.2.7")];
+    for attempt in 1..=10 {
+        let r = post_via(&proxy, &s.ingest, jane_guess, fix(), &stranger).await;
+        assert_eq!(r.status(), 401, "proxied attempt {attempt}");
+    }
+    let locked = post_via(&proxy, &s.ingest, jane, fix(), &stranger).await;
+    assert_eq!(locked.status(), 429);
+    let ok = post_via(&proxy, &s.ingest, jane, fix(), &member).await;
+    assert_eq!(ok.status(), 200);
+
     assert_eq!(
         s.ingest.metric("ingest_http_auth_lockouts_total", "").await,
-        1.0
+        2.0
     );
     assert_eq!(
         s.ingest
             .metric("ingest_http_requests_total", "code=\"429\"")
             .await,
-        2.0
+        3.0
     );
 }
