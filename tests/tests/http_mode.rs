@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use base64::Engine;
 use serde_json::{Value, json};
-use shared::state::DeviceState;
-use shared::subjects::{REASON_HEADER, device_key};
+use shared::state::{DeviceState, PersonState};
+use shared::subjects::{REASON_HEADER, device_key, person_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use whereabouts_tests::{NatsServer, Service, eventually, stream_count, stream_messages};
@@ -45,7 +45,7 @@ password = "bob-pw"
 
 /// nats-server plus ingest in HTTP mode only (and presence when asked).
 struct Stack {
-    _nats: NatsServer,
+    nats: NatsServer,
     ingest: Service,
     presence: Option<Service>,
     js: jetstream::Context,
@@ -65,7 +65,7 @@ async fn stack(with_presence: bool) -> Stack {
     };
     let js = nats.jetstream().await;
     Stack {
-        _nats: nats,
+        nats,
         ingest,
         presence,
         js,
@@ -208,6 +208,20 @@ async fn bad_messages_get_2xx_land_on_rejected_and_the_next_fix_applies() {
         },
     )
     .await;
+    let person =
+        s.js.get_key_value("presence")
+            .await
+            .unwrap()
+            .get(person_key("home", "jane"))
+            .await
+            .unwrap()
+            .expect("jane's person state");
+    let person: PersonState = serde_json::from_slice(&person).unwrap();
+    assert_eq!(
+        person.devices[0].last_fix.as_ref().map(|f| f.tst),
+        Some(1_700_000_100),
+        "the person moved on"
+    );
     assert_eq!(stream_count(&s.js, "OWNTRACKS").await, 2);
     let rejected = stream_messages(&s.js, "REJECTED", ">").await;
     let mut got: Vec<(String, String, usize)> = rejected
@@ -486,4 +500,30 @@ async fn repeated_wrong_passwords_lock_out_that_address_only() {
             .await,
         3.0
     );
+}
+
+#[tokio::test]
+async fn only_a_message_that_could_not_be_stored_gets_a_5xx() {
+    let mut s = stack(false).await;
+    let client = reqwest::Client::new();
+    let jane = ("jane", "s3cret", Some("phone"));
+    let body = encrypted(&location(1_700_000_000, "jd"));
+    s.nats.stop().await;
+    let started = std::time::Instant::now();
+    let refused = post(&client, &s.ingest, jane, body.clone()).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // The app retries the same message once NATS is back: it is kept, once.
+    s.nats.restart().await;
+    let js = s.nats.jetstream().await;
+    eventually("the retry is stored", Duration::from_secs(30), async || {
+        post(&client, &s.ingest, jane, body.clone()).await.status() == 200
+    })
+    .await;
+    assert_eq!(stream_count(&js, "OWNTRACKS").await, 1);
 }
