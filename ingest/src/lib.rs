@@ -64,6 +64,7 @@ pub async fn run(
         classifier: classifier.clone(),
         js: js.clone(),
         metrics: metrics.clone(),
+        failures: Arc::default(),
     }));
     let http = tokio::spawn(serve(listener, app, shutdown.clone()));
 

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub inflight: IntGauge,
     /// HTTP-mode requests by status `code`.
     pub http_requests: IntCounterVec,
+    /// Client addresses locked out of HTTP mode after wrong credentials.
+    pub http_lockouts: IntCounter,
 }
 
 impl Metrics {
@@ -83,6 +85,17 @@ impl Metrics {
                 "HTTP-mode POST /pub requests by status code.",
                 &["code"],
             ),
+            http_lockouts: {
+                let c = IntCounter::new(
+                    "ingest_http_auth_lockouts_total",
+                    "Client addresses locked out of HTTP mode after repeated wrong credentials.",
+                )
+                .expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique counter");
+                c
+            },
         }
     }
 }

@@ -1,6 +1,7 @@
 //! From an `owntracks.>` envelope to a state-machine input.
 
 use shared::envelope::Envelope;
+use shared::limits::{MAX_TID_BYTES, truncate_utf8};
 use shared::owntracks::{Message, MessageType};
 use shared::state::RegionDef;
 
@@ -32,6 +33,7 @@ pub fn from_envelope(envelope: Envelope, source_id: String) -> Result<Option<Dev
             let l = message.location().ok_or_else(missing)?;
             Input::Location {
                 tst: l.tst,
+                tid: l.tid.map(|t| truncate_utf8(&t, MAX_TID_BYTES).to_string()),
                 lat: l.lat,
                 lon: l.lon,
                 acc: l.acc,

@@ -31,6 +31,8 @@ pub const MAX_FUTURE_SKEW_S: i64 = 600;
 pub enum Input {
     Location {
         tst: i64,
+        /// The phone's tracker id, cut to `MAX_TID_BYTES`.
+        tid: Option<String>,
         lat: f64,
         lon: f64,
         acc: Option<f64>,
@@ -357,6 +359,7 @@ fn new_device(input: &DeviceInput, household: &Household) -> DeviceState {
         last_fix: None,
         last_seen: seen,
         card_name: None,
+        first_seen: Some(input.received_at),
         tracking: DeviceTracking::default(),
     }
 }
@@ -414,6 +417,7 @@ fn apply_input(run: &mut Run<'_>, dev: &mut DeviceState, input: &DeviceInput) ->
     let why = effect.place_why.clone();
     match &input.input {
         Input::Location {
+            tid,
             lat,
             lon,
             acc,
@@ -429,6 +433,10 @@ fn apply_input(run: &mut Run<'_>, dev: &mut DeviceState, input: &DeviceInput) ->
                 vel: *vel,
                 batt: *batt,
                 tst: fix_tst,
+                // A fix without a tid keeps the one the phone sent before.
+                tid: tid
+                    .clone()
+                    .or_else(|| dev.last_fix.as_ref().and_then(|f| f.tid.clone())),
             };
             let limit = run.cfg.traveling_kmh;
             let computed = dev

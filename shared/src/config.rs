@@ -57,6 +57,10 @@ pub struct IngestConfig {
     pub client_id: String,
     /// Payloads above this size are rejected as `too_large`.
     pub max_payload_bytes: usize,
+    /// Reverse proxies in front of HTTP mode: from these addresses the
+    /// client address (for the wrong-password lockout) is taken from
+    /// `X-Forwarded-For`, so one stranger cannot lock out everyone.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// HTTP-mode credentials and encryption secrets.
     pub devices: Vec<DeviceEntry>,
 }
@@ -69,6 +73,7 @@ impl Default for IngestConfig {
             user_households: BTreeMap::new(),
             client_id: "whereabouts-ingest".into(),
             max_payload_bytes: 512 * 1024,
+            trusted_proxies: Vec::new(),
             devices: Vec::new(),
         }
     }

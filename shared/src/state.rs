@@ -36,6 +36,10 @@ pub struct Fix {
     pub batt: Option<f64>,
     /// Fix time, seconds since the epoch.
     pub tst: i64,
+    /// The tracker id the phone sent with this fix (HTTP-mode friends are
+    /// keyed by it), cut to `limits::MAX_TID_BYTES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +65,14 @@ pub struct DeviceState {
     /// Display name from the device's card, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card_name: Option<String>,
+    /// Server time this device was first seen (absent in states stored
+    /// before it was recorded): the older device keeps a shared `tid`.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub first_seen: Option<OffsetDateTime>,
     /// The presence machine's bookkeeping (ordering guard, region sources,
     /// pending timers). Stored so that timers survive restarts; consumers
     /// may ignore it.

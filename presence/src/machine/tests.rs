@@ -56,6 +56,7 @@ fn cfg() -> PresenceConfig {
 fn loc(at: i64, p: (f64, f64), acc: Option<f64>) -> Input {
     Input::Location {
         tst: tst(at),
+        tid: None,
         lat: p.0,
         lon: p.1,
         acc,
@@ -68,6 +69,7 @@ fn loc(at: i64, p: (f64, f64), acc: Option<f64>) -> Input {
 fn loc_in(at: i64, p: (f64, f64), regions: &[&str]) -> Input {
     Input::Location {
         tst: tst(at),
+        tid: None,
         lat: p.0,
         lon: p.1,
         acc: Some(10.0),
@@ -439,6 +441,7 @@ fn phone_defined_waypoints_are_geofenced_too() {
 fn traveling_from_reported_and_computed_speed() {
     let v = |at: i64, p: (f64, f64), vel: Option<f64>| Input::Location {
         tst: tst(at),
+        tid: None,
         lat: p.0,
         lon: p.1,
         acc: Some(10.0),
