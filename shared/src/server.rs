@@ -120,7 +120,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: usize = 512;
 
 /// How long open connections get to finish their request on shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
 /// An HTTP server's timeouts and connection cap.
 #[derive(Debug, Clone, Copy)]
@@ -230,7 +230,7 @@ pub async fn serve_with(
     closing.cancel();
     // Every permit back means every connection closed.
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all))
+    if tokio::time::timeout(CONNECTION_DRAIN, permits.acquire_many(all))
         .await
         .is_err()
     {
