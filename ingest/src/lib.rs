@@ -34,6 +34,8 @@ pub use mqtt::MqttSettings;
 
 pub struct Settings {
     pub nats_url: String,
+    /// NATS credentials besides those in the URL.
+    pub nats_auth: shared::jetstream::NatsAuth,
     /// `None` runs HTTP mode only.
     pub mqtt: Option<MqttSettings>,
     pub config: Config,
@@ -55,8 +57,13 @@ pub async fn run(
     let mqtt_ready = settings.mqtt.is_some().then(|| readiness.check("mqtt"));
 
     let classifier = Arc::new(classify::Classifier::new(settings.config.clone())?);
-    let client =
-        shared::jetstream::connect(&settings.nats_url, "whereabouts-ingest", nats_ready).await?;
+    let client = shared::jetstream::connect(
+        &settings.nats_url,
+        &settings.nats_auth,
+        "whereabouts-ingest",
+        nats_ready,
+    )
+    .await?;
     let js = async_nats::jetstream::new(client.clone());
     let nats = client;
 

@@ -502,3 +502,288 @@ fn promtool_accepts_the_prometheus_config() {
     assert!(text.contains("rule files found"), "{text}");
     assert!(!text.contains(" 0 rule files found"), "{text}");
 }
+
+// --- NATS authorization (deploy/nats-server.conf), through a real server ---
+
+/// Passwords for deploy/nats-server.conf's include, as first-run writes them.
+const NATS_PASSWORDS: &str = r#"
+INGEST_PASSWORD: "ingest-pw-0123456789"
+PRESENCE_PASSWORD: "presence-pw-0123456789"
+NOTIFIER_PASSWORD: "notifier-pw-0123456789"
+ADMIN_PASSWORD: "admin-pw-0123456789"
+READER_PASSWORD: "reader-pw-0123456789"
+"#;
+
+async fn authorized_nats() -> whereabouts_tests::NatsServer {
+    whereabouts_tests::NatsServer::start_with_config(
+        &[
+            ("nats-server.conf", &read("deploy/nats-server.conf")),
+            ("nats-passwords.conf", NATS_PASSWORDS),
+        ],
+        Some(("admin", "admin-pw-0123456789")),
+    )
+    .await
+}
+
+/// A client as `user` that records the server's error messages
+/// (permission violations arrive as `-ERR`, asynchronously).
+async fn watched_client(
+    nats: &whereabouts_tests::NatsServer,
+    user: &str,
+    password: &str,
+) -> (
+    async_nats::Client,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = errors.clone();
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password(user.into(), password.into())
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(event.to_string());
+            }
+        })
+        .connect(nats.url())
+        .await
+        .unwrap_or_else(|e| panic!("connect as {user}: {e}"));
+    (client, errors)
+}
+
+const AUTH_CONFIG: &str = r#"
+[ingest]
+default_household = "weasleys"
+
+[[ingest.devices]]
+user = "jane"
+password = "jane-http-password"
+
+[households.weasleys]
+places = ["Home"]
+
+[[households.weasleys.regions]]
+name = "Home"
+lat = 51.5
+lon = -0.12
+radius = 120
+
+[[notifier.sinks]]
+type = "webhook"
+name = "hub"
+url = "http://127.0.0.1:9/unreachable"
+"#;
+
+/// The three services, each with its own NATS user (credentials in the URL
+/// and in NATS_USER/NATS_PASSWORD), run the whole pipeline against
+/// deploy/nats-server.conf; the server logs no permission violation for
+/// them, and a service user cannot act outside its permissions.
+#[tokio::test]
+async fn services_run_with_their_own_nats_users() {
+    use std::time::Duration;
+    use whereabouts_tests::{Mosquitto, MqttPublisher, MqttSubscriber, Service, eventually};
+
+    let nats = authorized_nats().await;
+    let mosquitto = Mosquitto::start().await;
+    let mqtt = mosquitto.url();
+    let ingest = Service::start(
+        "ingest",
+        &nats.url_as("ingest", "ingest-pw-0123456789"),
+        &mqtt,
+        AUTH_CONFIG,
+    )
+    .await;
+    let presence = Service::start_with(
+        "presence",
+        &nats.url(),
+        &mqtt,
+        AUTH_CONFIG,
+        &[
+            ("NATS_USER", "presence"),
+            ("NATS_PASSWORD", "presence-pw-0123456789"),
+        ],
+    )
+    .await;
+    let notifier = Service::start(
+        "notifier",
+        &nats.url_as("notifier", "notifier-pw-0123456789"),
+        &mqtt,
+        AUTH_CONFIG,
+    )
+    .await;
+
+    // MQTT → ingest → presence → notifier, end to end.
+    let phone = MqttPublisher::connect(&mqtt, "jane-phone").await;
+    phone
+        .publish(
+            "owntracks/jane/phone",
+            r#"{"_type":"location","lat":51.5,"lon":-0.12,"tst":1764600000,"tid":"jp","inregions":["Home"]}"#,
+        )
+        .await;
+    let people_url = format!("{}/v1/households/weasleys/people", notifier.url());
+    eventually(
+        "jane at Home on the notifier",
+        Duration::from_secs(15),
+        async || {
+            let body: serde_json::Value =
+                reqwest::get(&people_url).await.ok()?.json().await.ok()?;
+            let people = body["people"].as_array()?;
+            people
+                .iter()
+                .any(|p| p["person"] == "jane" && p["place"] == "Home")
+                .then_some(())
+        },
+    )
+    .await;
+    // HTTP mode reads presence's KV and OWNTRACKS with ingest's user.
+    let answer: Vec<serde_json::Value> = reqwest::Client::new()
+        .post(format!("{}/pub", ingest.url()))
+        .basic_auth("jane", Some("jane-http-password"))
+        .header("X-Limit-U", "jane")
+        .header("X-Limit-D", "tablet")
+        .body(r#"{"_type":"location","lat":51.5,"lon":-0.12,"tst":1764600100}"#)
+        .send()
+        .await
+        .expect("POST /pub")
+        .json()
+        .await
+        .expect("a JSON array");
+    assert!(
+        answer
+            .iter()
+            .any(|m| m["_type"] == "location" && m["topic"] == "owntracks/jane/phone"),
+        "the friends' answer holds jane's phone: {answer:?}"
+    );
+    // The commands service answers the admin user.
+    let admin = nats.client().await;
+    let mut cmds =
+        MqttSubscriber::connect(&mqtt, "cmd-watcher", true, &["owntracks/+/+/cmd"]).await;
+    let reply = admin
+        .request(
+            "whereabouts.commands.report-location",
+            r#"{"household":"weasleys","user":"jane","device":"phone"}"#.into(),
+        )
+        .await
+        .expect("the commands service answers the admin");
+    assert!(
+        reply
+            .headers
+            .is_none_or(|h| h.get("Nats-Service-Error-Code").is_none()),
+        "{:?}",
+        String::from_utf8_lossy(&reply.payload)
+    );
+    cmds.recv(Duration::from_secs(5))
+        .await
+        .expect("the command reaches the phone");
+
+    // The notifier's user can neither write to OWNTRACKS nor command phones.
+    let js = nats.jetstream().await;
+    let before = whereabouts_tests::stream_count(&js, "OWNTRACKS").await;
+    let (intruder, errors) = watched_client(&nats, "notifier", "notifier-pw-0123456789").await;
+    intruder
+        .publish(
+            "owntracks.weasleys.jane.phone.location",
+            r#"{"forged":true}"#.into(),
+        )
+        .await
+        .unwrap();
+    intruder.flush().await.unwrap();
+    let forged_cmd = tokio::time::timeout(
+        Duration::from_secs(2),
+        intruder.request(
+            "whereabouts.commands.send",
+            r#"{"household":"weasleys","user":"jane","device":"phone","command":{"_type":"cmd","action":"setConfiguration","configuration":{"_type":"configuration","mode":0}}}"#.into(),
+        ),
+    )
+    .await;
+    assert!(
+        !matches!(forged_cmd, Ok(Ok(_))),
+        "the notifier's user got an answer from the commands service"
+    );
+    eventually(
+        "permission violations reported to the notifier's user",
+        Duration::from_secs(5),
+        async || {
+            let errors = errors.lock().unwrap();
+            let violations = errors
+                .iter()
+                .filter(|e| e.to_lowercase().contains("permissions violation"))
+                .count();
+            (violations >= 2).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        cmds.recv(Duration::from_secs(1)).await.is_none(),
+        "no command reached a phone"
+    );
+    assert_eq!(
+        whereabouts_tests::stream_count(&js, "OWNTRACKS").await,
+        before,
+        "nothing forged reached OWNTRACKS"
+    );
+    // The read-only sample user cannot publish presence either.
+    let (reader, errors) = watched_client(&nats, "reader", "reader-pw-0123456789").await;
+    reader
+        .publish("presence.weasleys.jane", "{}".into())
+        .await
+        .unwrap();
+    reader.flush().await.unwrap();
+    eventually(
+        "a violation for the reader",
+        Duration::from_secs(5),
+        async || {
+            let errors = errors.lock().unwrap();
+            errors
+                .iter()
+                .any(|e| e.to_lowercase().contains("permissions violation"))
+                .then_some(())
+        },
+    )
+    .await;
+    // Wrong or missing credentials are refused.
+    assert!(nats.try_client_as("ingest", "wrong").await.is_err());
+    assert!(async_nats::connect(nats.url()).await.is_err());
+
+    // The services themselves caused no violation.
+    for (name, service) in [
+        ("ingest", &ingest),
+        ("presence", &presence),
+        ("notifier", &notifier),
+    ] {
+        assert!(
+            !service
+                .log()
+                .to_lowercase()
+                .contains("permissions violation"),
+            "{name} hit a permission violation:\n{}",
+            service.log()
+        );
+    }
+}
+
+/// A token in NATS_TOKEN is enough for a service on a server with token auth.
+#[tokio::test]
+async fn a_service_connects_with_a_nats_token() {
+    let nats = whereabouts_tests::NatsServer::start_with_config(
+        &[(
+            "nats-server.conf",
+            "authorization { token: \"t0ken-for-the-test\" }\n",
+        )],
+        None,
+    )
+    .await;
+    let presence = whereabouts_tests::Service::start_with(
+        "presence",
+        &nats.url(),
+        "mqtt://127.0.0.1:1",
+        "",
+        &[("NATS_TOKEN", "t0ken-for-the-test")],
+    )
+    .await;
+    assert!(
+        presence.log().contains("NATS connected"),
+        "{}",
+        presence.log()
+    );
+}
