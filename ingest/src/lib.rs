@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - `cli`: flags and environment, for the binary.
+//! - `acl`: the mosquitto ACL that follows from the config (`ingest mosquitto-acl`).
 //! - `classify`: one payload → envelope or rejection (pure).
 //! - `publish`: JetStream publishing with retries until stored.
 //! - `mqtt`: the persistent MQTT session, ordered manual acks.
@@ -12,6 +13,7 @@
 //! - `friends`: the household's other members, the answer to `POST /pub`.
 //! - `metrics`: ingest's Prometheus metrics.
 
+pub mod acl;
 pub mod classify;
 pub mod cli;
 pub mod commands;
