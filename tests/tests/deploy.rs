@@ -644,6 +644,27 @@ async fn services_run_with_their_own_nats_users() {
         },
     )
     .await;
+    // SSE resumed with Last-Event-ID replays PRESENCE through an ordered
+    // consumer of the notifier's user.
+    let events = whereabouts_tests::stream_count(&nats.jetstream().await, "PRESENCE").await;
+    assert!(events >= 1, "presence published events");
+    let mut sse = reqwest::Client::new()
+        .get(format!("{}/v1/households/weasleys/events", notifier.url()))
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .expect("GET events");
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !text.contains("event: presence") {
+        let chunk = tokio::time::timeout_at(deadline, sse.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no replayed presence event; got {text:?}"))
+            .expect("SSE body")
+            .expect("SSE still open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(sse);
     // HTTP mode reads presence's KV and OWNTRACKS with ingest's user.
     let answer: Vec<serde_json::Value> = reqwest::Client::new()
         .post(format!("{}/pub", ingest.url()))
@@ -768,6 +789,40 @@ async fn services_run_with_their_own_nats_users() {
             "{name} hit a permission violation:\n{}",
             service.log()
         );
+    }
+}
+
+/// Beyond loopback the services refuse the example config (its secrets are
+/// published) and running without a config; on loopback both still serve.
+#[tokio::test]
+async fn services_refuse_the_example_secrets_beyond_loopback() {
+    let example = repo().join("whereabouts.example.toml");
+    for kind in ["ingest", "presence", "notifier"] {
+        let addr_var = format!("{}_HTTP_ADDR", kind.to_uppercase());
+        let port = whereabouts_tests::free_port();
+        for config in [Some(&example), None] {
+            let mut cmd = Command::new(whereabouts_tests::service_binary());
+            cmd.arg(kind)
+                .env(&addr_var, format!("0.0.0.0:{port}"))
+                .env("NATS_URL", "nats://127.0.0.1:1")
+                .env_remove("WHEREABOUTS_CONFIG");
+            if let Some(config) = config {
+                cmd.env("WHEREABOUTS_CONFIG", config);
+            }
+            let out = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tokio::process::Command::from(cmd).output(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{kind} kept running beyond loopback with {config:?}"))
+            .expect("run the service");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{kind} started with {config:?}");
+            assert!(
+                stderr.contains("beyond loopback") || stderr.contains("loopback only"),
+                "{kind} with {config:?}: {stderr}"
+            );
+        }
     }
 }
 
