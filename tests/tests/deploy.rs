@@ -752,8 +752,19 @@ async fn services_run_with_their_own_nats_users() {
         before,
         "nothing forged reached OWNTRACKS"
     );
-    // The read-only sample user cannot publish presence either.
+    // The read-only sample user reads the presence KV …
     let (reader, errors) = watched_client(&nats, "reader", "reader-pw-0123456789").await;
+    let kv = async_nats::jetstream::new(reader.clone())
+        .get_key_value("presence")
+        .await
+        .expect("the reader opens the presence bucket");
+    let jane = kv
+        .get("weasleys.person.jane")
+        .await
+        .expect("the reader reads a person")
+        .expect("jane's state");
+    assert!(String::from_utf8_lossy(&jane).contains("Home"));
+    // … but cannot publish presence.
     reader
         .publish("presence.weasleys.jane", "{}".into())
         .await
