@@ -10,8 +10,9 @@
 #   nats-passwords.conf     the NATS passwords, included by nats-server.conf
 #   mosquitto/passwd        the broker's password file (phones, ingest, notifier)
 #   mosquitto/acl           the broker's ACL (`ingest mosquitto-acl`)
-#   tls/cert.pem tls/key.pem  a self-signed certificate for --host, unless
-#                           you put your own there first
+#   tls/cert.pem tls/key.pem  a certificate for --host signed by a private
+#                           CA (tls/ca.pem, for the phones), unless you put
+#                           your own there first
 #   phones.txt              what to enter in each phone
 #
 #   scripts/first-run.sh [--dir DIR] [--host HOST] [--household NAME] [USER…]
@@ -165,11 +166,20 @@ mkdir -p "$dir/tls"
 if [ -f "$dir/tls/cert.pem" ] && [ -f "$dir/tls/key.pem" ]; then
   echo "keeping your certificate in $dir/tls"
 else
+  # A private CA (ca.pem goes on the phones; ca.key stays here) and a server
+  # certificate it signs: TLS libraries refuse a CA certificate as a server's.
   if [[ "$host" =~ ^[0-9.]+$ || "$host" == *:* ]]; then san="IP:$host"; else san="DNS:$host"; fi
-  openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=$host" \
-    -addext "subjectAltName=$san,DNS:localhost,IP:127.0.0.1" \
-    -keyout "$dir/tls/key.pem" -out "$dir/tls/cert.pem" 2>/dev/null
-  echo "made a self-signed certificate for $host in $dir/tls (docs/deploy.md: using a real one)"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Whereabouts CA for $host" \
+    -keyout "$dir/tls/ca.key" -out "$dir/tls/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$host" \
+    -keyout "$dir/tls/key.pem" -out "$dir/tls/server.csr" 2>/dev/null
+  printf 'subjectAltName=%s,DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    "$san" > "$dir/tls/server.ext"
+  openssl x509 -req -in "$dir/tls/server.csr" -CA "$dir/tls/ca.pem" -CAkey "$dir/tls/ca.key" \
+    -CAcreateserial -days 825 -extfile "$dir/tls/server.ext" -out "$dir/tls/cert.pem" 2>/dev/null
+  rm -f "$dir/tls/server.csr" "$dir/tls/server.ext" "$dir/tls/ca.srl"
+  chmod 644 "$dir/tls/ca.pem"
+  echo "made a certificate for $host signed by a private CA, $dir/tls/ca.pem (docs/deploy.md: using a real one)"
 fi
 
 # Files the containers read as their own users (mosquitto 1883, caddy, nats,
@@ -182,8 +192,8 @@ chmod 755 "$dir/mosquitto" "$dir/tls"
   echo "Phones (OwnTracks app):"
   echo "  MQTT mode: host $host, port 8883, TLS on, user ID = the user, password below"
   echo "  HTTP mode: URL https://$host/pub, user ID = the user, password below"
-  echo "  The certificate is self-signed unless you brought one: install"
-  echo "  $dir/tls/cert.pem on the phone (or use a real certificate)."
+  echo "  Unless you brought a real certificate, install $dir/tls/ca.pem on the"
+  echo "  phone (OwnTracks: TLS, CA certificate; browsers: trust it, or accept the warning)."
   for user in "${users[@]}"; do echo "  $user: ${pw[$user]}"; done
   echo "Board: https://$host/?household=$household&token=$token"
 } > "$dir/phones.txt"

@@ -1133,10 +1133,15 @@ async fn first_run_generates_a_working_secure_setup() {
     }
 
     // mosquitto with the generated password file and ACL.
+    // … and a TLS listener with the generated certificate, as in compose.
+    let tls_port = whereabouts_tests::free_port();
     let extra = format!(
-        "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+        "allow_anonymous false\npassword_file {}\nacl_file {}\n\
+         listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
         out.join("mosquitto/passwd").display(),
-        out.join("mosquitto/acl").display()
+        out.join("mosquitto/acl").display(),
+        out.join("tls/cert.pem").display(),
+        out.join("tls/key.pem").display(),
     );
     let mut broker = Mosquitto::start_with(&extra).await;
     let port = broker.port();
@@ -1245,6 +1250,26 @@ async fn first_run_generates_a_working_secure_setup() {
         assert!(!mqtt_connects(&url).await, "{url} was let in");
     }
 
+    // A phone over TLS, verifying the broker against the generated CA.
+    let options = shared::mqtt::options(
+        &format!("mqtts://127.0.0.1:{tls_port}"),
+        "harry-tls",
+        Some("harry"),
+        Some(&password("harry")),
+        Some(&out.join("tls/ca.pem")),
+    )
+    .unwrap();
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let polled = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await;
+    assert!(
+        matches!(
+            &polled,
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))))
+                if ack.code == rumqttc::ConnectReturnCode::Success
+        ),
+        "TLS connection with the generated certificate: {polled:?}"
+    );
+
     // nats-server with deploy/nats-server.conf and the generated passwords.
     let nats = NatsServer::start_with_config(
         &[
@@ -1295,4 +1320,97 @@ async fn mqtt_connects(url: &str) -> bool {
         Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))))
             if ack.code == rumqttc::ConnectReturnCode::Success
     )
+}
+
+/// deploy/Caddyfile with the first-run certificate, when Caddy is installed:
+/// HTTPS verified against the generated CA, `/pub` to ingest, the rest to
+/// the notifier, the operational endpoints hidden. (The upstreams are two
+/// small servers standing in for ingest and the notifier.)
+#[tokio::test]
+async fn caddy_serves_https_with_the_first_run_certificate() {
+    use axum::routing::{get, post};
+    let caddy = std::env::var("CADDY_BIN").unwrap_or_else(|_| "caddy".into());
+    if Command::new(&caddy).arg("version").output().is_err() {
+        eprintln!("caddy not found (CADDY_BIN): skipping the HTTPS test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("secrets");
+    let run = Command::new(repo().join("scripts/first-run.sh"))
+        .args(["--dir", out.to_str().unwrap(), "harry"])
+        .env(
+            "WHEREABOUTS_INGEST",
+            format!("{} ingest", whereabouts_tests::service_binary().display()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let upstream = |name: &'static str| async move {
+        let app = axum::Router::new()
+            .route("/pub", post(move || async move { name }))
+            .route("/", get(move || async move { name }))
+            .route("/metrics", get(move || async move { name }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    };
+    let ingest = upstream("ingest").await;
+    let notifier = upstream("notifier").await;
+    let port = whereabouts_tests::free_port();
+    let caddyfile = format!(
+        "{{\n\tadmin off\n\tauto_https disable_redirects\n}}\n{}",
+        read("deploy/Caddyfile")
+            .replace(":443", &format!(":{port}"))
+            .replace("ingest:8081", &format!("127.0.0.1:{ingest}"))
+            .replace("notifier:8080", &format!("127.0.0.1:{notifier}"))
+            .replace("/certs/", &format!("{}/", out.join("tls").display()))
+    );
+    let config = dir.path().join("Caddyfile");
+    std::fs::write(&config, caddyfile).unwrap();
+    let mut child = tokio::process::Command::new(&caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&config)
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start caddy");
+
+    let ca = std::fs::read(out.join("tls/ca.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{port}");
+    let body = whereabouts_tests::eventually(
+        "caddy answers over HTTPS",
+        std::time::Duration::from_secs(15),
+        async || {
+            let r = client.post(format!("{base}/pub")).send().await.ok()?;
+            r.text().await.ok()
+        },
+    )
+    .await;
+    assert_eq!(body, "ingest");
+    let board = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(board.text().await.unwrap(), "notifier");
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 404, "/metrics must stay inside");
+    // Without the CA the certificate is not trusted.
+    let stranger = reqwest::Client::builder()
+        .tls_built_in_root_certs(true)
+        .build()
+        .unwrap();
+    assert!(stranger.post(format!("{base}/pub")).send().await.is_err());
+    let _ = child.kill().await;
 }
