@@ -9,6 +9,8 @@ use shared::telemetry::redact_url;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     common: CommonArgs,
     /// MQTT broker URL (`mqtts://` for TLS; credentials may be in the URL).
@@ -29,11 +31,23 @@ struct Args {
     http_addr: String,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the mosquitto ACL for the config's users and households (a
+    /// phone writes its own user's topics, reads its household's) and exit.
+    MosquittoAcl,
+}
+
 /// Parses `args` (the program name first) and runs until a signal.
 pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()> {
     let args = Args::parse_from(args);
+    if let Some(Command::MosquittoAcl) = args.command {
+        let config = shared::config::Config::load(args.common.config.as_deref())?;
+        print!("{}", crate::acl::mosquitto_acl(&config)?);
+        return Ok(());
+    }
     shared::telemetry::init_logging(args.common.log_format);
-    let config = shared::config::Config::load(args.common.config.as_deref())?;
+    let config = args.common.load_config(&args.http_addr)?;
     let listener = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
@@ -45,6 +59,7 @@ pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()>
         "ingest starting"
     );
     let settings = crate::Settings {
+        nats_auth: args.common.nats_auth(),
         nats_url: args.common.nats_url,
         mqtt: (!args.no_mqtt).then_some(crate::MqttSettings {
             url: args.mqtt_url,

@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Settings {
     pub nats_url: String,
+    /// NATS credentials besides those in the URL.
+    pub nats_auth: shared::jetstream::NatsAuth,
     /// The broker of `mqtt` sinks that name none.
     pub mqtt_url: String,
     /// PEM CA for `mqtts://` sink brokers with a private CA.
@@ -47,8 +49,13 @@ pub async fn run(
     let readiness = Readiness::default();
     let nats_ready = readiness.check("nats");
     let state_ready = readiness.check("state");
-    let client =
-        shared::jetstream::connect(&settings.nats_url, "whereabouts-notifier", nats_ready).await?;
+    let client = shared::jetstream::connect(
+        &settings.nats_url,
+        &settings.nats_auth,
+        "whereabouts-notifier",
+        nats_ready,
+    )
+    .await?;
     let js = async_nats::jetstream::new(client);
     let config = Arc::new(settings.config);
 

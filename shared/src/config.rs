@@ -41,7 +41,13 @@ impl Default for Config {
 pub const DEFAULT_HOUSEHOLD: &str = "home";
 
 fn default_households() -> BTreeMap<String, Household> {
-    BTreeMap::from([(DEFAULT_HOUSEHOLD.to_string(), Household::default())])
+    // The built-in household has no token: public, and served on loopback
+    // only (`crate::exposure`).
+    let home = Household {
+        public: true,
+        ..Household::default()
+    };
+    BTreeMap::from([(DEFAULT_HOUSEHOLD.to_string(), home)])
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -99,8 +105,11 @@ pub struct DeviceEntry {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Household {
-    /// Bearer token granting this household only. None: open (local use only).
+    /// Bearer token granting this household only. None: open, which a
+    /// service bound beyond loopback accepts only with `public = true`.
     pub token: Option<String>,
+    /// Served without a token, deliberately (see `crate::exposure`).
+    pub public: bool,
     /// Places in priority order; matched to region names case-insensitively.
     pub places: Vec<String>,
     pub labels: Labels,
@@ -114,6 +123,7 @@ impl Default for Household {
     fn default() -> Self {
         Household {
             token: None,
+            public: false,
             places: vec!["Home".into(), "Work".into(), "School".into()],
             labels: Labels::default(),
             people: Vec::new(),
@@ -391,6 +401,9 @@ impl Config {
         }
         let mut tokens = BTreeMap::new();
         for (name, household) in &self.households {
+            if household.public && household.token.is_some() {
+                bail!("households.{name} has a token and public = true: choose one");
+            }
             if let Some(token) = &household.token {
                 if token.len() < 16 {
                     bail!("households.{name}.token is shorter than 16 characters");
