@@ -125,6 +125,9 @@ for user in "${users[@]}"; do pw[$user]=$(secret 12); done
   echo
   echo "[ingest]"
   echo "default_household = \"$household\""
+  echo "# Caddy's fixed address in compose.yaml: the lockout after wrong HTTP-mode"
+  echo "# passwords then counts per phone, not for everyone behind the proxy."
+  echo "trusted_proxies = [\"172.30.53.10\"]"
   for user in "${users[@]}"; do
     echo
     echo "[[ingest.devices]]"

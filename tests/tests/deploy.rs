@@ -1110,6 +1110,18 @@ async fn first_run_generates_a_working_secure_setup() {
     let config = shared::config::Config::load(Some(&config_path)).expect("a valid config");
     assert!(config.households["weasleys"].token.is_some());
     shared::exposure::check(&config, true, "0.0.0.0:8080").expect("safe beyond loopback");
+    // ingest trusts X-Forwarded-For from Caddy's fixed address alone, so a
+    // lockout after wrong passwords hits one phone, not all behind Caddy.
+    let caddy_address =
+        str_of(&compose()["services"]["caddy"]["networks"]["default"]["ipv4_address"]);
+    assert_eq!(
+        config.ingest.trusted_proxies,
+        vec![
+            caddy_address
+                .parse::<std::net::IpAddr>()
+                .expect("an IP address")
+        ]
+    );
     let password = |user: &str| {
         config
             .ingest
