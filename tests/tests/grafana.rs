@@ -5,7 +5,9 @@
 //!   names the datasource uid that deploy/grafana/datasource.yml provisions;
 //!   compose.yaml mounts the provisioning files where Grafana reads them;
 //! - every metric a query uses is in the running services' `/metrics` from
-//!   their start (the closed label sets are registered up front);
+//!   their start, with every value of its closed label set (registered up
+//!   front: a labelled counter would otherwise appear at its first
+//!   increment);
 //! - every query parses and returns series in a real Prometheus scraping the
 //!   three services, with the labels its legend names (skipped without
 //!   Debian's `prometheus`, like tests/prometheus.rs).
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use shared::owntracks::{MessageType, Reason};
 use whereabouts_tests::{Pipeline, Prometheus, Service, eventually};
 
 const DASHBOARD: &str = "deploy/grafana/whereabouts.json";
@@ -380,6 +383,45 @@ async fn every_dashboard_query_runs_against_the_services() {
         "{} queries, {checked} metric names, all exposed",
         queries.len()
     );
+
+    // …with every value of their closed label sets, at 0.
+    let mut expected = Vec::new();
+    for transport in ["mqtt", "http"] {
+        for kind in MessageType::ALL {
+            expected.push(format!(
+                r#"ingest_messages_total{{transport="{transport}",type="{}"}} 0"#,
+                kind.as_str()
+            ));
+        }
+        for reason in Reason::ALL {
+            expected.push(format!(
+                r#"ingest_rejected_total{{reason="{}",transport="{transport}"}} 0"#,
+                reason.as_str()
+            ));
+        }
+    }
+    for kind in ["place", "status", "region"] {
+        expected.push(format!(r#"presence_events_total{{kind="{kind}"}} 0"#));
+    }
+    for status in ["online", "stale", "offline"] {
+        expected.push(format!(r#"presence_devices{{status="{status}"}} 0"#));
+    }
+    for outcome in ["delivered", "retried", "failed", "filtered", "invalid"] {
+        expected.push(format!(
+            r#"notifier_deliveries_total{{outcome="{outcome}",sink="family-hub"}}"#
+        ));
+    }
+    let mut all_text = String::new();
+    for (_, service) in services {
+        all_text.push_str(&metrics_text(service).await);
+    }
+    for series in &expected {
+        assert!(
+            all_text.contains(series.as_str()),
+            "no {series} in /metrics"
+        );
+    }
+    eprintln!("{} label-set series present at start", expected.len());
 
     let Some(prometheus) = Prometheus::start(&Prometheus::scrape_config(&services)) else {
         eprintln!("{}", Prometheus::skip_message());
