@@ -292,6 +292,12 @@ fn dashboard_is_valid_and_provisioned() {
         "{DATASOURCE}: {url} is no compose service"
     );
     assert_eq!(port, "9090", "Prometheus listens on 9090");
+    // Grafana's $__rate_interval assumes this scrape interval.
+    let scrape = yaml("deploy/prometheus.yml")["global"]["scrape_interval"].clone();
+    assert_eq!(
+        provisioned["jsonData"]["timeInterval"], scrape,
+        "the datasource's timeInterval must be Prometheus' scrape_interval"
+    );
 
     // Grafana in compose: pinned, loopback only, reading our files.
     let grafana = &compose["services"]["grafana"];
