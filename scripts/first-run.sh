@@ -7,6 +7,7 @@
 #   ingest.env presence.env notifier.env admin.env
 #                           NATS users and passwords (deploy/nats-server.conf),
 #                           the broker accounts of ingest and the notifier
+#   grafana.env             Grafana's admin password
 #   nats-passwords.conf     the NATS passwords, included by nats-server.conf
 #   mosquitto/passwd        the broker's password file (phones, ingest, notifier)
 #   mosquitto/acl           the broker's ACL (`ingest mosquitto-acl`)
@@ -155,6 +156,7 @@ printf 'NATS_USER=presence\nNATS_PASSWORD=%s\n' "${nats[presence]}" > "$dir/pres
 printf 'NATS_USER=notifier\nNATS_PASSWORD=%s\nMQTT_URL=mqtt://whereabouts-notifier:%s@mosquitto:1883\n' \
   "${nats[notifier]}" "$mqtt_notifier" > "$dir/notifier.env"
 printf 'NATS_URL=nats://admin:%s@127.0.0.1:4222\n' "${nats[admin]}" > "$dir/admin.env"
+printf 'GF_SECURITY_ADMIN_PASSWORD=%s\n' "$(secret)" > "$dir/grafana.env"
 
 # --- mosquitto ----------------------------------------------------------------
 mkdir -p "$dir/mosquitto"

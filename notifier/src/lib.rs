@@ -94,6 +94,7 @@ pub async fn run(
         )
         .with_context(|| format!("notifier.sinks[{index}]"))?;
         tracing::info!(sink = %name, "sink started");
+        metrics.register_sink(&name);
         tokio::spawn(sinks::drive(
             js.clone(),
             name,

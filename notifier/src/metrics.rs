@@ -11,7 +11,8 @@ pub struct Metrics {
     pub sse_lagged: IntCounter,
     /// SSE clients refused: their household had its maximum open.
     pub sse_refused: IntCounter,
-    /// Deliveries by `sink` and `outcome` (`delivered`, `retried`, `failed`, `filtered`).
+    /// Deliveries by `sink` and `outcome` (`delivered`, `retried`, `failed`,
+    /// `filtered`, `invalid`).
     pub deliveries: IntCounterVec,
     /// From the event's emission to its delivery, by `sink`.
     pub delivery_seconds: HistogramVec,
@@ -60,5 +61,15 @@ impl Metrics {
                 &["sink"],
             ),
         }
+    }
+
+    /// Creates a configured sink's series at 0, so that dashboards and
+    /// alerts see them before its first delivery.
+    pub fn register_sink(&self, sink: &str) {
+        for outcome in ["delivered", "retried", "failed", "filtered", "invalid"] {
+            self.deliveries.with_label_values(&[sink, outcome]);
+        }
+        self.delivery_seconds.with_label_values(&[sink]);
+        self.queue_depth.with_label_values(&[sink]);
     }
 }

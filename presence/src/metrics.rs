@@ -1,6 +1,7 @@
 //! presence's Prometheus metrics. Label values come from closed sets only.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Registry};
+use shared::state::Status;
 use shared::telemetry::{LATENCY_BUCKETS, counter_vec, gauge_vec};
 
 #[derive(Clone)]
@@ -45,7 +46,7 @@ impl Metrics {
         registry
             .register(Box::new(processing_seconds.clone()))
             .expect("unique histogram");
-        Metrics {
+        let metrics = Metrics {
             messages: counter_vec(
                 registry,
                 "presence_messages_total",
@@ -85,6 +86,30 @@ impl Metrics {
                 "presence_timer_ticks_total",
                 "Timer deadlines processed.",
             ),
+        };
+        metrics.register_label_sets();
+        metrics
+    }
+
+    /// Creates every series of the closed label sets at 0, so that
+    /// dashboards and alerts see them before their first increment.
+    fn register_label_sets(&self) {
+        for outcome in [
+            "applied",
+            "ignored",
+            "duplicate",
+            "out_of_order",
+            "unmapped",
+            "poison",
+            "retried",
+        ] {
+            self.messages.with_label_values(&[outcome]);
+        }
+        for kind in ["place", "status", "region"] {
+            self.events.with_label_values(&[kind]);
+        }
+        for status in [Status::Online, Status::Stale, Status::Offline] {
+            self.devices.with_label_values(&[status.as_str()]);
         }
     }
 }
