@@ -1,0 +1,152 @@
+//! The simulator through the real pipeline: a compressed morning of a
+//! household (MQTT, HTTP mode, an encrypted phone) ends with presence
+//! events for every person's places.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shared::config::Config;
+use shared::state::{EventKind, PresenceEvent};
+use simulator::world::{Transport, World};
+use simulator::{Pace, RunOptions};
+use whereabouts_tests::{Pipeline, eventually, stream_count, stream_messages};
+
+const CONFIG: &str = r#"
+[ingest]
+default_household = "burrow"
+
+[[ingest.devices]]
+user = "percy"
+password = "percy-http-password"
+
+[[ingest.devices]]
+user = "ginny"
+secret = "ginny's shared secret"
+
+[households.burrow]
+places = ["Home", "Work", "School"]
+
+[[households.burrow.people]]
+name = "Arthur"
+devices = ["arthur/phone"]
+
+[[households.burrow.people]]
+name = "Percy"
+devices = ["percy/phone"]
+
+[[households.burrow.people]]
+name = "Ginny"
+devices = ["ginny/phone"]
+
+[[households.burrow.people]]
+name = "Ron"
+devices = ["ron/phone"]
+
+[[households.burrow.regions]]
+name = "Home"
+lat = 50.70
+lon = -3.50
+radius = 150
+
+[[households.burrow.regions]]
+name = "Work"
+lat = 50.72
+lon = -3.53
+radius = 200
+
+[[households.burrow.regions]]
+name = "School"
+lat = 50.69
+lon = -3.46
+radius = 200
+
+[presence]
+debounce = "0s"
+max_fix_age = "1h"
+"#;
+
+#[tokio::test]
+async fn a_compressed_morning_reaches_every_place() {
+    let stack = Pipeline::start(CONFIG).await;
+    let config = Config::from_toml(CONFIG).unwrap();
+    let world = World::from_config(&config, 11).unwrap();
+    let percy = world.devices.iter().find(|d| d.user == "percy").unwrap();
+    assert_eq!(percy.transport, Transport::Http);
+    assert!(world.devices.iter().any(|d| d.secret.is_some()));
+
+    // 06:30 to 09:00 at a day in 72 s: 7.5 s.
+    let endpoints = simulator::send::Endpoints {
+        mqtt_url: stack.mosquitto.url(),
+        http_url: stack.ingest.url(),
+        client_id: "sim-e2e".into(),
+    };
+    let options = RunOptions {
+        pace: Pace::Compressed(1200.0),
+        start_at: 6.5 * 3600.0,
+        duration: Some(Duration::from_millis(7_500)),
+        days: Some(1),
+        record: None,
+    };
+    let sent = simulator::run(&world, &endpoints, &options).await.unwrap();
+    assert_eq!(sent.http_failed, 0);
+    assert!(sent.mqtt > 10 && sent.http > 3, "{sent:?}");
+    let total = sent.mqtt + sent.http;
+
+    eventually(
+        "every message on OWNTRACKS",
+        Duration::from_secs(20),
+        async || (stream_count(&stack.js, "OWNTRACKS").await >= total).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        stream_count(&stack.js, "REJECTED").await,
+        0,
+        "nothing rejected"
+    );
+
+    // Each person was Home, then at their day's place.
+    let expected = BTreeMap::from([
+        ("Arthur", "Work"),
+        ("Percy", "Work"),
+        ("Ginny", "School"),
+        ("Ron", "School"),
+    ]);
+    let places = eventually(
+        "everyone at their day's place",
+        Duration::from_secs(20),
+        async || {
+            let events: Vec<PresenceEvent> = stream_messages(&stack.js, "PRESENCE", "presence.>")
+                .await
+                .iter()
+                .map(|m| serde_json::from_slice(&m.payload).unwrap())
+                .collect();
+            let mut places: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for e in events.iter().filter(|e| e.kind == EventKind::Place) {
+                places
+                    .entry(e.person.clone())
+                    .or_default()
+                    .push(e.place.clone()?);
+            }
+            expected
+                .iter()
+                .all(|(who, place)| {
+                    places.get(*who).is_some_and(|p| {
+                        p.first().map(String::as_str) == Some("Home")
+                            && p.last().map(String::as_str) == Some(*place)
+                    })
+                })
+                .then_some(places)
+        },
+    )
+    .await;
+    // On the way they were Traveling.
+    assert!(
+        places
+            .values()
+            .filter(|p| p.iter().any(|x| x == "Traveling"))
+            .count()
+            >= 2,
+        "{places:?}"
+    );
+    eprintln!("sent {sent:?}; place stories {places:?}");
+}
