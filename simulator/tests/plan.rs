@@ -362,7 +362,10 @@ fn a_generated_config_is_a_valid_config_file() {
     // Every device maps to its household's person.
     for d in &w.devices {
         let h = &back.households[&d.household];
-        assert!(h.person_for(&d.user, &d.device).is_some_and(|p| p.starts_with("Person")));
+        assert!(
+            h.person_for(&d.user, &d.device)
+                .is_some_and(|p| p.starts_with("Person"))
+        );
         assert_eq!(back.ingest.user_households[&d.user], d.household);
     }
 }
