@@ -207,3 +207,7 @@ pub async fn replay(text: &str, endpoints: &Endpoints) -> anyhow::Result<Sent> {
     }
     sender.finish(Duration::from_secs(60)).await
 }
+
+/// The seed `scripts/run.sh --demo` plays `deploy/demo.toml` with (its
+/// devices come out as a mix of Android and iOS).
+pub const DEMO_SEED: u64 = 1;

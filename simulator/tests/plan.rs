@@ -369,3 +369,36 @@ fn a_generated_config_is_a_valid_config_file() {
         assert_eq!(back.ingest.user_households[&d.user], d.household);
     }
 }
+
+/// The demo's household has each kind of phone the issue asks for.
+#[test]
+fn the_demo_config_plays_every_kind_of_phone() {
+    let config = shared::config::Config::from_toml(include_str!("../../deploy/demo.toml"))
+        .expect("deploy/demo.toml is valid");
+    let w = World::from_config(&config, simulator::DEMO_SEED).unwrap();
+    let kinds: Vec<(String, Platform, Transport, bool)> = w
+        .devices
+        .iter()
+        .map(|d| (d.user.clone(), d.platform, d.transport, d.secret.is_some()))
+        .collect();
+    assert!(kinds.iter().any(|k| k.1 == Platform::Ios), "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k.1 == Platform::Android && k.2 == Transport::Mqtt),
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k.2 == Transport::Http), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k.3), "{kinds:?}");
+    // Arthur's is the Android phone whose LWT shows (back after 40 min).
+    let arthur = w.devices.iter().find(|d| d.user == "arthur").unwrap();
+    assert_eq!(
+        (arthur.platform, arthur.transport),
+        (Platform::Android, Transport::Mqtt)
+    );
+    let day = plan::day(&w, 0);
+    assert!(
+        day.iter()
+            .any(|s| matches!(s.what, What::Lwt { .. }) && w.device(s.device).user == "arthur")
+    );
+}

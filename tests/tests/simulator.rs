@@ -150,3 +150,90 @@ async fn a_compressed_morning_reaches_every_place() {
     );
     eprintln!("sent {sent:?}; place stories {places:?}");
 }
+
+/// `scripts/run.sh --demo` plays deploy/demo.toml at a day in six minutes
+/// from 07:00; its first 40 s take each person out of Home (Traveling) to
+/// work or school, and the notifier serves it all with the demo's token.
+#[tokio::test]
+async fn the_demo_household_leaves_home_for_work_and_school() {
+    let demo = std::fs::read_to_string(whereabouts_tests::repo_dir().join("deploy/demo.toml"))
+        .expect("deploy/demo.toml");
+    let stack = Pipeline::start(&demo).await;
+    let config = Config::from_toml(&demo).unwrap();
+    let world = World::from_config(&config, simulator::DEMO_SEED).unwrap();
+    // The board lists all four before any phone speaks.
+    let url = format!("{}/v1/households/weasleys/people", stack.notifier.url());
+    let client = reqwest::Client::new();
+    let first: serde_json::Value = client
+        .get(&url)
+        .bearer_auth("demo-token-weasleys-0001")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["people"].as_array().unwrap().len(), 4, "{first}");
+
+    let endpoints = simulator::send::Endpoints {
+        mqtt_url: stack.mosquitto.url(),
+        http_url: stack.ingest.url(),
+        client_id: "sim-demo".into(),
+    };
+    let options = RunOptions {
+        pace: Pace::Compressed(240.0),
+        start_at: 7.0 * 3600.0,
+        duration: Some(Duration::from_secs(40)),
+        days: Some(1),
+        record: None,
+    };
+    let sent = simulator::run(&world, &endpoints, &options).await.unwrap();
+    assert_eq!(sent.http_failed, 0, "{sent:?}");
+    let expected = [
+        ("Molly", "Work"),
+        ("Arthur", "Work"),
+        ("Ginny", "School"),
+        ("Ron", "School"),
+    ];
+    let body = eventually(
+        "the board's snapshot at work and school",
+        Duration::from_secs(20),
+        async || {
+            let body: serde_json::Value = client
+                .get(&url)
+                .bearer_auth("demo-token-weasleys-0001")
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let people = body["people"].as_array()?;
+            expected
+                .iter()
+                .all(|(who, place)| {
+                    people
+                        .iter()
+                        .any(|p| p["person"] == *who && p["place"] == *place)
+                })
+                .then_some(body)
+        },
+    )
+    .await;
+    let places: Vec<String> = stream_messages(&stack.js, "PRESENCE", "presence.>")
+        .await
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<PresenceEvent>(&m.payload).ok())
+        .filter_map(|e| e.place)
+        .collect();
+    for place in ["Home", "Traveling", "Work", "School"] {
+        assert!(
+            places.iter().any(|p| p == place),
+            "{place} never shown: {places:?}"
+        );
+    }
+    eprintln!(
+        "demo: sent {sent:?}; {} place events; snapshot {body}",
+        places.len()
+    );
+}
