@@ -17,6 +17,13 @@
 //! factor (1440: a day in a minute), so `tst` is always the current time
 //! (queued fixes are older by the simulated delay divided by the factor).
 //! In rate mode messages go out at a fixed rate instead, in the same order.
+//!
+//! Connections: all MQTT phones share one persistent session (QoS 1), so a
+//! 200-device run is one client. What the pipeline would see of a phone's
+//! own connection is reproduced instead: an Android LWT is published by the
+//! simulator on the phone's topic, exactly as the broker publishes the will
+//! (`{"_type":"lwt","tst":<connect time>}`); an iOS clean disconnect is a
+//! silence with no LWT.
 
 pub mod plan;
 pub mod render;
