@@ -328,3 +328,71 @@ async fn rate_mode_holds_its_rate_and_a_recording_replays() {
     );
     eprintln!("rate mode: {sent:?} in {took:.2} s; replayed {replayed:?}");
 }
+
+/// The demo's whole day (six minutes): `cargo test -p whereabouts-tests
+/// --test simulator -- --ignored`. Every person goes out and comes back
+/// Home; the two who lose signal show Lost; Arthur's late LWT shows offline.
+#[tokio::test]
+#[ignore = "six minutes: the demo's whole day"]
+async fn the_demo_day_goes_out_gets_lost_and_comes_home() {
+    let demo = std::fs::read_to_string(whereabouts_tests::repo_dir().join("deploy/demo.toml"))
+        .expect("deploy/demo.toml");
+    let stack = Pipeline::start(&demo).await;
+    let config = Config::from_toml(&demo).unwrap();
+    let world = World::from_config(&config, simulator::DEMO_SEED).unwrap();
+    let endpoints = simulator::send::Endpoints {
+        mqtt_url: stack.mosquitto.url(),
+        http_url: stack.ingest.url(),
+        client_id: "sim-demo-day".into(),
+    };
+    let options = RunOptions {
+        pace: Pace::Compressed(240.0),
+        start_at: 7.0 * 3600.0,
+        // 07:00 to 23:30.
+        duration: Some(Duration::from_secs(16 * 15 + 8)),
+        days: Some(1),
+        record: None,
+    };
+    let sent = simulator::run(&world, &endpoints, &options).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let events: Vec<PresenceEvent> = stream_messages(&stack.js, "PRESENCE", "presence.>")
+        .await
+        .iter()
+        .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+        .collect();
+    let mut story: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in &events {
+        let line = match e.kind {
+            EventKind::Place => e.place.clone().unwrap_or_default(),
+            EventKind::Status => format!("({})", e.status.map(|s| s.as_str()).unwrap_or("?")),
+            EventKind::Region => continue,
+        };
+        story.entry(e.person.clone()).or_default().push(line);
+    }
+    eprintln!("demo day: sent {sent:?}");
+    for (who, s) in &story {
+        eprintln!("  {who}: {}", s.join(" → "));
+    }
+    for who in ["Molly", "Arthur", "Ginny", "Ron"] {
+        let s = &story[who];
+        let places: Vec<&String> = s.iter().filter(|x| !x.starts_with('(')).collect();
+        assert_eq!(
+            places.last().map(|p| p.as_str()),
+            Some("Home"),
+            "{who}: {s:?}"
+        );
+        assert!(s.iter().any(|x| x == "Traveling"), "{who}: {s:?}");
+    }
+    for who in ["Molly", "Ginny"] {
+        assert!(
+            story[who].iter().any(|x| x == "Lost"),
+            "{who}: {:?}",
+            story[who]
+        );
+    }
+    assert!(
+        story["Arthur"].iter().any(|x| x == "(offline)"),
+        "{:?}",
+        story["Arthur"]
+    );
+}
