@@ -128,7 +128,11 @@ fn authorise(
     }
 }
 
-/// The snapshot body: the household's dial and every person's state.
+/// The snapshot body: the household's dial and every person's state. A
+/// configured person without state yet (their phone has not spoken) is
+/// listed as `{"household", "person", "name", "status": "unknown",
+/// "devices": []}`, with no place, so that a board shows the household
+/// from the first second.
 fn snapshot(state: &ApiState, household: &str) -> serde_json::Value {
     let config = &state.config.households[household];
     let colors: serde_json::Map<String, serde_json::Value> = config
@@ -136,12 +140,25 @@ fn snapshot(state: &ApiState, household: &str) -> serde_json::Value {
         .iter()
         .filter_map(|p| Some((p.name.clone(), json!(p.color.clone()?))))
         .collect();
+    let states = state.people.household(household);
+    let mut people: Vec<serde_json::Value> = states.iter().map(|s| json!(s)).collect();
+    for person in &config.people {
+        if !states.iter().any(|s| s.person == person.name) {
+            people.push(json!({
+                "household": household,
+                "person": person.name,
+                "name": person.name,
+                "status": "unknown",
+                "devices": [],
+            }));
+        }
+    }
     json!({
         "household": household,
         "places": config.places,
         "labels": config.labels,
         "colors": colors,
-        "people": state.people.household(household),
+        "people": people,
     })
 }
 

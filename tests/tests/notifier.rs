@@ -355,10 +355,14 @@ async fn sse_snapshot_then_live_events_and_resume_with_last_event_id() {
     let snapshot_id = snapshot_id.expect("the snapshot carries an id");
     assert_eq!(snapshot["household"], "alpha");
     let people = snapshot["people"].as_array().expect("people");
-    assert_eq!(people.len(), 1, "{snapshot}");
+    assert_eq!(people.len(), 2, "{snapshot}");
     assert_eq!(people[0]["person"], "Harry");
     assert_eq!(people[0]["place"], "Home");
     assert_eq!(people[0]["status"], "online");
+    // Ginny is configured but her phone never spoke.
+    assert_eq!(people[1]["person"], "Ginny");
+    assert_eq!(people[1]["status"], "unknown");
+    assert!(people[1].get("place").is_none(), "{snapshot}");
 
     // Then a presence event for each change, as the stream has them.
     harry.transition("leave", "Home").await;
@@ -606,6 +610,54 @@ async fn sse_clients_are_capped_per_household_and_a_closed_stream_frees_its_slot
 // --------------------------------------------------------------- 2. tokens
 
 #[tokio::test]
+async fn configured_people_are_in_the_snapshot_before_their_phones_speak() {
+    let stack = stack("").await;
+    let url = format!("{}/v1/households/alpha/people", stack.notifier.url());
+    let get = async || -> Value {
+        http()
+            .get(&url)
+            .bearer_auth(TOKEN_A)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let body = get().await;
+    let people = body["people"].as_array().expect("people");
+    let unknown: Vec<&str> = people
+        .iter()
+        .filter(|p| p["status"] == "unknown" && p.get("place").is_none())
+        .map(|p| p["person"].as_str().unwrap())
+        .collect();
+    assert_eq!(unknown, ["Harry", "Ginny"], "{body}");
+    assert_eq!(people[0]["name"], "Harry");
+    assert_eq!(people[0]["household"], "alpha");
+    assert_eq!(people[0]["devices"], Value::Array(vec![]));
+
+    // The SSE snapshot says the same.
+    let mut sse = SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", None).await;
+    let (event, _, snapshot) = sse.next_event(WAIT).await;
+    assert_eq!(event, "snapshot");
+    assert_eq!(snapshot["people"], body["people"]);
+
+    // Once Harry's phone speaks he has a state; Ginny is still waiting.
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    harry.transition("enter", "Home").await;
+    wait_place(&stack.js, "Harry", "Home", 1).await;
+    let body = eventually("Harry's state in the snapshot", WAIT, async || {
+        let body = get().await;
+        (body["people"][0]["place"] == "Home").then_some(body)
+    })
+    .await;
+    let people = body["people"].as_array().unwrap();
+    assert_eq!(people.len(), 2, "{body}");
+    assert_eq!(people[1]["person"], "Ginny");
+    assert_eq!(people[1]["status"], "unknown");
+}
+
+#[tokio::test]
 async fn a_token_grants_its_own_household_only() {
     let stack = stack("").await;
     let js = &stack.js;
@@ -629,7 +681,9 @@ async fn a_token_grants_its_own_household_only() {
                 .json()
                 .await
                 .ok()?;
-            body["people"].as_array().filter(|p| !p.is_empty())?;
+            body["people"]
+                .as_array()
+                .filter(|p| p.iter().any(|p| p.get("place").is_some()))?;
         }
         Some(())
     })
@@ -692,7 +746,11 @@ async fn a_token_grants_its_own_household_only() {
         .iter()
         .map(|p| p["person"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["Harry"]);
+    assert_eq!(
+        names,
+        ["Harry", "Ginny"],
+        "Ginny configured, not heard from"
+    );
     assert!(
         body["people"]
             .as_array()
