@@ -788,3 +788,46 @@ fn record(engine: &Engine, applied: &Applied, works: &[Work]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_are_sorted_by_whether_retrying_can_help() {
+        let permanent = |e: anyhow::Error| match classify(e) {
+            Failure::Permanent(reason, _) => Some(reason),
+            Failure::Transient(_) => None,
+        };
+        // async-nats' own words for a value over the server's max_payload.
+        assert_eq!(
+            permanent(anyhow::anyhow!("max payload size exceeded").context("writing person state")),
+            Some("too_large")
+        );
+        // JetStream's answer for a message over the stream's limit.
+        assert_eq!(
+            permanent(anyhow::anyhow!(
+                "message size exceeds maximum allowed (10054)"
+            )),
+            Some("too_large")
+        );
+        assert_eq!(
+            permanent(anyhow::anyhow!("key cannot be empty or start/end with `.`")),
+            Some("invalid_key")
+        );
+        assert_eq!(permanent(anyhow::anyhow!("timed out")), None);
+        assert_eq!(
+            permanent(anyhow::anyhow!("failed to send message: disconnected")),
+            None
+        );
+    }
+
+    #[test]
+    fn retries_wait_less_than_the_redelivery() {
+        assert!(MAX_RETRY_DELAY.as_secs() * 2 < ACK_WAIT.as_secs());
+        const {
+            assert!(MAX_KV_VALUE_BYTES + 64 * 1024 <= 1024 * 1024);
+            assert!(machine::MAX_PERSON_STATE_BYTES * 2 < MAX_KV_VALUE_BYTES);
+        }
+    }
+}
