@@ -605,6 +605,7 @@ debounce = "0s"
     let harry = MqttPublisher::connect(&mosquitto.url(), "harry-phone").await;
     let ginny = MqttPublisher::connect(&mosquitto.url(), "ginny-phone").await;
     let huge = "é".repeat(150_000); // 300 kB
+    let other = "ö".repeat(150_000); // another region of 300 kB
     let t = now() - 60;
     harry
         .publish(
@@ -615,7 +616,7 @@ debounce = "0s"
     harry
         .publish(
             "owntracks/harry/phone",
-            json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t + 1,"inregions":["Work", huge]}).to_string(),
+            json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t + 1,"inregions":["Work", other]}).to_string(),
         )
         .await;
     // Another person's fix, and the same person's next normal fix.
@@ -640,7 +641,7 @@ debounce = "0s"
     );
     let harry_state = person(&js, "home.person.harry").await.unwrap();
     assert_eq!(harry_state.place, "Home");
-    // The long name was kept, cut to the limit, and left again.
+    // The long names were kept, cut to the limit, and left again.
     let region_events: Vec<PresenceEvent> = events(&js, "presence.home.harry")
         .await
         .into_iter()
@@ -731,8 +732,7 @@ async fn one_phone_flushing_a_backlog_does_not_stall_the_others() {
     let base = now() - 4 * 86_400;
     // Acks awaited in chunks: async-nats holds back publishes beyond its
     // limit of acks in flight.
-    let mut acks: Vec<async_nats::jetstream::context::PublishAckFuture> =
-        Vec::with_capacity(1000);
+    let mut acks: Vec<async_nats::jetstream::context::PublishAckFuture> = Vec::with_capacity(1000);
     for i in 0..BACKLOG {
         if acks.len() == 1000 {
             for ack in acks.drain(..) {
