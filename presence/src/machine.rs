@@ -141,6 +141,37 @@ pub fn clean_name(name: &str, max: usize) -> String {
     truncate_utf8(&kept, max).to_string()
 }
 
+/// Stored state, cut to the limits: state written before they existed may
+/// hold names of hundreds of kB, which would keep every later write (and
+/// every event, which carries the state) too large.
+pub fn bound_state(state: &mut PersonState) {
+    let names = |list: &mut Vec<String>| {
+        list.truncate(MAX_REGIONS_PER_DEVICE);
+        for name in list.iter_mut() {
+            *name = clean_name(name, MAX_REGION_NAME_BYTES);
+        }
+    };
+    for d in &mut state.devices {
+        names(&mut d.regions);
+        let t = &mut d.tracking;
+        names(&mut t.phone_regions);
+        names(&mut t.geofence_regions);
+        for p in &mut t.pending_leaves {
+            p.region = clean_name(&p.region, MAX_REGION_NAME_BYTES);
+        }
+        for p in &mut t.pending_enters {
+            p.region = clean_name(&p.region, MAX_REGION_NAME_BYTES);
+        }
+        t.waypoints.truncate(MAX_REGIONS_PER_DEVICE);
+        for w in &mut t.waypoints {
+            w.name = clean_name(&w.name, MAX_REGION_NAME_BYTES);
+        }
+        if let Some(name) = &mut d.card_name {
+            *name = clean_name(name, MAX_CARD_NAME_BYTES);
+        }
+    }
+}
+
 /// The input with every name and list that can end up in stored state
 /// bounded (shared::limits): presence defends itself against any producer
 /// on OWNTRACKS, not only ingest.

@@ -480,6 +480,7 @@ async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<PersonState>
     let Ok(mut state) = serde_json::from_slice::<PersonState>(&entry.value) else {
         return Ok((None, entry.revision));
     };
+    machine::bound_state(&mut state);
     // Stored without their `state`: it is the stored state itself.
     let outbox: Vec<_> = std::mem::take(&mut state.outbox)
         .into_iter()
@@ -498,7 +499,24 @@ async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<PersonState>
             !recent && last_event_id(engine, &state).await.as_deref() == Some(last.id.as_str());
         if !published {
             tracing::debug!(person = %state.person, events = outbox.len(), "publishing the outbox of a stored change");
-            publish_events(engine, &outbox).await?;
+            if let Err(e) = publish_events(engine, &outbox).await {
+                match classify(e) {
+                    Failure::Transient(e) => return Err(e),
+                    // An outbox NATS will never take (stored before the
+                    // limits): drop it rather than freeze the person.
+                    Failure::Permanent(reason, e) => {
+                        engine
+                            .metrics
+                            .permanent_failures
+                            .with_label_values(&[reason])
+                            .inc();
+                        tracing::warn!(
+                            person = %state.person, reason, error = format!("{e:#}"),
+                            "outbox of a stored change dropped"
+                        );
+                    }
+                }
+            }
         }
     }
     Ok((Some(state), entry.revision))

@@ -1149,6 +1149,33 @@ fn names_and_lists_from_any_producer_are_bounded() {
     assert_eq!(sim.deliver(&msg, 31).ignored, Some(Ignored::Duplicate));
 }
 
+#[test]
+fn state_stored_before_the_limits_is_cut_to_them_on_load() {
+    let mut sim = Sim::with(
+        household(),
+        PresenceConfig {
+            debounce: Duration::from_secs(60),
+            ..cfg()
+        },
+    );
+    sim.send("harry/phone", 0, loc_in(0, WORK, &["Work"]));
+    sim.send("harry/phone", 10, loc_in(10, WORK, &[]));
+    let mut old = sim.person().clone();
+    let huge = "é".repeat(150_000);
+    let dev = &mut old.devices[0];
+    dev.regions.push(huge.clone());
+    dev.tracking.phone_regions.push(huge.clone());
+    dev.tracking.pending_leaves[0].region = huge.clone();
+    dev.card_name = Some(huge.clone());
+    bound_state(&mut old);
+    let size = serde_json::to_vec(&old).unwrap().len();
+    assert!(size < 4096, "{size} bytes");
+    let dev = &old.devices[0];
+    assert!(dev.regions.iter().all(|r| r.len() <= MAX_REGION_NAME_BYTES));
+    assert_eq!(dev.tracking.pending_leaves[0].region.len(), 128);
+    assert_eq!(dev.card_name.as_ref().unwrap().len(), MAX_CARD_NAME_BYTES);
+}
+
 /// A name of `n` bytes that JSON escapes to twice its size.
 fn quoted_name(i: usize) -> String {
     let head = format!("{i:04}");
