@@ -320,11 +320,29 @@ pub fn apply(
             .filter(|d| !same(d) && !before.contains(d))
             .cloned(),
     );
-    let size = serde_json::to_vec(&person).map_or(usize::MAX, |b| b.len());
-    if size > MAX_PERSON_STATE_BYTES {
+    if serialised_len(&person) > MAX_PERSON_STATE_BYTES {
         return refused(Vec::new(), Ignored::StateTooLarge);
     }
     finish(run, person, person_id.is_some(), devices, effect.ignored)
+}
+
+/// The length of `value` as JSON, without building it.
+fn serialised_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 fn seen_source(t: &DeviceTracking, source: &str) -> bool {

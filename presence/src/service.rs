@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -171,12 +171,10 @@ impl Queues {
 }
 
 impl Engine {
-    fn household(&self, name: &str) -> Household {
-        self.config
-            .households
-            .get(name)
-            .cloned()
-            .unwrap_or_default()
+    /// A household's config; an unconfigured one gets the defaults.
+    fn household(&self, name: &str) -> &Household {
+        static DEFAULT: LazyLock<Household> = LazyLock::new(Household::default);
+        self.config.households.get(name).unwrap_or(&DEFAULT)
     }
 
     /// Consumes OWNTRACKS until `shutdown`.
@@ -642,7 +640,7 @@ async fn store_batch(
             None => load(engine, &key).await.map_err(classify)?,
         };
         let now = OffsetDateTime::now_utc();
-        let applied = apply_batch(engine, &household, current.clone(), works, now);
+        let applied = apply_batch(engine, household, current.clone(), works, now);
         let Some(next) = applied
             .person
             .as_ref()
