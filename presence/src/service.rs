@@ -330,7 +330,7 @@ impl Engine {
                         }
                         let Some(state) = state else { continue };
                         let household = self.household(&state.household);
-                        let deadline = machine::next_deadline(&state, &household, &self.config.presence);
+                        let deadline = machine::next_deadline(&state, household, &self.config.presence);
                         tracing::debug!(key = %entry.key, ?deadline, "person deadline");
                         if let Some(at) = deadline {
                             let item = (at, state.household.clone(), state.person.clone());
