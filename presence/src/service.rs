@@ -35,7 +35,7 @@ use shared::envelope::Envelope;
 use shared::state::{DeviceState, EventKind, PersonState, PresenceEvent, Status};
 use shared::subjects::{OWNTRACKS_STREAM, device_key, person_key, presence};
 use time::OffsetDateTime;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::input::from_envelope;
@@ -57,6 +57,9 @@ pub const MAX_BATCH: usize = 1000;
 /// A batch stops taking inputs once it has this many events, so that the
 /// outbox stored with the state stays small.
 const MAX_BATCH_EVENTS: usize = 64;
+/// Persons stored at once (each a KV compare-and-set in flight); the
+/// others' queues keep filling meanwhile, so their next batch is larger.
+const MAX_CONCURRENT_PERSONS: usize = 256;
 /// The largest KV value presence writes; NATS refuses values over 1 MiB
 /// (its default `max_payload`).
 pub const MAX_KV_VALUE_BYTES: usize = 960 * 1024;
@@ -94,6 +97,7 @@ struct Queues {
     engine: Engine,
     slots: Arc<Mutex<HashMap<(String, String), Slot>>>,
     running: Arc<(AtomicUsize, Notify)>,
+    permits: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -103,6 +107,7 @@ impl Queues {
             engine,
             slots: Arc::default(),
             running: Arc::default(),
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PERSONS)),
             shutdown,
         }
     }
@@ -123,6 +128,8 @@ impl Queues {
     /// Handles the person's queue until it is empty.
     async fn drain(self, key: (String, String)) {
         loop {
+            // Never closed; without a permit (impossible) it would just go on.
+            let _permit = self.permits.acquire().await.ok();
             let (batch, cached) = {
                 let mut slots = self.slots.lock().expect("queues lock");
                 let slot = slots.get_mut(&key).expect("a busy slot stays");
