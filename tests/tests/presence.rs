@@ -844,3 +844,77 @@ duplicate_window = "1s"
             .all(|s| s != "status offline")
     );
 }
+
+#[tokio::test]
+async fn a_state_nats_refuses_for_good_costs_one_message() {
+    // Item 1: a write that can never succeed used to be retried forever,
+    // holding up the person (and, through the full shard, everyone). Here
+    // the bucket takes values of at most 4 KiB, so a location in 40 long
+    // regions cannot be stored: it is terminated and counted, and the same
+    // person's next fix and another person's fix apply.
+    let nats = NatsServer::start().await;
+    let js = nats.jetstream().await;
+    shared::jetstream::ensure_ingest_streams(&js, &Default::default())
+        .await
+        .unwrap();
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "presence".into(),
+        history: 5,
+        max_value_size: 4096,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let presence = Service::start("presence", &nats.url(), "mqtt://127.0.0.1:1", LOAD_CONFIG).await;
+    let t = now() - 60;
+    let regions: Vec<String> = (0..40)
+        .map(|i| format!("{i:02}{}", "r".repeat(100)))
+        .collect();
+    publish_envelope(
+        &js,
+        "harry",
+        "big",
+        json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t,"inregions":regions}),
+    )
+    .await;
+    publish_envelope(
+        &js,
+        "harry",
+        "next",
+        json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t + 1}),
+    )
+    .await;
+    publish_envelope(
+        &js,
+        "ginny",
+        "other",
+        json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t + 2,"inregions":["Home"]}),
+    )
+    .await;
+    fix_applied(&js, "home.person.harry", t + 1, Duration::from_secs(10)).await;
+    fix_applied(&js, "home.person.ginny", t + 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        presence
+            .metric_matching(
+                "presence_permanent_failures_total",
+                &["reason=\"too_large\""]
+            )
+            .await,
+        1.0,
+        "log:\n{}",
+        presence.log()
+    );
+    assert_eq!(
+        presence
+            .metric_matching("presence_messages_total", &["outcome=\"retried\""])
+            .await,
+        0.0
+    );
+    let log = presence.log();
+    assert_eq!(
+        log.matches("message terminated").count(),
+        1,
+        "one log line:\n{log}"
+    );
+    wait_consumed(&js, 3).await;
+}
