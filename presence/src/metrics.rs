@@ -7,8 +7,11 @@ use shared::telemetry::{LATENCY_BUCKETS, counter_vec, gauge_vec};
 #[derive(Clone)]
 pub struct Metrics {
     /// Messages by `outcome`: applied, ignored, duplicate, out_of_order,
-    /// unmapped, poison, retried.
+    /// too_many_devices, state_too_large, unmapped, poison, retried.
     pub messages: IntCounterVec,
+    /// Messages (or timer ticks) terminated because storing them failed for
+    /// good, by `reason` (too_large, invalid_key, invalid_state).
+    pub permanent_failures: IntCounterVec,
     /// Events published by `kind` (place, status, region).
     pub events: IntCounterVec,
     /// Compare-and-set conflicts on the KV (another instance wrote first).
@@ -52,6 +55,12 @@ impl Metrics {
                 "presence_messages_total",
                 "OWNTRACKS messages handled, by outcome.",
                 &["outcome"],
+            ),
+            permanent_failures: counter_vec(
+                registry,
+                "presence_permanent_failures_total",
+                "Messages terminated because their state could never be stored, by reason.",
+                &["reason"],
             ),
             events: counter_vec(
                 registry,

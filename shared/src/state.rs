@@ -220,6 +220,15 @@ pub struct DeviceTracking {
     /// Source id of the last applied input, so a redelivery is a no-op.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_source: Option<String>,
+    /// Source ids of the last few inputs (oldest first, `last_source`
+    /// included): a redelivery that arrives after newer messages is still
+    /// recognised.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recent_sources: Vec<String>,
+    /// Whether the device has ever sent `inregions`: from then on a location
+    /// without the key means "in no region" (Android omits empty lists).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reports_inregions: bool,
     /// Regions from transitions and `inregions`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub phone_regions: Vec<String>,
