@@ -2,9 +2,11 @@
 #
 # One image for the three Whereabouts services; `command:` chooses one:
 #   docker run … whereabouts ingest|presence|notifier
-# Settings come from the environment (see `<service> --help`); the config
-# file is /etc/whereabouts/whereabouts.toml (the commented example; mount
-# your own over it).
+# Settings come from the environment (see `<service> --help`). The image
+# holds no config and no secret: mount yours (scripts/first-run.sh writes
+# one) and point WHEREABOUTS_CONFIG at it, as compose.yaml does. Without
+# one a service serves only the built-in household on loopback, so in a
+# container it refuses to start.
 
 # --- build ---------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
@@ -18,16 +20,18 @@ COPY shared/Cargo.toml shared/
 COPY ingest/Cargo.toml ingest/
 COPY presence/Cargo.toml presence/
 COPY notifier/Cargo.toml notifier/
+COPY simulator/Cargo.toml simulator/
 COPY tests/Cargo.toml tests/
 RUN set -eux; \
-    for crate in shared ingest presence notifier tests; do \
+    for crate in shared ingest presence notifier simulator tests; do \
         mkdir -p "$crate/src"; echo '' > "$crate/src/lib.rs"; \
     done; \
     mkdir -p tests/src/bin; \
     echo 'fn main() {}' > tests/src/bin/service.rs; \
     echo 'fn main() {}' > tests/src/bin/bench.rs; \
+    echo 'fn main() {}' > simulator/src/main.rs; \
     cargo build --release --locked -p ingest -p presence -p notifier; \
-    rm -rf shared/src ingest/src presence/src notifier/src tests/src
+    rm -rf shared/src ingest/src presence/src notifier/src simulator/src tests/src
 
 # The real sources. `touch` makes them newer than the stubs' build so cargo
 # recompiles the workspace crates (COPY keeps the files' own mtimes).
@@ -49,12 +53,10 @@ RUN set -eux; \
         --home-dir /nonexistent --shell /usr/sbin/nologin whereabouts
 
 COPY --from=builder /out/ingest /out/presence /out/notifier /usr/local/bin/
-COPY whereabouts.example.toml /etc/whereabouts/whereabouts.toml
 
 # In a container the services must listen on all interfaces to be reachable
 # (their defaults are loopback). Each service reads only its own variable.
-ENV WHEREABOUTS_CONFIG=/etc/whereabouts/whereabouts.toml \
-    INGEST_HTTP_ADDR=0.0.0.0:8081 \
+ENV INGEST_HTTP_ADDR=0.0.0.0:8081 \
     PRESENCE_HTTP_ADDR=0.0.0.0:8082 \
     NOTIFIER_HTTP_ADDR=0.0.0.0:8080 \
     LOG_FORMAT=json \

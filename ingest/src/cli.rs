@@ -3,11 +3,14 @@
 use anyhow::Context;
 use clap::Parser;
 use shared::cli::CommonArgs;
+use shared::telemetry::redact_url;
 
 /// Bridges OwnTracks MQTT and HTTP mode into NATS JetStream.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     common: CommonArgs,
     /// MQTT broker URL (`mqtts://` for TLS; credentials may be in the URL).
@@ -28,16 +31,35 @@ struct Args {
     http_addr: String,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the mosquitto ACL for the config's users and households (a
+    /// phone writes its own user's topics, reads its household's) and exit.
+    MosquittoAcl,
+}
+
 /// Parses `args` (the program name first) and runs until a signal.
 pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()> {
     let args = Args::parse_from(args);
+    if let Some(Command::MosquittoAcl) = args.command {
+        let config = shared::config::Config::load(args.common.config.as_deref())?;
+        print!("{}", crate::acl::mosquitto_acl(&config)?);
+        return Ok(());
+    }
     shared::telemetry::init_logging(args.common.log_format);
-    let config = shared::config::Config::load(args.common.config.as_deref())?;
+    let config = args.common.load_config(&args.http_addr)?;
     let listener = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
-    tracing::info!(addr = %args.http_addr, nats = %args.common.nats_url, mqtt = %args.mqtt_url, "ingest starting");
+    // URLs may carry credentials: never log them as they are.
+    tracing::info!(
+        addr = %args.http_addr,
+        nats = %redact_url(&args.common.nats_url),
+        mqtt = %redact_url(&args.mqtt_url),
+        "ingest starting"
+    );
     let settings = crate::Settings {
+        nats_auth: args.common.nats_auth(),
         nats_url: args.common.nats_url,
         mqtt: (!args.no_mqtt).then_some(crate::MqttSettings {
             url: args.mqtt_url,

@@ -106,9 +106,12 @@ impl Commands {
             let answer = self.handle(&endpoint, &request.message.payload).await;
             let response = match answer {
                 Ok(body) => Ok(Bytes::from(body.to_string())),
-                Err(e) => Err(async_nats::service::error::Error {
-                    status: e.to_string(),
-                    code: 400,
+                Err(e) => Err({
+                    tracing::warn!(%endpoint, error = format!("{e:#}"), "command request refused");
+                    async_nats::service::error::Error {
+                        status: e.to_string(),
+                        code: 400,
+                    }
                 }),
             };
             if let Err(e) = request.respond(response).await {
@@ -120,6 +123,7 @@ impl Commands {
     async fn handle(&self, endpoint: &str, payload: &[u8]) -> anyhow::Result<Value> {
         let target: Target = serde_json::from_slice(payload)
             .map_err(|e| anyhow::anyhow!("invalid request: {e} (want household, user, device)"))?;
+        self.check_household(&target)?;
         let command = match endpoint {
             "send" => target
                 .command
@@ -134,6 +138,30 @@ impl Commands {
             .map_err(|r| anyhow::anyhow!("invalid command: {r}"))?;
         anyhow::ensure!(parsed.kind == MessageType::Cmd, "not a cmd message");
         self.deliver(&target, &command).await
+    }
+
+    /// Refuses a request whose device is not of the household it names, so a
+    /// client allowed one household cannot reach another's phones.
+    fn check_household(&self, target: &Target) -> anyhow::Result<()> {
+        let config = self.classifier.config();
+        anyhow::ensure!(
+            config.households.contains_key(&target.household),
+            "unknown household {:?}",
+            target.household
+        );
+        // With `{household}` in the topic pattern the household is part of
+        // the device's address; without it the config decides.
+        if !self.classifier.pattern().has_household() {
+            let home = config.household_of_user(&target.user);
+            anyhow::ensure!(
+                home == target.household,
+                "device {}/{} is not of household {:?}",
+                target.user,
+                target.device,
+                target.household
+            );
+        }
+        Ok(())
     }
 
     /// The household's regions as a `setWaypoints` command. Each region's

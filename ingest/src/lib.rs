@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - `cli`: flags and environment, for the binary.
+//! - `acl`: the mosquitto ACL that follows from the config (`ingest mosquitto-acl`).
 //! - `classify`: one payload → envelope or rejection (pure).
 //! - `publish`: JetStream publishing with retries until stored.
 //! - `mqtt`: the persistent MQTT session, ordered manual acks.
@@ -12,6 +13,7 @@
 //! - `friends`: the household's other members, the answer to `POST /pub`.
 //! - `metrics`: ingest's Prometheus metrics.
 
+pub mod acl;
 pub mod classify;
 pub mod cli;
 pub mod commands;
@@ -34,6 +36,8 @@ pub use mqtt::MqttSettings;
 
 pub struct Settings {
     pub nats_url: String,
+    /// NATS credentials besides those in the URL.
+    pub nats_auth: shared::jetstream::NatsAuth,
     /// `None` runs HTTP mode only.
     pub mqtt: Option<MqttSettings>,
     pub config: Config,
@@ -55,8 +59,13 @@ pub async fn run(
     let mqtt_ready = settings.mqtt.is_some().then(|| readiness.check("mqtt"));
 
     let classifier = Arc::new(classify::Classifier::new(settings.config.clone())?);
-    let client =
-        shared::jetstream::connect(&settings.nats_url, "whereabouts-ingest", nats_ready).await?;
+    let client = shared::jetstream::connect(
+        &settings.nats_url,
+        &settings.nats_auth,
+        "whereabouts-ingest",
+        nats_ready,
+    )
+    .await?;
     let js = async_nats::jetstream::new(client.clone());
     let nats = client;
 
@@ -64,6 +73,7 @@ pub async fn run(
         classifier: classifier.clone(),
         js: js.clone(),
         metrics: metrics.clone(),
+        failures: Arc::default(),
     }));
     let http = tokio::spawn(serve(listener, app, shutdown.clone()));
 

@@ -1,6 +1,9 @@
 //! ingest's Prometheus metrics. Label values come from closed sets only.
 
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use shared::envelope::Transport;
+use shared::owntracks::{MessageType, Reason};
+use shared::subjects::{OWNTRACKS_STREAM, REJECTED_STREAM};
 use shared::telemetry::{counter_vec, gauge, histogram_vec};
 
 #[derive(Clone)]
@@ -25,11 +28,13 @@ pub struct Metrics {
     pub inflight: IntGauge,
     /// HTTP-mode requests by status `code`.
     pub http_requests: IntCounterVec,
+    /// Client addresses locked out of HTTP mode after wrong credentials.
+    pub http_lockouts: IntCounter,
 }
 
 impl Metrics {
     pub fn new(registry: &Registry) -> Self {
-        Metrics {
+        let metrics = Metrics {
             messages: counter_vec(
                 registry,
                 "ingest_messages_total",
@@ -104,6 +109,39 @@ impl Metrics {
                 "HTTP-mode POST /pub requests by status code.",
                 &["code"],
             ),
+            http_lockouts: {
+                let c = IntCounter::new(
+                    "ingest_http_auth_lockouts_total",
+                    "Client addresses locked out of HTTP mode after repeated wrong credentials.",
+                )
+                .expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique counter");
+                c
+            },
+        };
+        metrics.register_label_sets();
+        metrics
+    }
+
+    /// Creates every series of the closed label sets at 0, so that
+    /// dashboards and alerts see them before their first increment.
+    fn register_label_sets(&self) {
+        for transport in [Transport::Mqtt, Transport::Http] {
+            let transport = transport.as_str();
+            for kind in MessageType::ALL {
+                self.messages.with_label_values(&[kind.as_str(), transport]);
+            }
+            for reason in Reason::ALL {
+                self.rejected
+                    .with_label_values(&[reason.as_str(), transport]);
+            }
+            self.cleared.with_label_values(&[transport]);
+        }
+        for stream in [OWNTRACKS_STREAM, REJECTED_STREAM] {
+            self.publish_seconds.with_label_values(&[stream]);
+            self.publish_retries.with_label_values(&[stream]);
         }
     }
 }

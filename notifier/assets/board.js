@@ -13,6 +13,9 @@
  * Model given to the renderer (the notifier's snapshot JSON):
  *   { household, places: [..], labels: {traveling, away, lost},
  *     colors: {name|person: "#rrggbb"}, people: [PersonState, ..] }
+ * A configured person the notifier has no state for yet comes as
+ * { person, name, status: "unknown" } with no place: listed as "not heard
+ * from yet", without a hand on the clock (no place to point at).
  */
 (function (root) {
   "use strict";
@@ -104,6 +107,11 @@
     return p.name || p.person;
   }
 
+  /** A configured person whose phone has not spoken yet. */
+  function unheard(p) {
+    return p.status === "unknown" || !p.place;
+  }
+
   /** "online" | "stale" | "offline" | "lost" — lost wins: the place says it. */
   function statusOf(p, labels) {
     if (specialOf(p.place, labels) === "lost") return "lost";
@@ -190,6 +198,8 @@
       el("svg:circle", { class: "wb-hub-dot", r: 3 }, this.svg);
       this.hands = new Map(); // person id → { g, angle, ... }
       this.faceKey = null;
+      this.waiting = el("div", { class: "wb-waiting" }, container);
+      this.waiting.hidden = true;
     }
 
     drawFace(segs) {
@@ -238,7 +248,11 @@
       }
       const step = 360 / segs.length;
       const index = new Map(segs.map((s, i) => [s.key, i]));
-      const people = sortedPeople(model);
+      const everyone = sortedPeople(model);
+      const people = everyone.filter((p) => !unheard(p));
+      const waiting = everyone.filter(unheard).map(displayName);
+      this.waiting.textContent = waiting.length ? "Not heard from yet: " + waiting.join(", ") : "";
+      this.waiting.hidden = !waiting.length;
 
       // Group people by segment, then fan each group around the centre.
       const groups = new Map();
@@ -354,18 +368,20 @@
         // Keep the DOM order equal to the sorted order.
         if (this.body.children[idx] !== r.tr) this.body.insertBefore(r.tr, this.body.children[idx] || null);
         seen.add(p.person);
-        const status = statusOf(p, labels);
+        const status = unheard(p) ? "unknown" : statusOf(p, labels);
         r.tr.className = "wb-status-" + status;
         r.tr.setAttribute("data-status", status);
         r.tr.setAttribute("data-place", p.place || "");
         r.swatch.style.background = colorOf(model, p);
         r.nameText.textContent = displayName(p);
-        r.place.textContent = p.place || "";
+        r.place.textContent = unheard(p) ? "not heard from yet" : p.place;
         r.since.textContent = since(p.place_since, now);
         r.since.title = localTime(p.place_since);
         r.seen.textContent = p.last_seen ? ago(p.last_seen, now) : "never";
         r.seen.title = localTime(p.last_seen);
-        r.status.textContent = (p.status || "online") + (p.status_reason ? " — " + p.status_reason : "");
+        r.status.textContent = unheard(p)
+          ? "not heard from yet"
+          : (p.status || "online") + (p.status_reason ? " — " + p.status_reason : "");
       });
       for (const [id, r] of this.rows) {
         if (!seen.has(id)) {
@@ -400,7 +416,7 @@
   }
 
   root.WhereaboutsRender = {
-    Clock, Table, applyEvent, segmentsFor, hashColor, since, ago, norm, statusOf, labelsOf,
+    Clock, Table, applyEvent, segmentsFor, hashColor, since, ago, norm, statusOf, labelsOf, unheard,
   };
 
   // ---------------------------------------------------------------- board app

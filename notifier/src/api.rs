@@ -1,8 +1,9 @@
 //! The HTTP API: snapshot and SSE per household, behind a per-household
 //! bearer token (`?token=` for EventSource), plus the web board.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -18,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::live::{Live, LiveEvent};
+use crate::live::{Feed, Live, LiveEvent};
 use crate::metrics::Metrics;
 use crate::people::People;
 
@@ -28,7 +29,48 @@ pub struct ApiState {
     pub people: People,
     pub live: Live,
     pub metrics: Metrics,
+    pub sse_slots: SseSlots,
     pub shutdown: CancellationToken,
+}
+
+/// Open SSE streams per household, held against
+/// `notifier.max_sse_clients_per_household`: one household's clients
+/// (a reload loop, a leaked token) cannot take every connection.
+#[derive(Clone, Default)]
+pub struct SseSlots(Arc<Mutex<HashMap<String, usize>>>);
+
+impl SseSlots {
+    /// A slot for one more stream of `household`, if it has fewer than `max`.
+    fn take(&self, household: &str, max: usize) -> Option<SseSlot> {
+        let mut open = self.0.lock().unwrap();
+        let count = open.entry(household.to_string()).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SseSlot {
+            slots: self.clone(),
+            household: household.to_string(),
+        })
+    }
+}
+
+/// One open SSE stream; gives its slot back when the stream's task ends.
+struct SseSlot {
+    slots: SseSlots,
+    household: String,
+}
+
+impl Drop for SseSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.0.lock().unwrap();
+        if let Some(count) = open.get_mut(&self.household) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.household);
+            }
+        }
+    }
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -86,20 +128,37 @@ fn authorise(
     }
 }
 
-/// The snapshot body: the household's dial and every person's state.
+/// The snapshot body: the household's dial and every person's state. A
+/// configured person without state yet (their phone has not spoken) is
+/// listed as `{"household", "person", "name", "status": "unknown",
+/// "devices": []}`, with no place, so that a board shows the household
+/// from the first second.
 fn snapshot(state: &ApiState, household: &str) -> serde_json::Value {
     let config = &state.config.households[household];
     let colors: serde_json::Map<String, serde_json::Value> = config
         .people
         .iter()
-        .filter_map(|p| Some((p.name.clone(), json!(p.color.clone()?))))
+        .filter_map(|p| Some((p.id().to_string(), json!(p.color.clone()?))))
         .collect();
+    let states = state.people.household(household);
+    let mut people: Vec<serde_json::Value> = states.iter().map(|s| json!(s)).collect();
+    for person in &config.people {
+        if !states.iter().any(|s| s.person == person.id()) {
+            people.push(json!({
+                "household": household,
+                "person": person.id(),
+                "name": person.name,
+                "status": "unknown",
+                "devices": [],
+            }));
+        }
+    }
     json!({
         "household": household,
         "places": config.places,
         "labels": config.labels,
         "colors": colors,
-        "people": state.people.household(household),
+        "people": people,
     })
 }
 
@@ -124,6 +183,16 @@ async fn events(
     if let Err(denied) = authorise(&state, &household, &headers, &query) {
         return denied.into_response();
     }
+    let max = state.config.notifier.max_sse_clients_per_household;
+    let Some(slot) = state.sse_slots.take(&household, max) else {
+        state.metrics.sse_refused.inc();
+        tracing::warn!(%household, max, "SSE client refused: the household has too many streams open");
+        let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "too_many_sse_clients");
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
+        return response;
+    };
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -132,7 +201,10 @@ async fn events(
     let rx_live = state.live.subscribe();
     let heartbeat = state.config.notifier.heartbeat;
     let shutdown = state.shutdown.clone();
-    tokio::spawn(stream_events(state, household, last_event_id, rx_live, tx));
+    tokio::spawn(async move {
+        stream_events(state, household, last_event_id, rx_live, tx).await;
+        drop(slot);
+    });
     // Streams end when shutdown starts, or the server would never stop.
     let stream = ReceiverStream::new(rx).take_until(shutdown.cancelled_owned());
     Sse::new(stream)
@@ -154,60 +226,79 @@ async fn stream_events(
     state: ApiState,
     household: String,
     last_event_id: Option<u64>,
-    mut live: broadcast::Receiver<Arc<LiveEvent>>,
+    mut live: broadcast::Receiver<Arc<Feed>>,
     tx: Tx,
 ) {
     state.metrics.sse_clients.inc();
     let _gauge = scopeguard(state.metrics.sse_clients.clone());
-    let resumable = match last_event_id {
-        Some(id) => match state.live.stream_first_seq().await {
-            Ok(first) => id + 1 >= first,
-            Err(_) => false,
-        },
-        None => false,
+    let first = match last_event_id {
+        Some(id) => resume(&state, &household, id, &tx).await,
+        None => send_snapshot(&state, &household, state.live.last_seq(), &tx).await,
     };
-    let mut last_sent = match last_event_id {
-        Some(id) if resumable => match replay(&state, &household, id, &tx).await {
-            Some(seq) => seq,
-            None => return,
-        },
-        _ => {
-            // The sequence first, then the state: the state is at least as
-            // new, and events after the sequence are applied on top.
-            let seq = state.live.last_seq();
-            let body = snapshot(&state, &household).to_string();
-            let event = Event::default()
-                .event("snapshot")
-                .id(seq.to_string())
-                .data(body);
-            if tx.send(Ok(event)).await.is_err() {
-                return;
-            }
-            seq
-        }
-    };
+    let Some(mut last_sent) = first else { return };
     loop {
-        match live.recv().await {
-            Ok(e) => {
-                if e.household != household || e.seq <= last_sent {
-                    continue;
+        let next = tokio::select! {
+            // Gone: give the slot back now, not at the household's next event.
+            _ = tx.closed() => return,
+            next = live.recv() => next,
+        };
+        let sent = match next {
+            Ok(feed) => match &*feed {
+                Feed::Event(e) => {
+                    if e.household != household || e.seq <= last_sent {
+                        continue;
+                    }
+                    if tx.send(Ok(presence_event(e))).await.is_err() {
+                        return;
+                    }
+                    Some(e.seq)
                 }
-                if tx.send(Ok(presence_event(&e))).await.is_err() {
-                    return;
-                }
-                last_sent = e.seq;
-            }
+                // The stream went back: the client's position means nothing now.
+                Feed::Reset { seq } => send_snapshot(&state, &household, *seq, &tx).await,
+            },
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 // Too slow for the broadcast: catch up from the stream.
                 state.metrics.sse_lagged.inc_by(n);
-                match replay(&state, &household, last_sent, &tx).await {
-                    Some(seq) => last_sent = seq,
-                    None => return,
-                }
+                resume(&state, &household, last_sent, &tx).await
             }
             Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match sent {
+            Some(seq) => last_sent = seq,
+            None => return,
         }
     }
+}
+
+/// Sends what the client missed after `after`: the events from the stream
+/// when it still holds them all, else a snapshot — also when `after` is
+/// beyond the stream's end (a recreated stream, a restored volume), where
+/// a replay would send nothing until the sequence passed it. Returns the
+/// last sequence sent, or `None` once the client is gone.
+async fn resume(state: &ApiState, household: &str, after: u64, tx: &Tx) -> Option<u64> {
+    match state.live.stream_bounds().await {
+        Ok(b) if after.saturating_add(1) >= b.first && after <= b.last => {
+            replay(state, household, after, tx).await
+        }
+        Ok(_) => send_snapshot(state, household, state.live.last_seq(), tx).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read PRESENCE to resume; sending a snapshot");
+            send_snapshot(state, household, state.live.last_seq(), tx).await
+        }
+    }
+}
+
+/// A `snapshot` event with id `seq`; returns `seq`, or `None` once the
+/// client is gone. The caller reads `seq` before the state: the state is
+/// at least as new, and events after `seq` are applied on top.
+async fn send_snapshot(state: &ApiState, household: &str, seq: u64, tx: &Tx) -> Option<u64> {
+    let body = snapshot(state, household).to_string();
+    let event = Event::default()
+        .event("snapshot")
+        .id(seq.to_string())
+        .data(body);
+    tx.send(Ok(event)).await.ok()?;
+    Some(seq)
 }
 
 /// Sends the household's events after `after` from the stream; returns the

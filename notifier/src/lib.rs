@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Settings {
     pub nats_url: String,
+    /// NATS credentials besides those in the URL.
+    pub nats_auth: shared::jetstream::NatsAuth,
     /// The broker of `mqtt` sinks that name none.
     pub mqtt_url: String,
     /// PEM CA for `mqtts://` sink brokers with a private CA.
@@ -47,8 +49,13 @@ pub async fn run(
     let readiness = Readiness::default();
     let nats_ready = readiness.check("nats");
     let state_ready = readiness.check("state");
-    let client =
-        shared::jetstream::connect(&settings.nats_url, "whereabouts-notifier", nats_ready).await?;
+    let client = shared::jetstream::connect(
+        &settings.nats_url,
+        &settings.nats_auth,
+        "whereabouts-notifier",
+        nats_ready,
+    )
+    .await?;
     let js = async_nats::jetstream::new(client);
     let config = Arc::new(settings.config);
 
@@ -87,6 +94,7 @@ pub async fn run(
         )
         .with_context(|| format!("notifier.sinks[{index}]"))?;
         tracing::info!(sink = %name, "sink started");
+        metrics.register_sink(&name);
         tokio::spawn(sinks::drive(
             js.clone(),
             name,
@@ -102,6 +110,7 @@ pub async fn run(
         people,
         live,
         metrics,
+        sse_slots: api::SseSlots::default(),
         shutdown: shutdown.clone(),
     });
     let app = ops_router(registry, readiness)

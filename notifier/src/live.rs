@@ -1,6 +1,12 @@
 //! The live feed of presence events: one ordered consumer on `PRESENCE`
 //! fanned out to every SSE client through a broadcast channel, and replay
 //! from the stream for clients that resume with `Last-Event-ID`.
+//!
+//! A stream that goes back (deleted and recreated, or restored from an
+//! older volume) restarts its sequences below what clients have seen: the
+//! feed then goes on from the stream's end and tells clients to take a
+//! fresh snapshot ([`Feed::Reset`]), or they would wait for the sequence
+//! to pass their last id.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,10 +30,33 @@ pub struct LiveEvent {
     pub json: Arc<str>,
 }
 
+/// What the live broadcast carries.
+#[derive(Debug)]
+pub enum Feed {
+    Event(LiveEvent),
+    /// The stream went back: what clients hold is no base for its new
+    /// sequences. `seq` is the stream's last sequence then.
+    Reset {
+        seq: u64,
+    },
+}
+
+/// How often the follower checks that the stream did not go back.
+const RESET_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A stream's identity and extent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub first: u64,
+    pub last: u64,
+    /// When the stream was created: a recreated stream has a new one.
+    pub created: time::OffsetDateTime,
+}
+
 #[derive(Clone)]
 pub struct Live {
     js: jetstream::Context,
-    tx: broadcast::Sender<Arc<LiveEvent>>,
+    tx: broadcast::Sender<Arc<Feed>>,
     /// The last sequence broadcast (or, before any, the stream's last at start).
     last_seq: Arc<AtomicU64>,
 }
@@ -45,7 +74,7 @@ impl Live {
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Feed>> {
         self.tx.subscribe()
     }
 
@@ -59,10 +88,15 @@ impl Live {
         Ok(stream.info().await?.state.last_sequence)
     }
 
-    /// The first sequence the stream still holds.
-    pub async fn stream_first_seq(&self) -> anyhow::Result<u64> {
+    /// The stream's first and last sequences and creation time now.
+    pub async fn stream_bounds(&self) -> anyhow::Result<Bounds> {
         let mut stream = self.js.get_stream(PRESENCE_STREAM).await?;
-        Ok(stream.info().await?.state.first_sequence)
+        let info = stream.info().await?;
+        Ok(Bounds {
+            first: info.state.first_sequence,
+            last: info.state.last_sequence,
+            created: info.created,
+        })
     }
 
     /// Follows the stream from `after + 1`, keeping `people` current and
@@ -70,21 +104,41 @@ impl Live {
     pub async fn follow(self, after: u64, people: People, shutdown: CancellationToken) {
         self.last_seq.store(after, Ordering::Release);
         let mut backoff = shared::mqtt::Backoff::default();
+        let mut created = None;
         while !shutdown.is_cancelled() {
+            if let Err(e) = self.check_reset(&mut created).await {
+                tracing::warn!(error = %e, "cannot read PRESENCE; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+                continue;
+            }
             let start = self.last_seq() + 1;
             let messages = match self.ordered(">", start).await {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot follow PRESENCE; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
                     continue;
                 }
             };
             backoff.reset();
             let mut messages = std::pin::pin!(messages);
+            let mut checks = tokio::time::interval(RESET_CHECK);
+            checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            checks.tick().await; // the first tick is now: just checked
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    _ = checks.tick() => match self.check_reset(&mut created).await {
+                        Ok(false) => continue,
+                        // Reset (or unreadable): subscribe again from the new position.
+                        Ok(true) | Err(_) => break,
+                    },
                     next = messages.next() => next,
                 };
                 match next {
@@ -94,7 +148,7 @@ impl Live {
                         }
                         self.last_seq.store(event.seq, Ordering::Release);
                         // No receivers is fine: nobody is listening yet.
-                        let _ = self.tx.send(Arc::new(event));
+                        let _ = self.tx.send(Arc::new(Feed::Event(event)));
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "PRESENCE feed error; resubscribing");
@@ -104,6 +158,31 @@ impl Live {
                 }
             }
         }
+    }
+
+    /// Whether the stream went back since `created` was noted (another
+    /// creation time, or a last sequence below what was broadcast); if so,
+    /// moves the feed to the stream's end and broadcasts [`Feed::Reset`].
+    async fn check_reset(
+        &self,
+        created: &mut Option<time::OffsetDateTime>,
+    ) -> anyhow::Result<bool> {
+        let bounds = self.stream_bounds().await?;
+        let seen = self.last_seq();
+        let recreated = created.is_some_and(|c| c != bounds.created);
+        *created = Some(bounds.created);
+        if !recreated && bounds.last >= seen {
+            return Ok(false);
+        }
+        tracing::warn!(
+            stream_last = bounds.last,
+            seen,
+            recreated,
+            "PRESENCE went back (recreated or restored): going on from its end; SSE clients get a snapshot"
+        );
+        self.last_seq.store(bounds.last, Ordering::Release);
+        let _ = self.tx.send(Arc::new(Feed::Reset { seq: bounds.last }));
+        Ok(true)
     }
 
     /// An ordered consumer over `presence.<household>.>` (or all with `>`)

@@ -9,7 +9,10 @@ pub struct Metrics {
     pub sse_clients: IntGauge,
     /// Events a slow SSE client missed from the broadcast (then replayed).
     pub sse_lagged: IntCounter,
-    /// Deliveries by `sink` and `outcome` (`delivered`, `retried`, `failed`, `filtered`).
+    /// SSE clients refused: their household had its maximum open.
+    pub sse_refused: IntCounter,
+    /// Deliveries by `sink` and `outcome` (`delivered`, `retried`, `failed`,
+    /// `filtered`, `invalid`).
     pub deliveries: IntCounterVec,
     /// From the event's emission to its delivery, by `sink`.
     pub delivery_seconds: HistogramVec,
@@ -27,9 +30,18 @@ impl Metrics {
         registry
             .register(Box::new(sse_lagged.clone()))
             .expect("unique counter");
+        let sse_refused = IntCounter::new(
+            "notifier_sse_refused_total",
+            "SSE clients refused with 503: their household had notifier.max_sse_clients_per_household open.",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(sse_refused.clone()))
+            .expect("unique counter");
         Metrics {
             sse_clients: gauge(registry, "notifier_sse_clients", "Connected SSE clients."),
             sse_lagged,
+            sse_refused,
             deliveries: counter_vec(
                 registry,
                 "notifier_deliveries_total",
@@ -49,5 +61,15 @@ impl Metrics {
                 &["sink"],
             ),
         }
+    }
+
+    /// Creates a configured sink's series at 0, so that dashboards and
+    /// alerts see them before its first delivery.
+    pub fn register_sink(&self, sink: &str) {
+        for outcome in ["delivered", "retried", "failed", "filtered", "invalid"] {
+            self.deliveries.with_label_values(&[sink, outcome]);
+        }
+        self.delivery_seconds.with_label_values(&[sink]);
+        self.queue_depth.with_label_values(&[sink]);
     }
 }

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use shared::cli::CommonArgs;
+use shared::telemetry::redact_url;
 
 /// Computes who is where from the OWNTRACKS stream into the `presence` KV
 /// bucket and the PRESENCE stream.
@@ -20,12 +21,13 @@ struct Args {
 pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()> {
     let args = Args::parse_from(args);
     shared::telemetry::init_logging(args.common.log_format);
-    let config = shared::config::Config::load(args.common.config.as_deref())?;
+    let config = args.common.load_config(&args.http_addr)?;
     let listener = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
-    tracing::info!(addr = %args.http_addr, nats = %args.common.nats_url, "presence starting");
+    tracing::info!(addr = %args.http_addr, nats = %redact_url(&args.common.nats_url), "presence starting");
     let settings = crate::Settings {
+        nats_auth: args.common.nats_auth(),
         nats_url: args.common.nats_url,
         config,
     };

@@ -70,6 +70,7 @@ mod tests {
             vel: None,
             batt: None,
             tst,
+            tid: None,
         }
     }
 

@@ -1,15 +1,11 @@
 //! From an `owntracks.>` envelope to a state-machine input.
 
 use shared::envelope::Envelope;
+use shared::limits::{MAX_REGIONS_PER_DEVICE, MAX_TID_BYTES, MAX_TOPIC_LEVEL_BYTES, truncate_utf8};
 use shared::owntracks::{Message, MessageType};
 use shared::state::RegionDef;
 
-use crate::machine::{DeviceInput, Input};
-
-/// More regions than any phone defines (iOS monitors at most 20): a longer
-/// `inregions` is cut, so that a broken or hostile sender cannot make one
-/// message cost quadratic time.
-pub const MAX_REGIONS: usize = 100;
+use crate::machine::{DeviceInput, Input, bounded};
 
 /// Why an envelope cannot be used: the message is terminated, not retried.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +13,24 @@ pub const MAX_REGIONS: usize = 100;
 pub struct Poison(pub String);
 
 /// The input an envelope means; `None` for kinds that do not affect presence.
+///
+/// OWNTRACKS is open to any producer, so nothing is assumed of an envelope:
+/// an over-long identity is poison (cutting it could merge two devices), and
+/// over-long names and lists are cut to `shared::limits` (see
+/// [`bounded`]) before they can reach stored state.
 pub fn from_envelope(envelope: Envelope, source_id: String) -> Result<Option<DeviceInput>, Poison> {
+    for (level, value) in [
+        ("household", &envelope.household),
+        ("user", &envelope.user),
+        ("device", &envelope.device),
+    ] {
+        if value.len() > MAX_TOPIC_LEVEL_BYTES || value.is_empty() {
+            return Err(Poison(format!(
+                "{level} of {} bytes (1 to {MAX_TOPIC_LEVEL_BYTES} allowed)",
+                value.len()
+            )));
+        }
+    }
     let kind = MessageType::ALL
         .into_iter()
         .find(|k| k.as_str() == envelope.kind())
@@ -32,13 +45,16 @@ pub fn from_envelope(envelope: Envelope, source_id: String) -> Result<Option<Dev
             let l = message.location().ok_or_else(missing)?;
             Input::Location {
                 tst: l.tst,
+                tid: l.tid.map(|t| truncate_utf8(&t, MAX_TID_BYTES).to_string()),
                 lat: l.lat,
                 lon: l.lon,
                 acc: l.acc,
                 vel: l.vel,
                 batt: l.batt,
+                // Cut before `bounded` looks at each entry: one message
+                // cannot cost more than a bounded amount of work.
                 inregions: l.inregions.map(|mut r| {
-                    r.truncate(MAX_REGIONS);
+                    r.truncate(MAX_REGIONS_PER_DEVICE);
                     r
                 }),
             }
@@ -71,7 +87,7 @@ pub fn from_envelope(envelope: Envelope, source_id: String) -> Result<Option<Dev
                         radius: w.rad.filter(|r| *r > 0.0)?,
                     })
                 })
-                .take(MAX_REGIONS)
+                .take(MAX_REGIONS_PER_DEVICE)
                 .collect(),
         },
         MessageType::Card => Input::Card {
@@ -81,7 +97,7 @@ pub fn from_envelope(envelope: Envelope, source_id: String) -> Result<Option<Dev
         // the next `waypoints` export brings it in.
         _ => return Ok(None),
     };
-    Ok(Some(DeviceInput {
+    Ok(Some(bounded(&DeviceInput {
         household: envelope.household,
         user: envelope.user,
         device: envelope.device,
@@ -89,5 +105,5 @@ pub fn from_envelope(envelope: Envelope, source_id: String) -> Result<Option<Dev
         source_id,
         retained: envelope.retained,
         input,
-    }))
+    })))
 }

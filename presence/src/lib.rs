@@ -33,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Settings {
     pub nats_url: String,
+    /// NATS credentials besides those in the URL.
+    pub nats_auth: shared::jetstream::NatsAuth,
     pub config: Config,
 }
 
@@ -47,8 +49,13 @@ pub async fn run(
     let readiness = Readiness::default();
     let nats_ready = readiness.check("nats");
     let setup_ready = readiness.check("streams");
-    let client =
-        shared::jetstream::connect(&settings.nats_url, "whereabouts-presence", nats_ready).await?;
+    let client = shared::jetstream::connect(
+        &settings.nats_url,
+        &settings.nats_auth,
+        "whereabouts-presence",
+        nats_ready,
+    )
+    .await?;
     let js = async_nats::jetstream::new(client);
     let http = tokio::spawn(serve(
         listener,

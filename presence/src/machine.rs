@@ -6,7 +6,13 @@
 //! The rules, with examples, are in docs/presence.md.
 
 use std::cmp::Reverse;
+use std::collections::HashSet;
 use std::time::Duration as StdDuration;
+
+use shared::limits::{
+    MAX_CARD_NAME_BYTES, MAX_REGION_NAME_BYTES, MAX_REGIONS_PER_DEVICE, MAX_TID_BYTES,
+    truncate_utf8,
+};
 
 use shared::config::{Household, PresenceConfig};
 use shared::envelope::content_id;
@@ -26,11 +32,32 @@ use crate::place::{is_named_place, named_place, region_key};
 /// later fix through the ordering rule.
 pub const MAX_FUTURE_SKEW_S: i64 = 600;
 
+/// Devices one person can have. A device beyond it is refused (an unmapped
+/// user publishing under thousands of device names would otherwise grow one
+/// person's state without bound).
+pub const MAX_DEVICES_PER_PERSON: usize = 16;
+
+/// The largest person state [`apply`] produces, serialised. An input that
+/// would grow the state past it is refused, so a person's KV value (state
+/// plus the outbox of one change) stays far below NATS's 1 MiB limit and one
+/// hostile message cannot freeze a person.
+pub const MAX_PERSON_STATE_BYTES: usize = 256 * 1024;
+
+/// Source ids of recent inputs remembered per device, to recognise a
+/// redelivery that arrives after newer messages.
+pub const RECENT_SOURCES: usize = 32;
+
+/// A longer source id (a `Nats-Msg-Id` from another producer) is stored as
+/// its hash.
+pub const MAX_SOURCE_ID_BYTES: usize = 64;
+
 /// One device message (or timer), independent of the OwnTracks parser.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Location {
         tst: i64,
+        /// The phone's tracker id, cut to `MAX_TID_BYTES`.
+        tid: Option<String>,
         lat: f64,
         lon: f64,
         acc: Option<f64>,
@@ -86,8 +113,103 @@ pub enum Ignored {
     /// Its `tst` is older than the device's last applied one. The message
     /// still counts as a sign of life.
     OutOfOrder,
-    /// The device's last applied input had the same `source_id`.
+    /// One of the device's recent inputs had the same `source_id`.
     Duplicate,
+    /// A new device of a person who has [`MAX_DEVICES_PER_PERSON`] already.
+    TooManyDevices,
+    /// Applying it would grow the person's state past
+    /// [`MAX_PERSON_STATE_BYTES`].
+    StateTooLarge,
+}
+
+impl Ignored {
+    /// The metric label of the outcome.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ignored::OutOfOrder => "out_of_order",
+            Ignored::Duplicate => "duplicate",
+            Ignored::TooManyDevices => "too_many_devices",
+            Ignored::StateTooLarge => "state_too_large",
+        }
+    }
+}
+
+/// A name as it may be stored: control characters removed (JSON would
+/// escape each to six bytes), cut to `max` bytes at a character boundary.
+pub fn clean_name(name: &str, max: usize) -> String {
+    if name.len() <= max && !name.chars().any(char::is_control) {
+        return name.to_string();
+    }
+    let kept: String = name.chars().filter(|c| !c.is_control()).collect();
+    truncate_utf8(&kept, max).to_string()
+}
+
+/// Stored state, cut to the limits: state written before they existed may
+/// hold names of hundreds of kB, which would keep every later write (and
+/// every event, which carries the state) too large.
+pub fn bound_state(state: &mut PersonState) {
+    let names = |list: &mut Vec<String>| {
+        list.truncate(MAX_REGIONS_PER_DEVICE);
+        for name in list.iter_mut() {
+            *name = clean_name(name, MAX_REGION_NAME_BYTES);
+        }
+    };
+    for d in &mut state.devices {
+        names(&mut d.regions);
+        let t = &mut d.tracking;
+        names(&mut t.phone_regions);
+        names(&mut t.geofence_regions);
+        for p in &mut t.pending_leaves {
+            p.region = clean_name(&p.region, MAX_REGION_NAME_BYTES);
+        }
+        for p in &mut t.pending_enters {
+            p.region = clean_name(&p.region, MAX_REGION_NAME_BYTES);
+        }
+        t.waypoints.truncate(MAX_REGIONS_PER_DEVICE);
+        for w in &mut t.waypoints {
+            w.name = clean_name(&w.name, MAX_REGION_NAME_BYTES);
+        }
+        if let Some(name) = &mut d.card_name {
+            *name = clean_name(name, MAX_CARD_NAME_BYTES);
+        }
+    }
+}
+
+/// The input with every name and list that can end up in stored state
+/// bounded (shared::limits): presence defends itself against any producer
+/// on OWNTRACKS, not only ingest.
+pub fn bounded(input: &DeviceInput) -> DeviceInput {
+    let region = |r: &str| clean_name(r, MAX_REGION_NAME_BYTES);
+    let mut out = input.clone();
+    if out.source_id.len() > MAX_SOURCE_ID_BYTES {
+        out.source_id = content_id(&[b"source", input.source_id.as_bytes()]);
+    }
+    match &mut out.input {
+        Input::Location { inregions, .. } => {
+            if let Some(list) = inregions {
+                let mut kept: Vec<String> = Vec::new();
+                for r in list.iter().map(|r| region(r)) {
+                    if kept.len() >= MAX_REGIONS_PER_DEVICE {
+                        break;
+                    }
+                    if !kept.iter().any(|k| region_key(k) == region_key(&r)) {
+                        kept.push(r);
+                    }
+                }
+                *list = kept;
+            }
+        }
+        Input::Transition { region: r, .. } => *r = region(r),
+        Input::Waypoints { regions } => {
+            regions.truncate(MAX_REGIONS_PER_DEVICE);
+            for w in regions.iter_mut() {
+                w.name = region(&w.name);
+            }
+        }
+        Input::Card { name: Some(n) } => *n = clean_name(n, MAX_CARD_NAME_BYTES),
+        Input::Card { name: None } | Input::Lwt { .. } | Input::Tick => {}
+    }
+    out
 }
 
 /// The result of [`apply`] or [`tick`].
@@ -117,6 +239,7 @@ pub fn apply(
     household: &Household,
     cfg: &PresenceConfig,
 ) -> Outcome {
+    let input = &bounded(input);
     let person_id = household.person_for(&input.user, &input.device);
     let existing =
         person.filter(|p| Some(&p.person) == person_id.as_ref() && p.household == input.household);
@@ -141,16 +264,19 @@ pub fn apply(
         .filter(same)
         .or_else(|| person.devices.iter().find(|d| same(d)).cloned())
         .unwrap_or_else(|| new_device(input, household));
-    if !matches!(input.input, Input::Tick)
-        && dev.tracking.last_source.as_deref() == Some(input.source_id.as_str())
-    {
-        return Outcome {
-            devices: vec![dev],
-            person: person_id.and(prev),
-            events: Vec::new(),
-            flaps_suppressed: 0,
-            ignored: Some(Ignored::Duplicate),
-        };
+    // Refused inputs store nothing but the given devices.
+    let refused = |devices: Vec<DeviceState>, why: Ignored| Outcome {
+        devices,
+        person: person_id.clone().and(prev.clone()),
+        events: Vec::new(),
+        flaps_suppressed: 0,
+        ignored: Some(why),
+    };
+    if !matches!(input.input, Input::Tick) && seen_source(&dev.tracking, &input.source_id) {
+        return refused(vec![dev], Ignored::Duplicate);
+    }
+    if !person.devices.iter().any(same) && person.devices.len() >= MAX_DEVICES_PER_PERSON {
+        return refused(Vec::new(), Ignored::TooManyDevices);
     }
     dev.person = person.person.clone();
     match person.devices.iter_mut().find(|d| same(d)) {
@@ -197,7 +323,40 @@ pub fn apply(
             .filter(|d| !same(d) && !before.contains(d))
             .cloned(),
     );
+    if serialised_len(&person) > MAX_PERSON_STATE_BYTES {
+        return refused(Vec::new(), Ignored::StateTooLarge);
+    }
     finish(run, person, person_id.is_some(), devices, effect.ignored)
+}
+
+/// The length of `value` as JSON, without building it.
+fn serialised_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+fn seen_source(t: &DeviceTracking, source: &str) -> bool {
+    t.last_source.as_deref() == Some(source) || t.recent_sources.iter().any(|s| s == source)
+}
+
+fn remember_source(t: &mut DeviceTracking, source: &str) {
+    t.last_source = Some(source.to_string());
+    t.recent_sources.push(source.to_string());
+    let excess = t.recent_sources.len().saturating_sub(RECENT_SOURCES);
+    t.recent_sources.drain(..excess);
 }
 
 /// Processes the due timers of a person's devices at `now`: debounced
@@ -357,6 +516,7 @@ fn new_device(input: &DeviceInput, household: &Household) -> DeviceState {
         last_fix: None,
         last_seen: seen,
         card_name: None,
+        first_seen: Some(input.received_at),
         tracking: DeviceTracking::default(),
     }
 }
@@ -394,7 +554,7 @@ fn apply_input(run: &mut Run<'_>, dev: &mut DeviceState, input: &DeviceInput) ->
         dev.status_reason = None;
     }
     if !matches!(input.input, Input::Tick) {
-        dev.tracking.last_source = Some(input.source_id.clone());
+        remember_source(&mut dev.tracking, &input.source_id);
     }
     // Fix times: clamp a phone clock running ahead, then the ordering guard.
     let fix_tst = match &input.input {
@@ -414,6 +574,7 @@ fn apply_input(run: &mut Run<'_>, dev: &mut DeviceState, input: &DeviceInput) ->
     let why = effect.place_why.clone();
     match &input.input {
         Input::Location {
+            tid,
             lat,
             lon,
             acc,
@@ -429,6 +590,12 @@ fn apply_input(run: &mut Run<'_>, dev: &mut DeviceState, input: &DeviceInput) ->
                 vel: *vel,
                 batt: *batt,
                 tst: fix_tst,
+                // A fix without a tid keeps the one the phone sent before.
+                // Bounded here too: envelopes may come from any producer.
+                tid: tid
+                    .as_deref()
+                    .map(|t| truncate_utf8(t, MAX_TID_BYTES).to_string())
+                    .or_else(|| dev.last_fix.as_ref().and_then(|f| f.tid.clone())),
             };
             let limit = run.cfg.traveling_kmh;
             let computed = dev
@@ -438,7 +605,17 @@ fn apply_input(run: &mut Run<'_>, dev: &mut DeviceState, input: &DeviceInput) ->
             dev.tracking.moving =
                 vel.is_some_and(|v| v > limit) || computed.is_some_and(|v| v > limit);
             dev.last_fix = Some(fix.clone());
-            if let Some(snapshot) = inregions {
+            // Android omits an empty `inregions`: once a device has sent the
+            // key, its absence means "in no region".
+            let snapshot = match inregions {
+                Some(list) => {
+                    dev.tracking.reports_inregions = true;
+                    Some(list.as_slice())
+                }
+                None if dev.tracking.reports_inregions => Some(&[][..]),
+                None => None,
+            };
+            if let Some(snapshot) = snapshot {
                 apply_snapshot(run, dev, snapshot, fix_tst, &why, &input.received_at);
             }
             let phone_place = compute_place(run, dev);
@@ -489,6 +666,8 @@ fn contains(set: &[String], key: &str) -> bool {
 /// The regions a device counts as in: every source's, pending leaves
 /// included (they are still in their source set), first spelling kept.
 fn effective(dev: &DeviceState) -> Vec<String> {
+    // Linear, not quadratic: a device may be in a hundred regions.
+    let mut keys = HashSet::new();
     let mut out: Vec<String> = Vec::new();
     for r in dev
         .tracking
@@ -496,7 +675,7 @@ fn effective(dev: &DeviceState) -> Vec<String> {
         .iter()
         .chain(&dev.tracking.geofence_regions)
     {
-        if !contains(&out, &region_key(r)) {
+        if keys.insert(region_key(r)) {
             out.push(r.clone());
         }
     }
@@ -509,12 +688,20 @@ fn region_diff(run: &mut Run<'_>, dev: &mut DeviceState, before: &[String], why:
     let after = effective(dev);
     let name = dev_name(dev);
     let mut changed = false;
-    for r in before.iter().filter(|r| !contains(&after, &region_key(r))) {
+    let after_keys: HashSet<String> = after.iter().map(|r| region_key(r)).collect();
+    let before_keys: HashSet<String> = before.iter().map(|r| region_key(r)).collect();
+    for r in before
+        .iter()
+        .filter(|r| !after_keys.contains(&region_key(r)))
+    {
         run.drafts
             .push(region_draft(why, r, RegionEvent::Leave, &name));
         changed = true;
     }
-    for r in after.iter().filter(|r| !contains(before, &region_key(r))) {
+    for r in after
+        .iter()
+        .filter(|r| !before_keys.contains(&region_key(r)))
+    {
         run.drafts
             .push(region_draft(why, r, RegionEvent::Enter, &name));
         changed = true;
@@ -563,6 +750,9 @@ fn enter(
         commit_leave(run, dev, p);
     }
     let before = effective(dev);
+    if !contains(&before, &key) && before.len() >= MAX_REGIONS_PER_DEVICE {
+        return; // Bounded state: no phone is in this many regions at once.
+    }
     region_set(dev, source).push(region.to_string());
     region_diff(run, dev, &before, why);
 }

@@ -1,13 +1,17 @@
 //! presence's Prometheus metrics. Label values come from closed sets only.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Registry};
+use shared::state::Status;
 use shared::telemetry::{LATENCY_BUCKETS, counter_vec, gauge_vec};
 
 #[derive(Clone)]
 pub struct Metrics {
     /// Messages by `outcome`: applied, ignored, duplicate, out_of_order,
-    /// unmapped, poison, retried.
+    /// too_many_devices, state_too_large, unmapped, poison, retried.
     pub messages: IntCounterVec,
+    /// Messages (or timer ticks) terminated because storing them failed for
+    /// good, by `reason` (too_large, invalid_key, invalid_state).
+    pub permanent_failures: IntCounterVec,
     /// Events published by `kind` (place, status, region).
     pub events: IntCounterVec,
     /// Compare-and-set conflicts on the KV (another instance wrote first).
@@ -45,12 +49,18 @@ impl Metrics {
         registry
             .register(Box::new(processing_seconds.clone()))
             .expect("unique histogram");
-        Metrics {
+        let metrics = Metrics {
             messages: counter_vec(
                 registry,
                 "presence_messages_total",
                 "OWNTRACKS messages handled, by outcome.",
                 &["outcome"],
+            ),
+            permanent_failures: counter_vec(
+                registry,
+                "presence_permanent_failures_total",
+                "Messages terminated because their state could never be stored, by reason.",
+                &["reason"],
             ),
             events: counter_vec(
                 registry,
@@ -85,6 +95,30 @@ impl Metrics {
                 "presence_timer_ticks_total",
                 "Timer deadlines processed.",
             ),
+        };
+        metrics.register_label_sets();
+        metrics
+    }
+
+    /// Creates every series of the closed label sets at 0, so that
+    /// dashboards and alerts see them before their first increment.
+    fn register_label_sets(&self) {
+        for outcome in [
+            "applied",
+            "ignored",
+            "duplicate",
+            "out_of_order",
+            "unmapped",
+            "poison",
+            "retried",
+        ] {
+            self.messages.with_label_values(&[outcome]);
+        }
+        for kind in ["place", "status", "region"] {
+            self.events.with_label_values(&[kind]);
+        }
+        for status in [Status::Online, Status::Stale, Status::Offline] {
+            self.devices.with_label_values(&[status.as_str()]);
         }
     }
 }

@@ -1,18 +1,28 @@
 //! The presence service: a durable pull consumer on OWNTRACKS feeding
-//! per-person workers, state in the `presence` KV bucket with
+//! per-person queues, state in the `presence` KV bucket with
 //! compare-and-set, events on PRESENCE, and timers derived from the stored
 //! state (so they survive restarts and work with several instances).
 //!
-//! Messages are sharded by person: one worker handles a person's messages
-//! one at a time (order holds), while many persons proceed at once (the KV
-//! is not hit one request at a time). A message is acked only once its
-//! state and events are stored; a redelivered message yields the same event
-//! ids, which PRESENCE drops as duplicates.
+//! Every person has their own queue, drained by one task at a time (order
+//! holds), while many persons proceed at once. The consumer loop never waits
+//! for a person: it only appends to a queue, so a phone flushing a backlog
+//! of 100,000 messages delays nobody else. Queued messages are bounded by
+//! the consumer's `max_ack_pending`. A person's task applies everything
+//! queued (up to [`MAX_BATCH`] inputs) to the state in memory and stores
+//! the result with one compare-and-set, then acks the whole batch: a
+//! backlog costs one KV write per batch, not one per message.
+//!
+//! A message is acked only once its state and events are stored; a
+//! redelivered message yields the same event ids, which PRESENCE drops as
+//! duplicates. Storage failures are classified: a compare-and-set conflict
+//! reloads and applies again, a transient one (NATS unreachable, a timeout)
+//! retries with a backoff capped below the consumer's `ack_wait` (and keeps
+//! the messages alive with in-progress acks), a permanent one (a value too
+//! large, an invalid key) terminates the message, counts it and moves on.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -22,19 +32,37 @@ use futures::StreamExt;
 use futures::future::try_join_all;
 use shared::config::{Config, Household};
 use shared::envelope::Envelope;
-use shared::state::{EventKind, PersonState, Status};
+use shared::state::{DeviceState, EventKind, PersonState, PresenceEvent, Status};
 use shared::subjects::{OWNTRACKS_STREAM, device_key, person_key, presence};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::input::from_envelope;
-use crate::machine::{self, DeviceInput, Ignored, Outcome};
+use crate::machine::{self, DeviceInput, Outcome};
 use crate::metrics::Metrics;
 
 /// The durable consumer's name: all instances share it.
 pub const CONSUMER: &str = "presence";
-const WORKERS: usize = 128;
+/// Messages delivered and not yet acked, across all persons: the bound on
+/// what presence holds in its queues.
+const MAX_ACK_PENDING: i64 = 4096;
+/// Redelivery after a crash comes this soon.
+const ACK_WAIT: Duration = Duration::from_secs(15);
+/// Retries of transient failures wait at most this long (well below
+/// `ACK_WAIT`; in-progress acks keep the messages in hand alive).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Inputs applied per compare-and-set when a person has a backlog.
+pub const MAX_BATCH: usize = 1000;
+/// A batch stops taking inputs once it has this many events, so that the
+/// outbox stored with the state stays small.
+const MAX_BATCH_EVENTS: usize = 64;
+/// Persons stored at once (each a KV compare-and-set in flight); the
+/// others' queues keep filling meanwhile, so their next batch is larger.
+const MAX_CONCURRENT_PERSONS: usize = 256;
+/// The largest KV value presence writes; NATS refuses values over 1 MiB
+/// (its default `max_payload`).
+pub const MAX_KV_VALUE_BYTES: usize = 960 * 1024;
 
 #[derive(Clone)]
 pub struct Engine {
@@ -48,46 +76,120 @@ enum Work {
     Message {
         message: Box<jetstream::Message>,
         input: Box<DeviceInput>,
-        person: String,
         received: Instant,
     },
-    Tick {
-        household: String,
-        person: String,
-    },
+    Tick,
+}
+
+/// One person's queue and cached state.
+#[derive(Default)]
+struct Slot {
+    queue: VecDeque<Work>,
+    /// Latest known state and KV revision; None: load it from the KV.
+    cached: Option<(Option<PersonState>, u64)>,
+    /// A task is draining the queue.
+    busy: bool,
+}
+
+/// Per-person queues, each drained by at most one task at a time.
+#[derive(Clone)]
+struct Queues {
+    engine: Engine,
+    slots: Arc<Mutex<HashMap<(String, String), Slot>>>,
+    running: Arc<(AtomicUsize, Notify)>,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl Queues {
+    fn new(engine: Engine, shutdown: CancellationToken) -> Self {
+        Queues {
+            engine,
+            slots: Arc::default(),
+            running: Arc::default(),
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PERSONS)),
+            shutdown,
+        }
+    }
+
+    /// Appends `work` to the person's queue; never waits.
+    fn push(&self, household: &str, person: &str, work: Work) {
+        let key = (household.to_string(), person.to_string());
+        let mut slots = self.slots.lock().expect("queues lock");
+        let slot = slots.entry(key.clone()).or_default();
+        slot.queue.push_back(work);
+        if !slot.busy {
+            slot.busy = true;
+            self.running.0.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(self.clone().drain(key));
+        }
+    }
+
+    /// Handles the person's queue until it is empty.
+    async fn drain(self, key: (String, String)) {
+        loop {
+            // Never closed; without a permit (impossible) it would just go on.
+            let _permit = self.permits.acquire().await.ok();
+            let (batch, cached) = {
+                let mut slots = self.slots.lock().expect("queues lock");
+                let slot = slots.get_mut(&key).expect("a busy slot stays");
+                if slot.queue.is_empty() || self.shutdown.is_cancelled() {
+                    // On shutdown the rest is left unacked: redelivered.
+                    slot.busy = false;
+                    break;
+                }
+                let n = slot.queue.len().min(MAX_BATCH);
+                (
+                    slot.queue.drain(..n).collect::<Vec<_>>(),
+                    slot.cached.take(),
+                )
+            };
+            let mut cached = cached;
+            let mut rest = VecDeque::from(batch);
+            while !rest.is_empty() && !self.shutdown.is_cancelled() {
+                process(&self.engine, &self.shutdown, &key, &mut rest, &mut cached).await;
+            }
+            let mut slots = self.slots.lock().expect("queues lock");
+            let slot = slots.get_mut(&key).expect("a busy slot stays");
+            slot.cached = cached;
+            // Not handled because of shutdown: back in front, never acked.
+            while let Some(w) = rest.pop_back() {
+                slot.queue.push_front(w);
+            }
+        }
+        if self.running.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.running.1.notify_waiters();
+        }
+    }
+
+    /// Waits (at most `limit`) for the running tasks to finish.
+    async fn idle(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let notified = self.running.1.notified();
+                if self.running.0.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+    }
 }
 
 impl Engine {
-    fn household(&self, name: &str) -> Household {
-        self.config
-            .households
-            .get(name)
-            .cloned()
-            .unwrap_or_default()
+    /// A household's config; an unconfigured one gets the defaults.
+    fn household(&self, name: &str) -> &Household {
+        static DEFAULT: LazyLock<Household> = LazyLock::new(Household::default);
+        self.config.households.get(name).unwrap_or(&DEFAULT)
     }
 
     /// Consumes OWNTRACKS until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut shards = Vec::with_capacity(WORKERS);
-        let mut workers = Vec::with_capacity(WORKERS);
-        for _ in 0..WORKERS {
-            let (tx, rx) = mpsc::channel::<Work>(64);
-            shards.push(tx);
-            workers.push(tokio::spawn(worker(self.clone(), rx)));
-        }
-        let shard_of = |household: &str, person: &str| {
-            let mut h = DefaultHasher::new();
-            (household, person).hash(&mut h);
-            (h.finish() % WORKERS as u64) as usize
-        };
-
+        let queues = Queues::new(self.clone(), shutdown.clone());
         let timers = {
-            let (engine, shards, stop) = (self.clone(), shards.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                engine
-                    .timers(stop, |h: &str, p: &str| shards[shard_of(h, p)].clone())
-                    .await
-            })
+            let (engine, queues, stop) = (self.clone(), queues.clone(), shutdown.clone());
+            tokio::spawn(async move { engine.timers(stop, queues).await })
         };
 
         let stream = self.js.get_stream(OWNTRACKS_STREAM).await?;
@@ -100,9 +202,8 @@ impl Engine {
                 // nats-server saturated at ~2,000 msg/s). The few other
                 // kinds are acked and skipped by `route`.
                 ack_policy: consumer::AckPolicy::Explicit,
-                // Redelivery after a crash comes this soon; retries send progress.
-                ack_wait: Duration::from_secs(15),
-                max_ack_pending: 4096,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: MAX_ACK_PENDING,
                 ..Default::default()
             })
             .await
@@ -118,7 +219,7 @@ impl Engine {
                 _ = shutdown.cancelled() => break,
                 next = messages.next() => next,
             };
-            let message = match next {
+            let mut message = match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "OWNTRACKS consumer error");
@@ -130,23 +231,19 @@ impl Engine {
             let Some((input, person)) = self.route(&message).await else {
                 continue;
             };
-            let shard = shard_of(&input.household, &person);
+            // Only the ack is needed from here on: queued messages hold no payload.
+            message.message.payload = bytes::Bytes::new();
+            let household = input.household.clone();
             let work = Work::Message {
                 message: Box::new(message),
                 input: Box::new(input),
-                person,
                 received,
             };
-            if shards[shard].send(work).await.is_err() {
-                break;
-            }
+            queues.push(&household, &person, work);
         }
-        // Stop intake; workers finish what they hold (unacked rest is redelivered).
-        drop(shards);
         timers.abort();
-        for w in workers {
-            let _ = w.await;
-        }
+        // Tasks finish the batch in hand; the rest is redelivered.
+        queues.idle(Duration::from_secs(5)).await;
         Ok(())
     }
 
@@ -195,10 +292,7 @@ impl Engine {
     }
 
     /// Runs timer ticks when stored deadlines come due.
-    async fn timers<F>(&self, shutdown: CancellationToken, shard: F)
-    where
-        F: Fn(&str, &str) -> mpsc::Sender<Work>,
-    {
+    async fn timers(&self, shutdown: CancellationToken, queues: Queues) {
         let mut backoff = shared::mqtt::Backoff::default();
         let mut queue: BTreeSet<(OffsetDateTime, String, String)> = BTreeSet::new();
         let mut by_key: HashMap<String, (OffsetDateTime, String, String)> = HashMap::new();
@@ -243,7 +337,7 @@ impl Engine {
                         }
                         let Some(state) = state else { continue };
                         let household = self.household(&state.household);
-                        let deadline = machine::next_deadline(&state, &household, &self.config.presence);
+                        let deadline = machine::next_deadline(&state, household, &self.config.presence);
                         tracing::debug!(key = %entry.key, ?deadline, "person deadline");
                         if let Some(at) = deadline {
                             let item = (at, state.household.clone(), state.person.clone());
@@ -261,8 +355,7 @@ impl Engine {
                             let (_, household, person) = first;
                             tracing::debug!(%household, %person, "timer due");
                             by_key.remove(&person_key(&household, &person));
-                            let tx = shard(&household, &person);
-                            let _ = tx.send(Work::Tick { household, person }).await;
+                            queues.push(&household, &person, Work::Tick);
                         }
                     }
                 }
@@ -271,37 +364,113 @@ impl Engine {
     }
 }
 
-/// One shard: handles its persons' work one item at a time.
-async fn worker(engine: Engine, mut rx: mpsc::Receiver<Work>) {
-    // Latest known state and KV revision per person; a conflict drops it.
-    let mut cache: HashMap<String, (Option<PersonState>, u64)> = HashMap::new();
-    while let Some(work) = rx.recv().await {
-        let mut backoff = shared::mqtt::Backoff::default();
-        loop {
-            match handle(&engine, &mut cache, &work).await {
-                Ok(()) => break,
-                Err(e) => {
-                    // Storage trouble (NATS down): keep the message, retry.
-                    // Acking later or nak-ing would let newer messages pass it.
-                    engine
-                        .metrics
-                        .messages
-                        .with_label_values(&["retried"])
-                        .inc();
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        retry_in_ms = delay.as_millis() as u64,
-                        "cannot store presence; retrying"
-                    );
-                    if let Work::Message { message, .. } = &work {
+/// Why storing a batch failed.
+#[derive(Debug)]
+enum Failure {
+    /// NATS unreachable, a timeout: retry; the messages stay in hand.
+    Transient(anyhow::Error),
+    /// Retrying cannot help (`reason` is the metric label): terminate the
+    /// message, count it, log it once, go on.
+    Permanent(&'static str, anyhow::Error),
+}
+
+/// Sorts a storage error: permanent when NATS refused the content itself.
+fn classify(error: anyhow::Error) -> Failure {
+    let text = format!("{error:#}").to_lowercase();
+    if text.contains("key cannot be empty") || text.contains("invalid key") {
+        Failure::Permanent("invalid_key", error)
+    } else if text.contains("payload") || text.contains("message size exceeds") {
+        Failure::Permanent("too_large", error)
+    } else {
+        Failure::Transient(error)
+    }
+}
+
+/// Handles the front of `rest` (a batch, or one input after a permanent
+/// failure of a batch), retrying transient failures until done or shutdown.
+/// What was handled is removed from `rest`.
+async fn process(
+    engine: &Engine,
+    shutdown: &CancellationToken,
+    key: &(String, String),
+    rest: &mut VecDeque<Work>,
+    cached: &mut Option<(Option<PersonState>, u64)>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store_batch(engine, key, rest.make_contiguous(), cached).await {
+            Ok(done) => {
+                rest.drain(..done);
+                return;
+            }
+            Err(Failure::Permanent(reason, e)) if rest.len() > 1 => {
+                // Find the culprit: the batch is applied again, one by one.
+                tracing::debug!(
+                    reason,
+                    error = format!("{e:#}"),
+                    "batch refused; one by one"
+                );
+                let first = rest.pop_front().expect("not empty");
+                let mut single = VecDeque::from([first]);
+                Box::pin(process(engine, shutdown, key, &mut single, cached)).await;
+                return;
+            }
+            Err(Failure::Permanent(reason, e)) => {
+                let work = rest.pop_front().expect("not empty");
+                engine
+                    .metrics
+                    .permanent_failures
+                    .with_label_values(&[reason])
+                    .inc();
+                let (subject, source) = match &work {
+                    Work::Message { message, input, .. } => {
+                        let _ = message.ack_with(AckKind::Term).await;
+                        (message.subject.to_string(), input.source_id.clone())
+                    }
+                    Work::Tick => (String::new(), "timer".into()),
+                };
+                tracing::warn!(
+                    household = %key.0, person = %key.1, %subject, source, reason,
+                    error = format!("{e:#}"),
+                    "cannot store presence; message terminated"
+                );
+                return;
+            }
+            Err(Failure::Transient(e)) => {
+                engine
+                    .metrics
+                    .messages
+                    .with_label_values(&["retried"])
+                    .inc();
+                let delay = backoff.mul_f64(rand_jitter());
+                backoff = (backoff * 2).min(MAX_RETRY_DELAY);
+                tracing::warn!(
+                    household = %key.0, person = %key.1,
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot store presence; retrying"
+                );
+                // Keep the messages in hand from being redelivered meanwhile.
+                for work in rest.iter() {
+                    if let Work::Message { message, .. } = work {
                         let _ = message.ack_with(AckKind::Progress).await;
                     }
-                    tokio::time::sleep(delay).await;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
+}
+
+fn rand_jitter() -> f64 {
+    // Spread retries of many persons; no dependency for it.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    0.5 + f64::from(nanos % 1000) / 2000.0
 }
 
 /// Reads a person's state. Its outbox holds the events of the last change;
@@ -316,6 +485,7 @@ async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<PersonState>
     let Ok(mut state) = serde_json::from_slice::<PersonState>(&entry.value) else {
         return Ok((None, entry.revision));
     };
+    machine::bound_state(&mut state);
     // Stored without their `state`: it is the stored state itself.
     let outbox: Vec<_> = std::mem::take(&mut state.outbox)
         .into_iter()
@@ -334,7 +504,24 @@ async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<PersonState>
             !recent && last_event_id(engine, &state).await.as_deref() == Some(last.id.as_str());
         if !published {
             tracing::debug!(person = %state.person, events = outbox.len(), "publishing the outbox of a stored change");
-            publish_events(engine, &outbox).await?;
+            if let Err(e) = publish_events(engine, &outbox).await {
+                match classify(e) {
+                    Failure::Transient(e) => return Err(e),
+                    // An outbox NATS will never take (stored before the
+                    // limits): drop it rather than freeze the person.
+                    Failure::Permanent(reason, e) => {
+                        engine
+                            .metrics
+                            .permanent_failures
+                            .with_label_values(&[reason])
+                            .inc();
+                        tracing::warn!(
+                            person = %state.person, reason, error = format!("{e:#}"),
+                            "outbox of a stored change dropped"
+                        );
+                    }
+                }
+            }
         }
     }
     Ok((Some(state), entry.revision))
@@ -378,45 +565,116 @@ async fn last_event_id(engine: &Engine, state: &PersonState) -> Option<String> {
     Some(value.get("id")?.as_str()?.to_string())
 }
 
-async fn handle(
+/// What a batch did: the person after it, the devices to store (last
+/// version of each), its events in order, and per input its outcome label.
+struct Applied {
+    person: Option<PersonState>,
+    devices: Vec<DeviceState>,
+    events: Vec<PresenceEvent>,
+    labels: Vec<&'static str>,
+    flaps: u32,
+}
+
+/// Applies `works` in order to the state in memory: as many as fit one
+/// write (see [`MAX_BATCH_EVENTS`]).
+fn apply_batch(
     engine: &Engine,
-    cache: &mut HashMap<String, (Option<PersonState>, u64)>,
-    work: &Work,
-) -> anyhow::Result<()> {
-    let (household_name, person_name) = match work {
-        Work::Message { input, person, .. } => (input.household.as_str(), person.as_str()),
-        Work::Tick { household, person } => (household.as_str(), person.as_str()),
-    };
-    let key = person_key(household_name, person_name);
-    let household = engine.household(household_name);
+    household: &Household,
+    current: Option<PersonState>,
+    works: &[Work],
+    now: OffsetDateTime,
+) -> Applied {
     let cfg = &engine.config.presence;
-    let outcome = loop {
-        let (current, revision) = match cache.get(&key) {
-            Some(c) => c.clone(),
-            None => load(engine, &key).await?,
-        };
-        let now = OffsetDateTime::now_utc();
+    let mut applied = Applied {
+        person: current,
+        devices: Vec::new(),
+        events: Vec::new(),
+        labels: Vec::new(),
+        flaps: 0,
+    };
+    for work in works {
+        if !applied.labels.is_empty() && applied.events.len() >= MAX_BATCH_EVENTS {
+            break;
+        }
         let outcome = match work {
             Work::Message { input, .. } => {
-                machine::apply(None, current.clone(), input, now, &household, cfg)
+                machine::apply(None, applied.person.clone(), input, now, household, cfg)
             }
-            Work::Tick { .. } => match current.clone() {
-                Some(state) => machine::tick(state, now, &household, cfg),
-                None => return Ok(()),
+            Work::Tick => match applied.person.clone() {
+                Some(state) => machine::tick(state, now, household, cfg),
+                None => Outcome {
+                    devices: Vec::new(),
+                    person: None,
+                    events: Vec::new(),
+                    flaps_suppressed: 0,
+                    ignored: None,
+                },
             },
         };
-        let Some(next) = outcome
+        applied.labels.push(match (work, outcome.ignored) {
+            (Work::Tick, _) => "tick",
+            (_, Some(ignored)) => ignored.as_str(),
+            (_, None) => "applied",
+        });
+        if outcome.person.is_some() {
+            applied.person = outcome.person;
+        }
+        for d in outcome.devices {
+            applied
+                .devices
+                .retain(|o| (&o.user, &o.device) != (&d.user, &d.device));
+            applied.devices.push(d);
+        }
+        applied.events.extend(outcome.events);
+        applied.flaps += outcome.flaps_suppressed;
+    }
+    applied
+}
+
+/// Applies and stores the front of `works` (at least one item); returns
+/// how many were handled (state and events stored, messages acked).
+async fn store_batch(
+    engine: &Engine,
+    (household_name, person_name): &(String, String),
+    works: &[Work],
+    cached: &mut Option<(Option<PersonState>, u64)>,
+) -> Result<usize, Failure> {
+    let key = person_key(household_name, person_name);
+    let household = engine.household(household_name);
+    let applied = loop {
+        let (current, revision) = match cached.take() {
+            Some(c) => c,
+            None => load(engine, &key).await.map_err(classify)?,
+        };
+        let now = OffsetDateTime::now_utc();
+        let applied = apply_batch(engine, household, current.clone(), works, now);
+        let Some(next) = applied
             .person
             .as_ref()
             .filter(|p| Some(*p) != current.as_ref())
         else {
-            break outcome; // Nothing to store.
+            *cached = Some((current, revision));
+            break applied; // Nothing to store.
         };
         // The events go into the KV with the state (the outbox), so that a
         // crash before they are published cannot lose them.
         let mut stored = next.clone();
-        stored.outbox = outcome.events.iter().map(hollow).collect();
-        let bytes: bytes::Bytes = serde_json::to_vec(&stored)?.into();
+        stored.outbox = applied.events.iter().map(hollow).collect();
+        let bytes: bytes::Bytes = serde_json::to_vec(&stored)
+            .context("serialising person state")
+            .map_err(|e| Failure::Permanent("invalid_state", e))?
+            .into();
+        if bytes.len() > MAX_KV_VALUE_BYTES {
+            *cached = Some((current, revision));
+            return Err(Failure::Permanent(
+                "too_large",
+                anyhow::anyhow!(
+                    "person state of {} bytes after {} inputs, over {MAX_KV_VALUE_BYTES}",
+                    bytes.len(),
+                    applied.labels.len()
+                ),
+            ));
+        }
         let written = if revision == 0 {
             engine.kv.create(&key, bytes).await.map_err(|e| {
                 (
@@ -434,46 +692,51 @@ async fn handle(
         };
         match written {
             Ok(new_revision) => {
-                cache.insert(key.clone(), (outcome.person.clone(), new_revision));
-                break outcome;
+                *cached = Some((applied.person.clone(), new_revision));
+                break applied;
             }
             Err((true, _)) => {
                 // Another instance wrote first: read its state and apply again.
                 engine.metrics.kv_conflicts.inc();
-                cache.remove(&key);
             }
             Err((false, e)) => {
-                cache.remove(&key);
-                return Err(e.context("writing person state"));
+                return Err(classify(e.context("writing person state")));
             }
         }
     };
-    if let Err(e) = store_side_effects(engine, &outcome).await {
+    if let Err(e) = store_side_effects(engine, &applied.devices, &applied.events).await {
         // The state is stored, its events maybe not: forget the cached copy,
         // so that the retry loads it cold and publishes its outbox.
-        cache.remove(&key);
-        return Err(e);
+        *cached = None;
+        return Err(classify(e));
     }
-    record(engine, &outcome, work);
-    if let Work::Message {
-        message, received, ..
-    } = work
-    {
-        message
-            .ack()
-            .await
-            .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
-        engine
-            .metrics
-            .processing_seconds
-            .observe(received.elapsed().as_secs_f64());
+    let done = applied.labels.len();
+    record(engine, &applied, &works[..done]);
+    for work in &works[..done] {
+        if let Work::Message {
+            message, received, ..
+        } = work
+        {
+            if let Err(e) = message.ack().await {
+                // Stored already: a redelivery is a harmless duplicate.
+                tracing::debug!(error = %e, "ack failed");
+            }
+            engine
+                .metrics
+                .processing_seconds
+                .observe(received.elapsed().as_secs_f64());
+        }
     }
-    Ok(())
+    Ok(done)
 }
 
 /// Device keys and events, all at once; each is idempotent.
-async fn store_side_effects(engine: &Engine, outcome: &Outcome) -> anyhow::Result<()> {
-    let devices = outcome.devices.iter().map(|d| async move {
+async fn store_side_effects(
+    engine: &Engine,
+    devices: &[DeviceState],
+    events: &[PresenceEvent],
+) -> anyhow::Result<()> {
+    let devices = devices.iter().map(|d| async move {
         let bytes = serde_json::to_vec(d)?;
         engine
             .kv
@@ -483,7 +746,7 @@ async fn store_side_effects(engine: &Engine, outcome: &Outcome) -> anyhow::Resul
         anyhow::Ok(())
     });
     try_join_all(devices).await?;
-    publish_events(engine, &outcome.events).await
+    publish_events(engine, events).await
 }
 
 /// Publishes events in order (the last one on a person's subject tells
@@ -514,9 +777,9 @@ async fn publish_events(
     Ok(())
 }
 
-fn record(engine: &Engine, outcome: &Outcome, work: &Work) {
+fn record(engine: &Engine, applied: &Applied, works: &[Work]) {
     let m = &engine.metrics;
-    for event in &outcome.events {
+    for event in &applied.events {
         let kind = match event.kind {
             EventKind::Place => "place",
             EventKind::Status => "status",
@@ -524,24 +787,70 @@ fn record(engine: &Engine, outcome: &Outcome, work: &Work) {
         };
         m.events.with_label_values(&[kind]).inc();
     }
-    m.flaps_suppressed.inc_by(outcome.flaps_suppressed as u64);
-    match work {
-        Work::Tick { .. } => m.ticks.inc(),
-        Work::Message { input, .. } => {
-            let outcome_label = match outcome.ignored {
-                Some(Ignored::Duplicate) => "duplicate",
-                Some(Ignored::OutOfOrder) => "out_of_order",
-                None => "applied",
-            };
-            m.messages.with_label_values(&[outcome_label]).inc();
-            if let machine::Input::Location { tst, .. } | machine::Input::Transition { tst, .. } =
-                input.input
-            {
-                let age = input.received_at.unix_timestamp() - tst;
-                if age > engine.config.presence.max_fix_age.as_secs() as i64 {
-                    m.late_fixes.inc();
-                }
+    m.flaps_suppressed.inc_by(u64::from(applied.flaps));
+    for (work, label) in works.iter().zip(&applied.labels) {
+        let Work::Message { input, .. } = work else {
+            m.ticks.inc();
+            continue;
+        };
+        m.messages.with_label_values(&[label]).inc();
+        if matches!(*label, "too_many_devices" | "state_too_large") {
+            tracing::warn!(
+                device = format!("{}/{}", input.user, input.device),
+                reason = label,
+                "input refused: it would grow the person's state past its bound"
+            );
+        }
+        if let machine::Input::Location { tst, .. } | machine::Input::Transition { tst, .. } =
+            input.input
+        {
+            let age = input.received_at.unix_timestamp() - tst;
+            if age > engine.config.presence.max_fix_age.as_secs() as i64 {
+                m.late_fixes.inc();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_are_sorted_by_whether_retrying_can_help() {
+        let permanent = |e: anyhow::Error| match classify(e) {
+            Failure::Permanent(reason, _) => Some(reason),
+            Failure::Transient(_) => None,
+        };
+        // async-nats' own words for a value over the server's max_payload.
+        assert_eq!(
+            permanent(anyhow::anyhow!("max payload size exceeded").context("writing person state")),
+            Some("too_large")
+        );
+        // JetStream's answer for a message over the stream's limit.
+        assert_eq!(
+            permanent(anyhow::anyhow!(
+                "message size exceeds maximum allowed (10054)"
+            )),
+            Some("too_large")
+        );
+        assert_eq!(
+            permanent(anyhow::anyhow!("key cannot be empty or start/end with `.`")),
+            Some("invalid_key")
+        );
+        assert_eq!(permanent(anyhow::anyhow!("timed out")), None);
+        assert_eq!(
+            permanent(anyhow::anyhow!("failed to send message: disconnected")),
+            None
+        );
+    }
+
+    #[test]
+    fn retries_wait_less_than_the_redelivery() {
+        assert!(MAX_RETRY_DELAY.as_secs() * 2 < ACK_WAIT.as_secs());
+        const {
+            assert!(MAX_KV_VALUE_BYTES + 64 * 1024 <= 1024 * 1024);
+            assert!(machine::MAX_PERSON_STATE_BYTES * 2 < MAX_KV_VALUE_BYTES);
         }
     }
 }

@@ -2,17 +2,57 @@
 
 use std::path::PathBuf;
 
+use crate::jetstream::NatsAuth;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
-    /// NATS server URL.
+    /// NATS server URL(s), comma-separated; may carry credentials
+    /// (`nats://user:password@host:4222`, `nats://token@host:4222`).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// The TOML configuration file; without it a one-household default serves.
+    /// NATS user (with NATS_PASSWORD); overrides credentials in the URL.
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password of NATS_USER.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS token (instead of a user and password).
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// NATS credentials file (`.creds`: JWT and NKey seed); wins over the others.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// The TOML configuration file; without it a one-household default serves
+    /// (on loopback only).
     #[arg(long, env = "WHEREABOUTS_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format (filter with RUST_LOG, e.g. `info,ingest=debug`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+impl CommonArgs {
+    /// The NATS credentials given besides the URL.
+    pub fn nats_auth(&self) -> NatsAuth {
+        NatsAuth {
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            creds_file: self.nats_creds.clone(),
+        }
+    }
+
+    /// The NATS URL with any password or token masked, for logs.
+    pub fn nats_url_redacted(&self) -> String {
+        crate::telemetry::redact_url(&self.nats_url)
+    }
+
+    /// Loads the config and refuses it when serving it on `http_addr` would
+    /// be unsafe (`crate::exposure`).
+    pub fn load_config(&self, http_addr: &str) -> anyhow::Result<crate::config::Config> {
+        let config = crate::config::Config::load(self.config.as_deref())?;
+        crate::exposure::check(&config, self.config.is_some(), http_addr)?;
+        Ok(config)
+    }
 }

@@ -42,7 +42,13 @@ impl Default for Config {
 pub const DEFAULT_HOUSEHOLD: &str = "home";
 
 fn default_households() -> BTreeMap<String, Household> {
-    BTreeMap::from([(DEFAULT_HOUSEHOLD.to_string(), Household::default())])
+    // The built-in household has no token: public, and served on loopback
+    // only (`crate::exposure`).
+    let home = Household {
+        public: true,
+        ..Household::default()
+    };
+    BTreeMap::from([(DEFAULT_HOUSEHOLD.to_string(), home)])
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -58,6 +64,10 @@ pub struct IngestConfig {
     pub client_id: String,
     /// Payloads above this size are rejected as `too_large`.
     pub max_payload_bytes: usize,
+    /// Reverse proxies in front of HTTP mode: from these addresses the
+    /// client address (for the wrong-password lockout) is taken from
+    /// `X-Forwarded-For`, so one stranger cannot lock out everyone.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// HTTP-mode credentials and encryption secrets.
     pub devices: Vec<DeviceEntry>,
     /// Whether a household named by a `{household}` topic level but absent
@@ -75,6 +85,7 @@ impl Default for IngestConfig {
             user_households: BTreeMap::new(),
             client_id: "whereabouts-ingest".into(),
             max_payload_bytes: 512 * 1024,
+            trusted_proxies: Vec::new(),
             devices: Vec::new(),
             allow_unknown_households: false,
         }
@@ -114,8 +125,11 @@ impl DeviceEntry {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Household {
-    /// Bearer token granting this household only. None: open (local use only).
+    /// Bearer token granting this household only. None: open, which a
+    /// service bound beyond loopback accepts only with `public = true`.
     pub token: Option<String>,
+    /// Served without a token, deliberately (see `crate::exposure`).
+    pub public: bool,
     /// Places in priority order; matched to region names case-insensitively.
     pub places: Vec<String>,
     pub labels: Labels,
@@ -129,6 +143,7 @@ impl Default for Household {
     fn default() -> Self {
         Household {
             token: None,
+            public: false,
             places: vec!["Home".into(), "Work".into(), "School".into()],
             labels: Labels::default(),
             people: Vec::new(),
@@ -274,6 +289,8 @@ pub struct NotifierConfig {
     /// Interval of SSE heartbeats.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
+    /// SSE clients one household may hold open at once; more get 503.
+    pub max_sse_clients_per_household: usize,
     pub sinks: Vec<SinkConfig>,
 }
 
@@ -282,6 +299,7 @@ impl Default for NotifierConfig {
         NotifierConfig {
             cors_origins: Vec::new(),
             heartbeat: Duration::from_secs(15),
+            max_sse_clients_per_household: 100,
             sinks: Vec::new(),
         }
     }
@@ -463,6 +481,9 @@ impl Config {
         for (name, household) in &self.households {
             if name.len() > MAX_TOPIC_LEVEL_BYTES {
                 bail!("households.{name}: the name is over {MAX_TOPIC_LEVEL_BYTES} bytes");
+            }
+            if household.public && household.token.is_some() {
+                bail!("households.{name} has a token and public = true: choose one");
             }
             if let Some(token) = &household.token {
                 if token.len() < 16 {

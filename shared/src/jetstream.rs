@@ -111,16 +111,117 @@ pub async fn ensure_presence_bucket(
     .context("creating KV bucket presence")
 }
 
+/// NATS credentials besides those a URL may carry (`nats://user:pass@host`,
+/// `nats://token@host`). At most one kind is used: a creds file, else a
+/// token, else user and password; with none, the URL's own (if any).
+#[derive(Clone, Default)]
+pub struct NatsAuth {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// A `.creds` file (JWT and NKey seed, decentralised auth).
+    pub creds_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    // Never print a secret, not even in a debug dump of the settings.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuth")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("creds_file", &self.creds_file)
+            .finish()
+    }
+}
+
+impl NatsAuth {
+    async fn apply(
+        &self,
+        url: &str,
+        options: async_nats::ConnectOptions,
+    ) -> anyhow::Result<async_nats::ConnectOptions> {
+        if let Some(path) = &self.creds_file {
+            return options
+                .credentials_file(path)
+                .await
+                .with_context(|| format!("reading NATS credentials file {}", path.display()));
+        }
+        if let Some(token) = &self.token {
+            return Ok(options.token(token.clone()));
+        }
+        if let Some(user) = &self.user {
+            let password = self.password.clone().unwrap_or_default();
+            return Ok(options.user_and_password(user.clone(), password));
+        }
+        anyhow::ensure!(
+            self.password.is_none(),
+            "NATS_PASSWORD is set without NATS_USER"
+        );
+        // async-nats ignores credentials in the URL: take them from there.
+        Ok(match url_credentials(url) {
+            Some((user, Some(password))) => options.user_and_password(user, password),
+            Some((token, None)) => options.token(token),
+            None => options,
+        })
+    }
+}
+
+/// `user:password` (or a lone token) of the first server in `url`,
+/// percent-decoded.
+fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
+    let first = url.split(',').next()?;
+    let rest = &first[first.find("://")? + 3..];
+    let host_start = rest.find('/').unwrap_or(rest.len());
+    let (userinfo, _) = rest[..host_start].rsplit_once('@')?;
+    Some(match userinfo.split_once(':') {
+        Some((user, password)) => (percent_decode(user), Some(percent_decode(password))),
+        None => (percent_decode(userinfo), None),
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The inbox prefix of a service's client: its own, so that NATS
+/// authorization can let it subscribe to its replies and nobody else's
+/// (`deploy/nats-server.conf`).
+pub fn inbox_prefix(name: &str) -> String {
+    format!("_INBOX_{name}")
+}
+
 /// Connects to NATS, retrying the first connection too, and keeps `ready`
 /// in step with the connection state.
 pub async fn connect(
     url: &str,
+    auth: &NatsAuth,
     name: &str,
     ready: crate::server::ReadyFlag,
 ) -> anyhow::Result<async_nats::Client> {
     let flag = ready.clone();
-    let client = async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .name(name)
+        .custom_inbox_prefix(inbox_prefix(name))
         .retry_on_initial_connect()
         .event_callback(move |event| {
             let flag = flag.clone();
@@ -137,10 +238,18 @@ pub async fn connect(
                     other => tracing::warn!(event = %other, "NATS event"),
                 }
             }
-        })
+        });
+    let client = auth
+        .apply(url, options)
+        .await?
         .connect(url)
         .await
-        .with_context(|| format!("connecting to NATS at {url}"))?;
+        .with_context(|| {
+            format!(
+                "connecting to NATS at {}",
+                crate::telemetry::redact_url(url)
+            )
+        })?;
     Ok(client)
 }
 
@@ -172,5 +281,38 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_credentials;
+    use crate::telemetry::redact_url;
+
+    #[test]
+    fn credentials_come_from_the_url() {
+        assert_eq!(
+            url_credentials("nats://ingest:p%40ss@nats:4222"),
+            Some(("ingest".into(), Some("p@ss".into())))
+        );
+        assert_eq!(
+            url_credentials("nats://tok@nats:4222,nats://n2:4222"),
+            Some(("tok".into(), None))
+        );
+        assert_eq!(url_credentials("nats://nats:4222"), None);
+    }
+
+    #[test]
+    fn urls_lose_their_secrets() {
+        assert_eq!(
+            redact_url("nats://ingest:s3cret@nats:4222"),
+            "nats://ingest:***@nats:4222"
+        );
+        assert_eq!(redact_url("nats://tok3n@nats:4222"), "nats://***@nats:4222");
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redact_url("nats://a:b@n1:4222,nats://a:b@n2:4222"),
+            "nats://a:***@n1:4222,nats://a:***@n2:4222"
+        );
     }
 }

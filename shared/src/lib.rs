@@ -11,6 +11,7 @@
 //! - `envelope`: what ingest publishes around each message.
 //! - `state`: person and device state, presence events.
 //! - `config`: the TOML file shared by the three services.
+//! - `exposure`: refusing published secrets and open households beyond loopback.
 //! - `cli`: command-line and environment settings common to the binaries.
 //! - `jetstream`: connecting to NATS; idempotent creation of streams and KV.
 //! - `mqtt`: MQTT connection options and reconnect backoff.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod envelope;
+pub mod exposure;
 pub mod jetstream;
 pub mod limits;
 pub mod mqtt;

@@ -22,7 +22,10 @@ pub fn options(
     let separator = if url.contains('?') { '&' } else { '?' };
     let with_id = format!("{url}{separator}client_id={client_id}");
     let mut options = MqttOptions::parse_url(&with_id).with_context(|| {
-        format!("invalid MQTT URL {url:?} (want mqtt://host:port or mqtts://…)")
+        format!(
+            "invalid MQTT URL {:?} (want mqtt://host:port or mqtts://…)",
+            crate::telemetry::redact_url(url)
+        )
     })?;
     if let Some(user) = username {
         options.set_credentials(user, password.unwrap_or_default());

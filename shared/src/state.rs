@@ -36,6 +36,10 @@ pub struct Fix {
     pub batt: Option<f64>,
     /// Fix time, seconds since the epoch.
     pub tst: i64,
+    /// The tracker id the phone sent with this fix (HTTP-mode friends are
+    /// keyed by it), cut to `limits::MAX_TID_BYTES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +65,14 @@ pub struct DeviceState {
     /// Display name from the device's card, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card_name: Option<String>,
+    /// Server time this device was first seen (absent in states stored
+    /// before it was recorded): the older device keeps a shared `tid`.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub first_seen: Option<OffsetDateTime>,
     /// The presence machine's bookkeeping (ordering guard, region sources,
     /// pending timers). Stored so that timers survive restarts; consumers
     /// may ignore it.
@@ -208,6 +220,15 @@ pub struct DeviceTracking {
     /// Source id of the last applied input, so a redelivery is a no-op.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_source: Option<String>,
+    /// Source ids of the last few inputs (oldest first, `last_source`
+    /// included): a redelivery that arrives after newer messages is still
+    /// recognised.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recent_sources: Vec<String>,
+    /// Whether the device has ever sent `inregions`: from then on a location
+    /// without the key means "in no region" (Android omits empty lists).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reports_inregions: bool,
     /// Regions from transitions and `inregions`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub phone_regions: Vec<String>,

@@ -16,6 +16,8 @@
 //! - `service` — [`Service`]: a Whereabouts service as a real process
 //!   (start with a config, stop, kill, restart, read a metric);
 //!   [`service_binary`] and [`service_help`] (a service's `--help` text).
+//! - `prometheus` — [`Prometheus`] (Debian's prometheus scraping the
+//!   services every second, PromQL queries; `None` where not installed).
 //! - [`free_port`]: a free TCP port on 127.0.0.1 (for extra processes).
 //! - `browser` — [`Chromium`] (headless, driven over the DevTools protocol:
 //!   navigate, evaluate, poll the live DOM, screenshot) and [`MagicMirror`]
@@ -37,6 +39,7 @@ mod nats;
 mod phone;
 mod pipeline;
 mod process;
+mod prometheus;
 mod service;
 
 pub use browser::{
@@ -49,4 +52,5 @@ pub use nats::{NatsServer, stream_count, stream_messages};
 pub use phone::Phone;
 pub use pipeline::Pipeline;
 pub use process::free_port;
+pub use prometheus::Prometheus;
 pub use service::{Service, service_binary, service_help};

@@ -251,8 +251,11 @@ impl Drop for MqttSubscriber {
 }
 
 fn options(url: &str, client_id: &str, clean_session: bool) -> MqttOptions {
-    let (host, port) = parse_mqtt_url(url);
+    let (credentials, host, port) = parse_mqtt_url(url);
     let mut options = MqttOptions::new(client_id, host, port);
+    if let Some((user, password)) = credentials {
+        options.set_credentials(user, password);
+    }
     options
         .set_clean_session(clean_session)
         .set_keep_alive(Duration::from_secs(5))
@@ -261,20 +264,29 @@ fn options(url: &str, client_id: &str, clean_session: bool) -> MqttOptions {
     options
 }
 
-/// `mqtt://host:port` (or `tcp://`, or bare `host:port`) → `(host, port)`.
-fn parse_mqtt_url(url: &str) -> (String, u16) {
+/// `mqtt://[user:password@]host:port` (or `tcp://`, or bare `host:port`)
+/// → `(credentials, host, port)`.
+#[allow(clippy::type_complexity)]
+fn parse_mqtt_url(url: &str) -> (Option<(String, String)>, String, u16) {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
         .unwrap_or(url);
     let rest = rest.trim_end_matches('/');
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            (Some((user.to_string(), password.to_string())), host)
+        }
+        None => (None, rest),
+    };
     let (host, port) = rest
         .rsplit_once(':')
         .unwrap_or_else(|| panic!("MQTT URL without a port: {url}"));
     let port = port
         .parse()
         .unwrap_or_else(|_| panic!("bad port in MQTT URL {url}"));
-    (host.to_string(), port)
+    (credentials, host.to_string(), port)
 }
 
 async fn wait_state(
@@ -366,12 +378,16 @@ mod tests {
     fn parses_urls() {
         assert_eq!(
             parse_mqtt_url("mqtt://127.0.0.1:1883"),
-            ("127.0.0.1".into(), 1883)
+            (None, "127.0.0.1".into(), 1883)
         );
         assert_eq!(
             parse_mqtt_url("tcp://localhost:9/"),
-            ("localhost".into(), 9)
+            (None, "localhost".into(), 9)
         );
-        assert_eq!(parse_mqtt_url("host:42"), ("host".into(), 42));
+        assert_eq!(parse_mqtt_url("host:42"), (None, "host".into(), 42));
+        assert_eq!(
+            parse_mqtt_url("mqtt://jane:pw@host:42"),
+            (Some(("jane".into(), "pw".into())), "host".into(), 42)
+        );
     }
 }

@@ -35,6 +35,10 @@ pub struct NatsServer {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
+    /// Whether `<dir>/nats-server.conf` is passed with `-c`.
+    configured: bool,
+    /// User and password of [`NatsServer::client`] on a server with auth.
+    credentials: Option<(String, String)>,
 }
 
 impl NatsServer {
@@ -53,9 +57,64 @@ impl NatsServer {
             dir,
             port: 0,
             child: None,
+            configured: false,
+            credentials: None,
         };
         server.spawn_and_wait(None).await;
         server
+    }
+
+    /// Like [`NatsServer::start`], with a configuration: `files` (name,
+    /// content) are written into the server's directory and
+    /// `nats-server.conf` among them is passed with `-c` (so `include`s of
+    /// the others work). The command-line flags (JetStream, address, port,
+    /// store) still apply. `client` is the user and password that
+    /// [`NatsServer::client`] connects with.
+    pub async fn start_with_config(
+        files: &[(&str, &str)],
+        client: Option<(&str, &str)>,
+    ) -> NatsServer {
+        let bin = nats_server_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("whereabouts-nats-")
+            .tempdir()
+            .expect("create a temp dir for nats-server");
+        for (name, content) in files {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content)
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+        assert!(
+            files.iter().any(|(name, _)| *name == "nats-server.conf"),
+            "start_with_config needs a nats-server.conf"
+        );
+        let mut server = NatsServer {
+            bin,
+            dir,
+            port: 0,
+            child: None,
+            configured: true,
+            credentials: client.map(|(u, p)| (u.to_string(), p.to_string())),
+        };
+        server.spawn_and_wait(None).await;
+        server
+    }
+
+    /// `nats://<user>:<password>@127.0.0.1:<port>`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// A client connected as `user`; `Err` when the server refuses it.
+    pub async fn try_client_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::ConnectOptions::new()
+            .user_and_password(user.into(), password.into())
+            .connect(self.url())
+            .await
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -75,9 +134,11 @@ impl NatsServer {
 
     /// A connected client.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
-            .await
-            .unwrap_or_else(|e| panic!("connect to nats-server at {}: {e}", self.url()))
+        let connected = match &self.credentials {
+            Some((user, password)) => self.try_client_as(user, password).await,
+            None => async_nats::connect(self.url()).await,
+        };
+        connected.unwrap_or_else(|e| panic!("connect to nats-server at {}: {e}", self.url()))
     }
 
     /// A JetStream context on a new client.
@@ -121,6 +182,9 @@ impl NatsServer {
             .arg(&store_dir)
             .arg("--ports_file_dir")
             .arg(self.dir.path());
+        if self.configured {
+            cmd.arg("-c").arg(self.dir.path().join("nats-server.conf"));
+        }
         let log = self.log_path();
         let child = process::spawn(&mut cmd, &log)
             .unwrap_or_else(|e| panic!("spawn {}: {e}; {INSTALL_HINT}", self.bin.display()));

@@ -152,10 +152,6 @@ async fn board_shows_the_person_at_the_new_place() {
         return skip(TEST, NO_CHROMIUM);
     }
     let home = Household::start().await;
-    let t = now() - 60;
-    home.transition("harry", "enter", "Home", t).await;
-    home.transition("ginny", "enter", "School", t).await;
-
     let Some(chromium) = Chromium::launch(1000, 900).await else {
         return skip(TEST, NO_CHROMIUM);
     };
@@ -165,6 +161,32 @@ async fn board_shows_the_person_at_the_new_place() {
     );
     chromium.goto(&url).await.expect("open the board");
     let board = probe("document.body", "document.body");
+    // Before any phone spoke: the configured people, not "Nobody here yet".
+    let first = chromium
+        .wait_for(
+            "the board to list Harry and Ginny as not heard from yet",
+            SHOW,
+            &board,
+            |v| {
+                v["state"] == "live"
+                    && v["rows"]["Harry"] == "not heard from yet"
+                    && v["rows"]["Ginny"] == "not heard from yet"
+            },
+        )
+        .await;
+    assert_eq!(
+        first["hands"],
+        json!({}),
+        "no hand without a place: {first}"
+    );
+    let text = chromium.evaluate("document.body.innerText").await.unwrap();
+    let text = text.as_str().unwrap_or_default();
+    assert!(!text.contains("Nobody here yet"), "{text}");
+    assert!(text.contains("Not heard from yet: Ginny, Harry"), "{text}");
+
+    let t = now() - 60;
+    home.transition("harry", "enter", "Home", t).await;
+    home.transition("ginny", "enter", "School", t).await;
     chromium
         .wait_for(
             "the board to show Harry at Home and Ginny at School",

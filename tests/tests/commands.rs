@@ -159,3 +159,78 @@ async fn commands_reach_mqtt_and_http_mode_devices() {
             .is_none()
     );
 }
+
+/// A request may reach only a device of the household it names: a client
+/// allowed to command one household cannot make another's phones run a
+/// `cmd` by naming its own household with a stranger's device.
+#[tokio::test]
+async fn a_request_for_a_device_of_another_household_is_refused() {
+    const TWO: &str = r#"
+[ingest]
+default_household = "weasleys"
+user_households = { hermione = "grangers" }
+
+[households.weasleys]
+places = ["Home"]
+
+[households.grangers]
+places = ["Home"]
+"#;
+    let nats = NatsServer::start().await;
+    let mosquitto = Mosquitto::start().await;
+    let ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), TWO).await;
+    let client = nats.client().await;
+    let mut phones = MqttSubscriber::connect(
+        &mosquitto.url(),
+        "cmd-watcher",
+        true,
+        &["owntracks/+/+/cmd"],
+    )
+    .await;
+    let error_code = |reply: &async_nats::Message| {
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+            .map(|v| v.to_string())
+    };
+
+    for body in [
+        // hermione's phone, asked for as if it were a Weasley device …
+        json!({"household":"weasleys","user":"hermione","device":"phone"}),
+        // … harry's, as if it were a Granger one …
+        json!({"household":"grangers","user":"harry","device":"phone"}),
+        // … and a household that does not exist.
+        json!({"household":"malfoys","user":"harry","device":"phone"}),
+    ] {
+        let reply = request(&client, "report-location", body.clone()).await;
+        assert_eq!(
+            error_code(&reply).as_deref(),
+            Some("400"),
+            "{body}: {}",
+            String::from_utf8_lossy(&reply.payload)
+        );
+    }
+    assert!(
+        phones.recv(Duration::from_secs(1)).await.is_none(),
+        "a refused request sent nothing to any phone"
+    );
+    assert!(
+        ingest.log().contains("command request refused"),
+        "each refusal is logged"
+    );
+
+    // The right household for the same device is served.
+    let reply = request(
+        &client,
+        "report-location",
+        json!({"household":"grangers","user":"hermione","device":"phone"}),
+    )
+    .await;
+    assert_eq!(error_code(&reply), None);
+    let sent = phones
+        .recv(Duration::from_secs(5))
+        .await
+        .expect("hermione's phone gets the command");
+    assert_eq!(sent.topic, "owntracks/hermione/phone/cmd");
+}

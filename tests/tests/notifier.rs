@@ -355,10 +355,14 @@ async fn sse_snapshot_then_live_events_and_resume_with_last_event_id() {
     let snapshot_id = snapshot_id.expect("the snapshot carries an id");
     assert_eq!(snapshot["household"], "alpha");
     let people = snapshot["people"].as_array().expect("people");
-    assert_eq!(people.len(), 1, "{snapshot}");
+    assert_eq!(people.len(), 2, "{snapshot}");
     assert_eq!(people[0]["person"], "Harry");
     assert_eq!(people[0]["place"], "Home");
     assert_eq!(people[0]["status"], "online");
+    // Ginny is configured but her phone never spoke.
+    assert_eq!(people[1]["person"], "Ginny");
+    assert_eq!(people[1]["status"], "unknown");
+    assert!(people[1].get("place").is_none(), "{snapshot}");
 
     // Then a presence event for each change, as the stream has them.
     harry.transition("leave", "Home").await;
@@ -435,7 +439,223 @@ async fn sse_snapshot_then_live_events_and_resume_with_last_event_id() {
     assert_eq!(ids(&live), ids(&more));
 }
 
+/// The place of `person` in a snapshot's data.
+fn snapshot_place(snapshot: &Value, person: &str) -> Option<String> {
+    snapshot["people"]
+        .as_array()?
+        .iter()
+        .find(|p| p["person"] == person)?["place"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn sse_resume_beyond_the_stream_end_gets_a_snapshot_then_live_events() {
+    // A client that saw a stream since replaced (a restored volume) comes
+    // back with an id the stream has not reached.
+    let stack = stack("").await;
+    let js = &stack.js;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    harry.transition("enter", "Home").await;
+    let home = wait_place(js, "Harry", "Home", 1).await;
+    let last = quiet_events(js, ">").await.last().unwrap().0;
+
+    let mut sse = SseClient::connect(
+        &stack.notifier,
+        "alpha",
+        Some(TOKEN_A),
+        "",
+        Some(last + 1000),
+    )
+    .await;
+    let (event, id, snapshot) = sse.next_event(WAIT).await;
+    assert_eq!(event, "snapshot", "{snapshot}");
+    assert!(id.expect("the snapshot carries an id") >= home);
+    assert_eq!(snapshot_place(&snapshot, "Harry").as_deref(), Some("Home"));
+    // The largest id there is, too (no overflow on the way).
+    let mut max =
+        SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", Some(u64::MAX)).await;
+    assert_eq!(max.next_event(WAIT).await.0, "snapshot");
+
+    // And live from there.
+    harry.transition("leave", "Home").await;
+    wait_place(js, "Harry", "Away", 1).await;
+    let expected: Vec<_> = quiet_events(js, "alpha")
+        .await
+        .into_iter()
+        .filter(|(seq, _)| *seq > last)
+        .collect();
+    let live = presence_events(&mut sse, expected.len()).await;
+    assert_eq!(ids(&live), ids(&expected));
+    assert_eq!(places(&live, "Harry"), ["Away"]);
+}
+
+#[tokio::test]
+async fn sse_after_the_presence_stream_is_recreated_gets_a_snapshot_then_live_events() {
+    let stack = stack("").await;
+    let js = &stack.js;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    for (kind, place, nth, now) in [
+        ("enter", "Home", 1, "Home"),
+        ("leave", "Home", 1, "Away"),
+        ("enter", "Work", 1, "Work"),
+    ] {
+        harry.transition(kind, place).await;
+        wait_place(js, "Harry", now, nth).await;
+    }
+    let old_last = quiet_events(js, ">").await.last().unwrap().0;
+    assert!(old_last >= 3, "{old_last}");
+    let mut connected = SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", None).await;
+    let (event, _, _) = connected.next_event(WAIT).await;
+    assert_eq!(event, "snapshot");
+
+    // The stream deleted and recreated as it was: sequences start again at 1.
+    let config = js
+        .get_stream("PRESENCE")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    js.delete_stream("PRESENCE").await.unwrap();
+    js.create_stream(config).await.unwrap();
+
+    // A connected client is told: a fresh snapshot, Harry still at Work.
+    let (event, id, snapshot) = connected.next_event(WAIT).await;
+    assert_eq!(event, "snapshot", "{snapshot}");
+    assert_eq!(id, Some(0), "the new stream's position");
+    assert_eq!(snapshot_place(&snapshot, "Harry").as_deref(), Some("Work"));
+
+    // New events, with the new stream's low sequences, reach it.
+    harry.transition("leave", "Work").await;
+    wait_place(js, "Harry", "Away", 1).await;
+    let expected = quiet_events(js, "alpha").await;
+    assert!(
+        expected.iter().all(|(seq, _)| *seq < old_last),
+        "{expected:?}"
+    );
+    let live = presence_events(&mut connected, expected.len()).await;
+    assert_eq!(ids(&live), ids(&expected));
+    assert_eq!(places(&live, "Harry"), ["Away"]);
+
+    // A client resuming from the old stream: a snapshot, then live.
+    let mut resumed =
+        SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", Some(old_last)).await;
+    let (event, _, snapshot) = resumed.next_event(WAIT).await;
+    assert_eq!(event, "snapshot", "{snapshot}");
+    assert_eq!(snapshot_place(&snapshot, "Harry").as_deref(), Some("Away"));
+    harry.transition("enter", "School").await;
+    wait_place(js, "Harry", "School", 1).await;
+    let more: Vec<_> = quiet_events(js, "alpha")
+        .await
+        .into_iter()
+        .filter(|(seq, _)| *seq > expected.last().unwrap().0)
+        .collect();
+    let live = presence_events(&mut resumed, more.len()).await;
+    assert_eq!(ids(&live), ids(&more));
+    assert_eq!(places(&live, "Harry"), ["School"]);
+}
+
+#[tokio::test]
+async fn sse_clients_are_capped_per_household_and_a_closed_stream_frees_its_slot() {
+    let stack = stack("max_sse_clients_per_household = 2").await;
+    let events_url = |h: &str| format!("{}/v1/households/{h}/events", stack.notifier.url());
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut sse = SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", None).await;
+        assert_eq!(sse.next_event(WAIT).await.0, "snapshot");
+        open.push(sse);
+    }
+
+    // A third stream of alpha: refused, with a reason and a hint to retry.
+    let refused = http()
+        .get(events_url("alpha"))
+        .bearer_auth(TOKEN_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_sse_clients");
+    assert_eq!(
+        stack
+            .notifier
+            .metric("notifier_sse_refused_total", "")
+            .await,
+        1.0
+    );
+
+    // The cap is per household: beta is not affected.
+    let mut beta = SseClient::connect(&stack.notifier, "beta", Some(TOKEN_B), "", None).await;
+    assert_eq!(beta.next_event(WAIT).await.0, "snapshot");
+
+    // A client that goes away gives its slot back (with no event to
+    // notice it by: the household stays quiet).
+    drop(open.pop());
+    eventually("a freed alpha slot", WAIT, async || {
+        let r = http()
+            .get(events_url("alpha"))
+            .bearer_auth(TOKEN_A)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
 // --------------------------------------------------------------- 2. tokens
+
+#[tokio::test]
+async fn configured_people_are_in_the_snapshot_before_their_phones_speak() {
+    let stack = stack("").await;
+    let url = format!("{}/v1/households/alpha/people", stack.notifier.url());
+    let get = async || -> Value {
+        http()
+            .get(&url)
+            .bearer_auth(TOKEN_A)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let body = get().await;
+    let people = body["people"].as_array().expect("people");
+    let unknown: Vec<&str> = people
+        .iter()
+        .filter(|p| p["status"] == "unknown" && p.get("place").is_none())
+        .map(|p| p["person"].as_str().unwrap())
+        .collect();
+    assert_eq!(unknown, ["Harry", "Ginny"], "{body}");
+    assert_eq!(people[0]["name"], "Harry");
+    assert_eq!(people[0]["household"], "alpha");
+    assert_eq!(people[0]["devices"], Value::Array(vec![]));
+
+    // The SSE snapshot says the same.
+    let mut sse = SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", None).await;
+    let (event, _, snapshot) = sse.next_event(WAIT).await;
+    assert_eq!(event, "snapshot");
+    assert_eq!(snapshot["people"], body["people"]);
+
+    // Once Harry's phone speaks he has a state; Ginny is still waiting.
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    harry.transition("enter", "Home").await;
+    wait_place(&stack.js, "Harry", "Home", 1).await;
+    let body = eventually("Harry's state in the snapshot", WAIT, async || {
+        let body = get().await;
+        (body["people"][0]["place"] == "Home").then_some(body)
+    })
+    .await;
+    let people = body["people"].as_array().unwrap();
+    assert_eq!(people.len(), 2, "{body}");
+    assert_eq!(people[1]["person"], "Ginny");
+    assert_eq!(people[1]["status"], "unknown");
+}
 
 #[tokio::test]
 async fn a_token_grants_its_own_household_only() {
@@ -461,7 +681,9 @@ async fn a_token_grants_its_own_household_only() {
                 .json()
                 .await
                 .ok()?;
-            body["people"].as_array().filter(|p| !p.is_empty())?;
+            body["people"]
+                .as_array()
+                .filter(|p| p.iter().any(|p| p.get("place").is_some()))?;
         }
         Some(())
     })
@@ -524,7 +746,11 @@ async fn a_token_grants_its_own_household_only() {
         .iter()
         .map(|p| p["person"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["Harry"]);
+    assert_eq!(
+        names,
+        ["Harry", "Ginny"],
+        "Ginny configured, not heard from"
+    );
     assert!(
         body["people"]
             .as_array()
@@ -993,8 +1219,15 @@ async fn mqtt_sink_retains_state_and_home_assistant_discovery() {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
             "{object_id}"
         );
+        // The entity's name is an explicit null, so HA names it after its
+        // device ("Harry (Whereabouts)", not "Harry (Whereabouts) Harry").
+        assert!(
+            config.get("name").is_some_and(Value::is_null),
+            "name in {config}"
+        );
+        let device_name = config["device"]["name"].as_str().unwrap_or_default();
+        assert!(device_name.contains(p), "device name {device_name:?}");
         for field in [
-            "name",
             "unique_id",
             "payload_home",
             "payload_not_home",

@@ -529,3 +529,392 @@ password = "s3cret"
         "not the caller itself"
     );
 }
+
+// ---- trust: one bad message costs one message, backlogs delay nobody ----
+
+fn envelope(household: &str, user: &str, device: &str, message: Value) -> Vec<u8> {
+    let received_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    json!({
+        "household": household, "user": user, "device": device,
+        "topic": format!("owntracks/{user}/{device}"),
+        "received_at": received_at, "retained": false, "transport": "mqtt",
+        "encrypted": false, "message": message,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Publishes an envelope to OWNTRACKS with a message id, as ingest does.
+async fn publish_envelope(js: &jetstream::Context, user: &str, id: &str, message: Value) {
+    let kind = message["_type"].as_str().unwrap().to_string();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    js.publish_with_headers(
+        shared::subjects::owntracks("home", user, "phone", &kind),
+        headers,
+        envelope("home", user, "phone", message).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// Waits until `key`'s person state has a device fix with `tst`; returns
+/// how long it took.
+async fn fix_applied(js: &jetstream::Context, key: &str, tst: i64, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    eventually(
+        &format!("the fix {tst} of {key} applied"),
+        within,
+        async || {
+            person(js, key)
+                .await
+                .filter(|p| {
+                    p.devices
+                        .iter()
+                        .any(|d| d.last_fix.as_ref().is_some_and(|f| f.tst == tst))
+                })
+                .map(|_| ())
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_300_kb_region_name_costs_its_person_nothing_and_others_nothing() {
+    // Item 1: a `desc` or an `inregions` entry of 300 kB (under the payload
+    // limit) used to grow the person's KV value past 1 MiB: the write failed
+    // for good, was retried forever, and the person never moved again.
+    let config = r#"
+[households.home]
+places = ["Home", "Work"]
+[ingest]
+max_payload_bytes = 900000
+[presence]
+debounce = "0s"
+"#;
+    let nats = NatsServer::start().await;
+    let mosquitto = Mosquitto::start().await;
+    let _ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), config).await;
+    let presence = Service::start("presence", &nats.url(), &mosquitto.url(), config).await;
+    let js = nats.jetstream().await;
+    let harry = MqttPublisher::connect(&mosquitto.url(), "harry-phone").await;
+    let ginny = MqttPublisher::connect(&mosquitto.url(), "ginny-phone").await;
+    let huge = "é".repeat(150_000); // 300 kB
+    let other = "ö".repeat(150_000); // another region of 300 kB
+    let t = now() - 60;
+    harry
+        .publish(
+            "owntracks/harry/phone/event",
+            json!({"_type":"transition","event":"enter","desc":huge,"tst":t,"acc":0,"lat":51.5,"lon":-0.12,"t":"c"}).to_string(),
+        )
+        .await;
+    harry
+        .publish(
+            "owntracks/harry/phone",
+            json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t + 1,"inregions":["Work", other]}).to_string(),
+        )
+        .await;
+    // Another person's fix, and the same person's next normal fix.
+    ginny
+        .publish(
+            "owntracks/ginny/phone",
+            json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t + 2,"inregions":["Home"]}).to_string(),
+        )
+        .await;
+    harry
+        .publish(
+            "owntracks/harry/phone",
+            json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t + 3,"inregions":["Home"]}).to_string(),
+        )
+        .await;
+    let published = std::time::Instant::now();
+    fix_applied(&js, "home.person.ginny", t + 2, Duration::from_secs(10)).await;
+    fix_applied(&js, "home.person.harry", t + 3, Duration::from_secs(10)).await;
+    assert!(
+        published.elapsed() < Duration::from_secs(10),
+        "both applied within seconds"
+    );
+    let harry_state = person(&js, "home.person.harry").await.unwrap();
+    assert_eq!(harry_state.place, "Home");
+    // The long names were kept, cut to the limit, and left again.
+    let region_events: Vec<PresenceEvent> = events(&js, "presence.home.harry")
+        .await
+        .into_iter()
+        .filter(|e| e.region.is_some())
+        .collect();
+    let long = region_events
+        .iter()
+        .find(|e| e.region.as_deref().is_some_and(|r| r.starts_with("éé")))
+        .expect("a region event for the long name");
+    assert!(long.region.as_ref().unwrap().len() <= shared::limits::MAX_REGION_NAME_BYTES);
+    assert_eq!(
+        presence
+            .metric_matching("presence_messages_total", &["outcome=\"retried\""])
+            .await,
+        0.0,
+        "nothing was retried; log:\n{}",
+        presence.log()
+    );
+    let kv = js.get_key_value("presence").await.unwrap();
+    let stored = kv.get("home.person.harry").await.unwrap().unwrap();
+    assert!(stored.len() < 64 * 1024, "{} bytes stored", stored.len());
+}
+
+#[tokio::test]
+async fn an_android_location_without_inregions_leaves_work() {
+    // Item 3: Android omits an empty `inregions`; a lost leave transition
+    // used to keep the person at Work forever.
+    let config = r#"
+[households.home]
+places = ["Home", "Work"]
+[presence]
+debounce = "0s"
+"#;
+    let nats = NatsServer::start().await;
+    let mosquitto = Mosquitto::start().await;
+    let _ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), config).await;
+    let _presence = Service::start("presence", &nats.url(), &mosquitto.url(), config).await;
+    let js = nats.jetstream().await;
+    let phone = MqttPublisher::connect(&mosquitto.url(), "harry-phone").await;
+    let android = |tst: i64, inregions: Option<&[&str]>| {
+        let mut m = json!({"_type":"location","_id":format!("{tst:x}"),"acc":12,"alt":48,"batt":81,
+            "bs":1,"conn":"w","created_at":tst,"lat":51.52,"lon":-0.08,"m":1,"t":"p","tid":"ha",
+            "topic":"owntracks/harry/phone","tst":tst,"vac":3,"vel":0});
+        if let Some(regions) = inregions {
+            m["inregions"] = json!(regions);
+        }
+        m.to_string()
+    };
+    let t = now() - 120;
+    phone
+        .publish("owntracks/harry/phone", android(t, Some(&["Work"])))
+        .await;
+    eventually("Harry at Work", Duration::from_secs(10), async || {
+        person(&js, "home.person.harry")
+            .await
+            .filter(|p| p.place == "Work")
+    })
+    .await;
+    phone
+        .publish("owntracks/harry/phone", android(t + 60, None))
+        .await;
+    let state = eventually("Harry left Work", Duration::from_secs(10), async || {
+        person(&js, "home.person.harry")
+            .await
+            .filter(|p| p.place != "Work")
+    })
+    .await;
+    assert_eq!(state.place, "Away");
+    assert!(state.devices[0].regions.is_empty());
+    let story = story(&events(&js, ">").await, "harry");
+    assert_eq!(story, ["status online", "place Work", "place Away"]);
+}
+
+#[tokio::test]
+async fn one_phone_flushing_a_backlog_does_not_stall_the_others() {
+    // Item 6: a full shard used to block the consumer loop, so persons
+    // behind one phone's backlog waited until it was worked off message by
+    // message (one KV write each): 28 s here, against 3 to 8 s now (debug
+    // build, a loaded machine). Messages are delivered in stream order, so
+    // the other person still waits for the backlog to be delivered, but no
+    // longer for it to be stored message by message.
+    const BACKLOG: usize = 20_000;
+    let nats = NatsServer::start().await;
+    let js = nats.jetstream().await;
+    shared::jetstream::ensure_ingest_streams(&js, &Default::default())
+        .await
+        .unwrap();
+    let presence = Service::start("presence", &nats.url(), "mqtt://127.0.0.1:1", LOAD_CONFIG).await;
+    // Old but valid fixes, one every 10 s from four days ago, published as fast
+    // as JetStream takes them.
+    let base = now() - 4 * 86_400;
+    // Acks awaited in chunks: async-nats holds back publishes beyond its
+    // limit of acks in flight.
+    let mut acks: Vec<async_nats::jetstream::context::PublishAckFuture> = Vec::with_capacity(1000);
+    for i in 0..BACKLOG {
+        if acks.len() == 1000 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+        let message = json!({"_type":"location","lat":51.5 + (i % 50) as f64 * 1e-4,"lon":-0.12,"acc":10,"tst":base + 10 * i as i64});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("backlog-{i}").as_str(),
+        );
+        acks.push(
+            js.publish_with_headers(
+                "owntracks.home.ron.phone.location",
+                headers,
+                envelope("home", "ron", "phone", message).into(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let behind = BACKLOG as f64
+        - presence
+            .metric_matching("presence_messages_total", &["outcome=\"applied\""])
+            .await;
+    let ginny_tst = now();
+    publish_envelope(
+        &js,
+        "ginny",
+        "ginny-1",
+        json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":ginny_tst,"inregions":["Home"]}),
+    )
+    .await;
+    let took = fix_applied(&js, "home.person.ginny", ginny_tst, Duration::from_secs(60)).await;
+    let last = base + 10 * (BACKLOG as i64 - 1);
+    let ron_done = fix_applied(&js, "home.person.ron", last, Duration::from_secs(120)).await;
+    eprintln!(
+        "ginny applied {:.1} s after her publish, behind {behind} of {BACKLOG} messages not yet applied; ron's backlog done {:.1} s later",
+        took.as_secs_f64(),
+        ron_done.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "ginny waited {took:?} behind ron's backlog; log:\n{}",
+        presence.log()
+    );
+    wait_consumed(&js, BACKLOG + 1).await;
+    assert_eq!(
+        presence
+            .metric_matching("presence_messages_total", &["outcome=\"applied\""])
+            .await,
+        (BACKLOG + 1) as f64
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_lwt_after_newer_messages_does_not_rearm_the_grace() {
+    // Item 14: presence remembered only the last message id, so an LWT
+    // delivered again after newer messages started a new grace.
+    let config = r#"
+[households.home]
+places = ["Home", "Work"]
+[presence]
+debounce = "0s"
+lwt_grace = "2s"
+[streams]
+duplicate_window = "1s"
+"#;
+    let nats = NatsServer::start().await;
+    let js = nats.jetstream().await;
+    let presence = Service::start("presence", &nats.url(), "mqtt://127.0.0.1:1", config).await;
+    let t = now();
+    let fix = |tst: i64| json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":tst,"inregions":["Home"]});
+    publish_envelope(&js, "harry", "fix-1", fix(t - 10)).await;
+    publish_envelope(&js, "harry", "lwt-1", json!({"_type":"lwt","tst":t - 3600})).await;
+    publish_envelope(&js, "harry", "fix-2", fix(t - 5)).await;
+    fix_applied(&js, "home.person.harry", t - 5, Duration::from_secs(10)).await;
+    // Past JetStream's duplicate window, the same LWT (same id) again: a
+    // redelivery, as after an instance died before acking it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    publish_envelope(&js, "harry", "lwt-1", json!({"_type":"lwt","tst":t - 3600})).await;
+    eventually("the LWT seen again", Duration::from_secs(10), async || {
+        presence
+            .metric_matching("presence_messages_total", &["outcome=\"duplicate\""])
+            .await
+            >= 1.0
+    })
+    .await;
+    // Longer than the grace: still online.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let state = person(&js, "home.person.harry").await.unwrap();
+    assert_eq!(
+        state.status,
+        shared::state::Status::Online,
+        "log:\n{}",
+        presence.log()
+    );
+    assert!(state.devices[0].tracking.lwt_at.is_none());
+    assert!(
+        story(&events(&js, ">").await, "harry")
+            .iter()
+            .all(|s| s != "status offline")
+    );
+}
+
+#[tokio::test]
+async fn a_state_nats_refuses_for_good_costs_one_message() {
+    // Item 1: a write that can never succeed used to be retried forever,
+    // holding up the person (and, through the full shard, everyone). Here
+    // the bucket takes values of at most 4 KiB, so a location in 40 long
+    // regions cannot be stored: it is terminated and counted, and the same
+    // person's next fix and another person's fix apply.
+    let nats = NatsServer::start().await;
+    let js = nats.jetstream().await;
+    shared::jetstream::ensure_ingest_streams(&js, &Default::default())
+        .await
+        .unwrap();
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "presence".into(),
+        history: 5,
+        max_value_size: 4096,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let presence = Service::start("presence", &nats.url(), "mqtt://127.0.0.1:1", LOAD_CONFIG).await;
+    let t = now() - 60;
+    let regions: Vec<String> = (0..40)
+        .map(|i| format!("{i:02}{}", "r".repeat(100)))
+        .collect();
+    publish_envelope(
+        &js,
+        "harry",
+        "big",
+        json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t,"inregions":regions}),
+    )
+    .await;
+    publish_envelope(
+        &js,
+        "harry",
+        "next",
+        json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t + 1}),
+    )
+    .await;
+    publish_envelope(
+        &js,
+        "ginny",
+        "other",
+        json!({"_type":"location","lat":51.5,"lon":-0.12,"acc":10,"tst":t + 2,"inregions":["Home"]}),
+    )
+    .await;
+    fix_applied(&js, "home.person.harry", t + 1, Duration::from_secs(10)).await;
+    fix_applied(&js, "home.person.ginny", t + 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        presence
+            .metric_matching(
+                "presence_permanent_failures_total",
+                &["reason=\"too_large\""]
+            )
+            .await,
+        1.0,
+        "log:\n{}",
+        presence.log()
+    );
+    assert_eq!(
+        presence
+            .metric_matching("presence_messages_total", &["outcome=\"retried\""])
+            .await,
+        0.0
+    );
+    let log = presence.log();
+    assert_eq!(
+        log.matches("message terminated").count(),
+        1,
+        "one log line:\n{log}"
+    );
+    wait_consumed(&js, 3).await;
+}

@@ -8,12 +8,10 @@
 //! run anyway.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use whereabouts_tests::{Mosquitto, MqttPublisher, NatsServer, Service, eventually, free_port};
+use whereabouts_tests::{Mosquitto, MqttPublisher, NatsServer, Prometheus, Service, eventually};
 
 /// Distinctive names, so finding them in /metrics cannot be a coincidence.
 const USER: &str = "jane";
@@ -178,89 +176,13 @@ async fn metrics_follow_the_conventions_and_name_no_one() {
     );
 }
 
-/// A Prometheus server on a free loopback port with a temp TSDB; killed on drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn bin() -> PathBuf {
-        std::env::var_os("PROMETHEUS_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "prometheus".into())
-    }
-
-    /// `None` when no prometheus binary is installed.
-    fn start(config: &str) -> Option<Prometheus> {
-        match Command::new(Self::bin()).arg("--version").output() {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => panic!("run {} --version: {e}", Self::bin().display()),
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("whereabouts-prometheus-")
-            .tempdir()
-            .expect("temp dir");
-        let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config).expect("write prometheus.yml");
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
-        let port = free_port();
-        let child = Command::new(Self::bin())
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn prometheus");
-        Some(Prometheus { child, port, dir })
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_service() {
     let stack = Stack::start().await;
     // Jobs named like deploy/prometheus.yml's, targets on the real ports.
-    let mut config = String::from(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
-    );
-    for kind in ["ingest", "presence", "notifier"] {
-        let target = stack
-            .service(kind)
-            .url()
-            .trim_start_matches("http://")
-            .to_string();
-        config.push_str(&format!(
-            "  - job_name: {kind}\n    metrics_path: /metrics\n    static_configs:\n      - targets: [\"{target}\"]\n"
-        ));
-    }
-    let Some(prometheus) = Prometheus::start(&config) else {
-        eprintln!(
-            "SKIPPED: no `{}` binary (apt-get install prometheus, or scripts/setup.sh \
-             --prometheus; or set PROMETHEUS_BIN)",
-            Prometheus::bin().display()
-        );
+    let jobs = ["ingest", "presence", "notifier"].map(|kind| (kind, stack.service(kind)));
+    let Some(prometheus) = Prometheus::start(&Prometheus::scrape_config(&jobs)) else {
+        eprintln!("{}", Prometheus::skip_message());
         return;
     };
     stack.publish_location().await;

@@ -42,3 +42,29 @@ impl MagicMirror {
         classify(request.send().await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MagicMirror;
+    use crate::sinks::DeliveryError;
+
+    #[tokio::test]
+    async fn a_failed_delivery_names_the_url_without_the_api_key() {
+        // Nothing listens on port 1 of loopback: the request fails at once.
+        let mirror = MagicMirror::new(
+            "http://127.0.0.1:1",
+            Some("mirror-api-key-42".into()),
+            "WHEREABOUTS",
+        )
+        .unwrap();
+        let Err(DeliveryError::Retryable(text)) = mirror.deliver(b"{}").await else {
+            panic!("a refused connection is retryable");
+        };
+        assert!(
+            text.contains("127.0.0.1:1/api/notification/WHEREABOUTS"),
+            "{text}"
+        );
+        assert!(text.contains("apiKey=***"), "{text}");
+        assert!(!text.contains("mirror-api-key-42"), "{text}");
+    }
+}

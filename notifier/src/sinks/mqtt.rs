@@ -208,12 +208,14 @@ pub fn attributes(state: &PersonState) -> serde_json::Value {
     value
 }
 
-/// Home Assistant MQTT discovery for a `device_tracker`.
+/// Home Assistant MQTT discovery for a `device_tracker`. The entity's name
+/// is `null`: HA then shows the device's name alone, where an entity name
+/// would be appended to it ("Harry (Whereabouts) Harry").
 pub fn discovery(prefix: &str, base: &str, state: &PersonState) -> (String, serde_json::Value) {
     let id = object_id(&state.household, &state.person);
     let topic = format!("{prefix}/device_tracker/{id}/config");
     let config = json!({
-        "name": state.name,
+        "name": null,
         "unique_id": id,
         "object_id": id,
         "state_topic": format!("{base}/state"),

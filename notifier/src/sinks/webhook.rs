@@ -63,8 +63,26 @@ pub(crate) fn classify(result: reqwest::Result<reqwest::Response>) -> Result<(),
                 Err(DeliveryError::Permanent(format!("HTTP {status}")))
             }
         }
-        Err(e) => Err(DeliveryError::Retryable(e.to_string())),
+        Err(e) => Err(DeliveryError::Retryable(error_text(e))),
     }
+}
+
+/// A request error as text, its URL redacted (an `apiKey` or a password in
+/// it must not reach the logs).
+fn error_text(e: reqwest::Error) -> String {
+    let url = e.url().map(|u| shared::telemetry::redact_url(u.as_str()));
+    let e = e.without_url();
+    // The causes say why (refused, timed out): reqwest's own text does not.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    if let Some(url) = url {
+        text.push_str(&format!(" (url {url})"));
+    }
+    text
 }
 
 #[cfg(test)]

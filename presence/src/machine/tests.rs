@@ -57,6 +57,7 @@ fn cfg() -> PresenceConfig {
 fn loc(at: i64, p: (f64, f64), acc: Option<f64>) -> Input {
     Input::Location {
         tst: tst(at),
+        tid: None,
         lat: p.0,
         lon: p.1,
         acc,
@@ -69,6 +70,7 @@ fn loc(at: i64, p: (f64, f64), acc: Option<f64>) -> Input {
 fn loc_in(at: i64, p: (f64, f64), regions: &[&str]) -> Input {
     Input::Location {
         tst: tst(at),
+        tid: None,
         lat: p.0,
         lon: p.1,
         acc: Some(10.0),
@@ -440,6 +442,7 @@ fn phone_defined_waypoints_are_geofenced_too() {
 fn traveling_from_reported_and_computed_speed() {
     let v = |at: i64, p: (f64, f64), vel: Option<f64>| Input::Location {
         tst: tst(at),
+        tid: None,
         lat: p.0,
         lon: p.1,
         acc: Some(10.0),
@@ -995,6 +998,393 @@ fn state_round_trips_through_json() {
     let back: PersonState = serde_json::from_str(&json).unwrap();
     assert_eq!(&back, sim.person());
     assert_eq!(next_deadline(&back, &sim.household, &sim.cfg), Some(t(70)));
+}
+
+#[test]
+fn a_location_without_inregions_leaves_once_the_device_reported_them() {
+    // Android omits an empty list: no key means "in no region" once the
+    // device has shown that it sends `inregions`.
+    let mut sim = Sim::new();
+    sim.send("harry/phone", 0, loc_in(0, WORK, &["Work"]));
+    assert_eq!(sim.place(), "Work");
+    assert!(sim.device("harry/phone").tracking.reports_inregions);
+    let out = sim.send(
+        "harry/phone",
+        3_600,
+        loc(3_600, north(WORK, 5_000.0), Some(10.0)),
+    );
+    assert_eq!(
+        brief(&out.events),
+        ["region leave Work", "place Away<-Work"]
+    );
+    assert!(sim.device("harry/phone").regions.is_empty());
+}
+
+#[test]
+fn a_location_without_inregions_keeps_regions_of_a_device_that_never_sent_them() {
+    // A device that only sends transitions: absence says nothing.
+    let mut sim = Sim::new();
+    sim.send("harry/phone", 0, trans(0, RegionEvent::Enter, "Work"));
+    let out = sim.send("harry/phone", 600, loc(600, WORK, Some(10.0)));
+    assert!(out.events.is_empty(), "{:?}", brief(&out.events));
+    assert_eq!(sim.place(), "Work");
+    assert!(!sim.device("harry/phone").tracking.reports_inregions);
+}
+
+#[test]
+fn state_stored_before_the_inregions_flag_still_loads() {
+    let mut sim = Sim::new();
+    sim.send("harry/phone", 0, loc_in(0, WORK, &["Work"]));
+    let mut json: serde_json::Value = serde_json::to_value(sim.person()).unwrap();
+    let tracking = &mut json["devices"][0]["tracking"];
+    tracking
+        .as_object_mut()
+        .unwrap()
+        .remove("reports_inregions");
+    tracking.as_object_mut().unwrap().remove("recent_sources");
+    let old: PersonState = serde_json::from_value(json).unwrap();
+    assert!(!old.devices[0].tracking.reports_inregions);
+    assert_eq!(
+        old.devices[0].tracking.last_source.as_deref(),
+        Some("seq-1"),
+        "the single id of old state still guards against a redelivery"
+    );
+}
+
+#[test]
+fn a_redelivered_lwt_after_newer_messages_does_not_rearm_the_grace() {
+    let mut sim = Sim::with(
+        household(),
+        PresenceConfig {
+            lwt_grace: Duration::from_secs(900),
+            ..cfg()
+        },
+    );
+    sim.send("harry/phone", 0, loc(0, HOME, Some(10.0)));
+    let lwt = sim.msg(
+        "harry/phone",
+        10,
+        Input::Lwt {
+            tst: Some(tst(-3600)),
+        },
+    );
+    sim.deliver(&lwt, 10);
+    assert!(sim.device("harry/phone").tracking.lwt_at.is_some());
+    // The phone reconnects and speaks: the grace is over.
+    for i in 0..5 {
+        sim.send("harry/phone", 20 + i, loc(20 + i, HOME, Some(10.0)));
+    }
+    assert!(sim.device("harry/phone").tracking.lwt_at.is_none());
+    // The broker redelivers the old LWT (same message id).
+    let again = sim.deliver(&lwt, 100);
+    assert_eq!(again.ignored, Some(Ignored::Duplicate));
+    assert!(
+        sim.device("harry/phone").tracking.lwt_at.is_none(),
+        "a redelivered LWT re-armed the grace"
+    );
+    assert!(sim.deadline().is_some_and(|d| d > t(100 + 900)));
+    sim.tick(2_000);
+    assert_eq!(sim.person().status, Status::Online);
+}
+
+#[test]
+fn the_window_of_recent_ids_is_bounded() {
+    let mut sim = Sim::new();
+    for i in 0..100 {
+        sim.send("harry/phone", i, loc(i, HOME, Some(10.0)));
+    }
+    let tracking = &sim.device("harry/phone").tracking;
+    assert_eq!(tracking.recent_sources.len(), RECENT_SOURCES);
+    assert_eq!(tracking.recent_sources.last().unwrap(), "seq-100");
+    assert_eq!(tracking.last_source.as_deref(), Some("seq-100"));
+}
+
+#[test]
+fn names_and_lists_from_any_producer_are_bounded() {
+    let mut sim = Sim::new();
+    let huge = "é".repeat(150_000); // 300 kB
+    let out = sim.send("harry/phone", 0, trans(0, RegionEvent::Enter, &huge));
+    let region = &sim.device("harry/phone").regions[0];
+    assert!(region.len() <= MAX_REGION_NAME_BYTES && region.starts_with("éé"));
+    assert_eq!(out.events[0].region.as_deref(), Some(region.as_str()));
+
+    let mut many: Vec<String> = (0..5_000).map(|i| format!("r{i}\u{1}")).collect();
+    many.insert(0, "x".repeat(300_000));
+    let input = Input::Location {
+        tst: tst(10),
+        tid: None,
+        lat: WORK.0,
+        lon: WORK.1,
+        acc: Some(10.0),
+        vel: None,
+        batt: None,
+        inregions: Some(many),
+    };
+    sim.send("harry/phone", 10, input);
+    let dev = sim.device("harry/phone");
+    assert_eq!(dev.regions.len(), MAX_REGIONS_PER_DEVICE);
+    assert!(dev.regions.iter().all(|r| r.len() <= MAX_REGION_NAME_BYTES));
+    assert!(
+        dev.regions.iter().all(|r| !r.contains('\u{1}')),
+        "control characters are dropped"
+    );
+
+    sim.send(
+        "harry/phone",
+        20,
+        Input::Card {
+            name: Some("n".repeat(100_000)),
+        },
+    );
+    assert_eq!(
+        sim.device("harry/phone").card_name.as_ref().unwrap().len(),
+        MAX_CARD_NAME_BYTES
+    );
+
+    let mut msg = sim.msg("harry/phone", 30, loc(30, HOME, None));
+    msg.source_id = "id".repeat(10_000);
+    sim.deliver(&msg, 30);
+    let last = sim
+        .device("harry/phone")
+        .tracking
+        .last_source
+        .clone()
+        .unwrap();
+    assert!(last.len() <= MAX_SOURCE_ID_BYTES);
+    assert_eq!(sim.deliver(&msg, 31).ignored, Some(Ignored::Duplicate));
+}
+
+#[test]
+fn state_stored_before_the_limits_is_cut_to_them_on_load() {
+    let mut sim = Sim::with(
+        household(),
+        PresenceConfig {
+            debounce: Duration::from_secs(60),
+            ..cfg()
+        },
+    );
+    sim.send("harry/phone", 0, loc_in(0, WORK, &["Work"]));
+    sim.send("harry/phone", 10, loc_in(10, WORK, &[]));
+    let mut old = sim.person().clone();
+    let huge = "é".repeat(150_000);
+    let dev = &mut old.devices[0];
+    dev.regions.push(huge.clone());
+    dev.tracking.phone_regions.push(huge.clone());
+    dev.tracking.pending_leaves[0].region = huge.clone();
+    dev.card_name = Some(huge.clone());
+    bound_state(&mut old);
+    let size = serde_json::to_vec(&old).unwrap().len();
+    assert!(size < 4096, "{size} bytes");
+    let dev = &old.devices[0];
+    assert!(dev.regions.iter().all(|r| r.len() <= MAX_REGION_NAME_BYTES));
+    assert_eq!(dev.tracking.pending_leaves[0].region.len(), 128);
+    assert_eq!(dev.card_name.as_ref().unwrap().len(), MAX_CARD_NAME_BYTES);
+}
+
+/// A name of `n` bytes that JSON escapes to twice its size.
+fn quoted_name(i: usize) -> String {
+    let head = format!("{i:04}");
+    format!("{head}{}", "\"".repeat(MAX_REGION_NAME_BYTES - head.len()))
+}
+
+#[test]
+fn the_worst_case_person_state_stays_far_below_the_kv_limit() {
+    // Every device of one person fed the largest inputs there are: as many
+    // devices as allowed, each in as many regions as allowed (and leaving
+    // them, so pending leaves are stored too), with as many waypoints, all
+    // with maximal names that JSON escapes to double size.
+    let mut sim = Sim::with(
+        household(),
+        PresenceConfig {
+            debounce: Duration::from_secs(3600),
+            ..cfg()
+        },
+    );
+    let regions: Vec<String> = (0..MAX_REGIONS_PER_DEVICE).map(quoted_name).collect();
+    let refs: Vec<&str> = regions.iter().map(String::as_str).collect();
+    let waypoints: Vec<RegionDef> = (0..MAX_REGIONS_PER_DEVICE)
+        .map(|i| RegionDef {
+            name: quoted_name(1000 + i),
+            lat: HOME.0,
+            lon: HOME.1,
+            radius: 1e6,
+        })
+        .collect();
+    let mut refused = 0;
+    for d in 0..MAX_DEVICES_PER_PERSON + 4 {
+        let device = format!("ron/{}", "d".repeat(100) + &d.to_string());
+        let at = d as i64 * 10;
+        for input in [
+            Input::Waypoints {
+                regions: waypoints.clone(),
+            },
+            loc_in(at, HOME, &refs),
+            Input::Card {
+                name: Some("\"".repeat(MAX_CARD_NAME_BYTES)),
+            },
+            loc_in(at + 1, HOME, &[]),
+        ] {
+            let out = sim.send(&device, at + 2, input);
+            if out.ignored.is_some() {
+                refused += 1;
+            }
+        }
+        let size = serde_json::to_vec(sim.person()).unwrap().len();
+        assert!(size <= MAX_PERSON_STATE_BYTES, "{size} bytes");
+    }
+    assert!(refused > 0, "the bound was reached");
+    assert!(sim.person().devices.len() <= MAX_DEVICES_PER_PERSON);
+    // The person still moves: a normal fix of a known device applies.
+    let first = sim.person().devices[0].clone();
+    let device = format!("{}/{}", first.user, first.device);
+    let out = sim.send(&device, 500, loc(500, north(HOME, 1.0), Some(5.0)));
+    assert_eq!(out.ignored, None);
+    let fix = sim.person().devices[0].last_fix.clone().unwrap();
+    assert_eq!(fix.tst, tst(500));
+}
+
+// ---------------------------------------------------------------------------
+
+/// Fuzz of the pure machine: arbitrary input sequences (names of any size
+/// and script, fix times in any order, LWTs, redeliveries, timers). The case
+/// count comes from `PROPTEST_CASES` (default 32; see README for a long run).
+mod fuzz {
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Send {
+            device: usize,
+            advance: i64,
+            input: Input,
+            source: Option<String>,
+        },
+        Redeliver {
+            back: usize,
+            advance: i64,
+        },
+        Tick {
+            advance: i64,
+        },
+    }
+
+    const DEVICES: [&str; 4] = ["harry/phone", "harry/tablet", "ron/phone", "ron/é\u{0}."];
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec!["Home", "-home", "WORK", "School", "", " ", "-"])
+                .prop_map(str::to_string),
+            3 => "\\PC{0,40}",
+            1 => ".{0,12}",
+            1 => (0..200_000usize, prop::char::any()).prop_map(|(n, c)| c.to_string().repeat(n / c.len_utf8().max(1))),
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        let coord = prop_oneof![Just(HOME), Just(WORK), (-89.0..89.0f64, -179.0..179.0f64),];
+        let times = -20_000i64..20_000;
+        prop_oneof![
+            4 => (times.clone(), coord, proptest::option::of(0.0..5_000.0f64),
+                  proptest::option::of(0.0..300.0f64),
+                  proptest::option::of(proptest::collection::vec(name(), 0..8)),
+                  proptest::option::of(name()))
+                .prop_map(|(at, p, acc, vel, inregions, tid)| Input::Location {
+                    tst: tst(at), tid, lat: p.0, lon: p.1, acc, vel, batt: None, inregions,
+                }),
+            2 => (times, any::<bool>(), name()).prop_map(|(at, enter, region)| Input::Transition {
+                tst: tst(at),
+                event: if enter { RegionEvent::Enter } else { RegionEvent::Leave },
+                region,
+                acc: None,
+            }),
+            1 => proptest::option::of(any::<i64>()).prop_map(|tst| Input::Lwt { tst }),
+            1 => proptest::collection::vec((name(), 1.0..5_000.0f64), 0..6).prop_map(|w| Input::Waypoints {
+                regions: w.into_iter().map(|(name, radius)| RegionDef { name, lat: WORK.0, lon: WORK.1, radius }).collect(),
+            }),
+            1 => proptest::option::of(name()).prop_map(|name| Input::Card { name }),
+        ]
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            8 => (0..DEVICES.len(), 0..4_000i64, input(), proptest::option::of("\\PC{0,100}"))
+                .prop_map(|(device, advance, input, source)| Step::Send { device, advance, input, source }),
+            1 => (0..50usize, 0..100i64).prop_map(|(back, advance)| Step::Redeliver { back, advance }),
+            1 => (0..30_000i64).prop_map(|advance| Step::Tick { advance }),
+        ]
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn arbitrary_sequences_keep_the_machine_sound(
+            steps in proptest::collection::vec(step(), 1..60),
+            debounce in prop::sample::select(vec![0u64, 60]),
+        ) {
+            let mut h = household();
+            h.people[0].devices.push("ron/phone".into());
+            let mut sim = Sim::with(h, PresenceConfig {
+                debounce: Duration::from_secs(debounce),
+                lwt_grace: Duration::from_secs(600),
+                ..cfg()
+            });
+            let mut now = 0i64;
+            let mut sent: Vec<DeviceInput> = Vec::new();
+            let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+            for step in steps {
+                match step {
+                    Step::Send { device, advance, input, source } => {
+                        now += advance;
+                        let mut msg = sim.msg(DEVICES[device], now, input);
+                        if let Some(source) = source {
+                            msg.source_id = source;
+                        }
+                        sim.deliver(&msg, now);
+                        sent.push(msg);
+                    }
+                    Step::Redeliver { back, advance } => {
+                        now += advance;
+                        if let Some(msg) = sent.iter().rev().nth(back).cloned() {
+                            sim.deliver(&msg, now);
+                        }
+                    }
+                    Step::Tick { advance } => {
+                        now += advance;
+                        if sim.person.is_some() {
+                            sim.tick(now);
+                        }
+                    }
+                }
+                for person in sim.person.iter() {
+                    let size = serde_json::to_vec(person).unwrap().len();
+                    prop_assert!(size <= MAX_PERSON_STATE_BYTES, "state of {} bytes", size);
+                    // Stored state always loads again.
+                    let back: Result<PersonState, _> = serde_json::from_slice(&serde_json::to_vec(person).unwrap());
+                    prop_assert!(back.is_ok());
+                }
+                for (key, dev) in &sim.devices {
+                    if let Some(fix) = &dev.last_fix {
+                        let before = newest.insert(key.clone(), fix.tst);
+                        prop_assert!(before.is_none_or(|b| b <= fix.tst),
+                            "{}: fix of {} after one of {:?}", key, fix.tst, before);
+                        prop_assert!(dev.tracking.last_tst.is_some_and(|t| fix.tst <= t));
+                        prop_assert!(fix.tid.as_ref().is_none_or(|t| t.len() <= MAX_TID_BYTES));
+                    }
+                    prop_assert!(dev.regions.len() <= MAX_REGIONS_PER_DEVICE);
+                    prop_assert!(dev.regions.iter().all(|r| r.len() <= MAX_REGION_NAME_BYTES));
+                    prop_assert!(dev.tracking.recent_sources.len() <= RECENT_SOURCES);
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
