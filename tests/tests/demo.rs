@@ -102,6 +102,15 @@ fn built_binaries() -> PathBuf {
         .args(["-p", "notifier", "-p", "simulator"])
         .env("CARGO_TARGET_DIR", target_dir())
         .current_dir(repo_dir());
+    // What cargo sets for this test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, …)
+    // is not the build's: build scripts that watch these variables (ring's)
+    // would rebuild everything on every run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if is_test_runtime_var(&name) {
+            cmd.env_remove(&*name);
+        }
+    }
     if bin_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
@@ -111,6 +120,18 @@ fn built_binaries() -> PathBuf {
         "cargo build of the demo's binaries failed"
     );
     bin_dir
+}
+
+/// The variables cargo sets for a running test, not for builds.
+fn is_test_runtime_var(name: &str) -> bool {
+    name == "OUT_DIR"
+        || name == "CARGO_CRATE_NAME"
+        || name == "CARGO_PRIMARY_PACKAGE"
+        || name == "CARGO_TARGET_TMPDIR"
+        || name == "CARGO_RUSTC_CURRENT_DIR"
+        || ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
 }
 
 /// One `scripts/run.sh --demo` in its own process group.
