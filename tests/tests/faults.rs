@@ -450,3 +450,105 @@ async fn mosquitto_restarted_with_persistence_loses_no_qos1_message() {
         duplicates.len()
     );
 }
+
+/// A webhook receiver that is down (nothing listens on its port) for
+/// `outage` while the simulator's traffic makes events, then comes up on
+/// that port: every event on PRESENCE is delivered afterwards, in stream
+/// order per person. One minute of outage with `WHEREABOUTS_LONG_TESTS=1`;
+/// the sink's backoff is capped at 60 s, so the short suite uses 10 s.
+#[tokio::test]
+async fn a_webhook_receiver_down_gets_every_event_afterwards_in_order_per_person() {
+    let (mut config, _) = world_config();
+    let world = World::from_config(&config, SEED).unwrap();
+    let outage = if long() {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(10)
+    };
+    let port = free_port();
+    let hook = format!("http://127.0.0.1:{port}/hook");
+    let sinks: shared::config::NotifierConfig = toml::from_str(&format!(
+        "[[sinks]]\ntype = \"webhook\"\nname = \"hooks\"\nurl = \"{hook}\"\ntimeout = \"2s\"\n"
+    ))
+    .expect("the webhook sink");
+    config.notifier.sinks = sinks.sinks;
+    let toml = toml::to_string(&config).expect("config as TOML");
+    let stack = Pipeline::start(&toml).await;
+    let options = RunOptions {
+        pace: Pace::Rate(50.0),
+        start_at: 6.0 * 3600.0,
+        duration: Some(outage + Duration::from_secs(4)),
+        days: None,
+        record: None,
+    };
+    let sim = {
+        let endpoints = endpoints(&stack, "sim-webhook");
+        tokio::spawn(async move { simulator::run(&world, &endpoints, &options).await })
+    };
+    tokio::time::sleep(outage).await;
+    let during = stream_count(&stack.js, "PRESENCE").await;
+    assert!(during > 0, "events made while the receiver was down");
+    let accepted: Arc<Mutex<Vec<PresenceEvent>>> = Arc::default();
+    let server = {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("the receiver's port is still free");
+        let accepted = accepted.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(async move |body: bytes::Bytes| {
+                let event: PresenceEvent = serde_json::from_slice(&body).expect("a presence event");
+                accepted.lock().unwrap().push(event);
+                axum::http::StatusCode::NO_CONTENT
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    };
+    let sent = sim.await.unwrap().unwrap();
+    let events = settle(&stack.js, total(&sent)).await;
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in stream_messages(&stack.js, "PRESENCE", ">").await {
+        let e: PresenceEvent = serde_json::from_slice(&m.payload).unwrap();
+        expected
+            .entry(format!("{}/{}", e.household, e.person))
+            .or_default()
+            .push(e.id);
+    }
+    // The sink's next try may be up to its 60 s backoff cap away.
+    let got = eventually(
+        "every event at the receiver",
+        Duration::from_secs(90),
+        async || {
+            let got = accepted.lock().unwrap().clone();
+            (got.len() as u64 >= events).then_some(got)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got_after = accepted.lock().unwrap().len();
+    let mut delivered: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in &got {
+        delivered
+            .entry(format!("{}/{}", e.household, e.person))
+            .or_default()
+            .push(e.id.clone());
+    }
+    let duplicates = got_after as u64 - events;
+    let differences = expected
+        .iter()
+        .filter(|(who, ids)| delivered.get(*who) != Some(*ids))
+        .count();
+    assert_eq!(duplicates, 0, "no event delivered twice");
+    assert_eq!(
+        delivered, expected,
+        "every event once, in stream order per person"
+    );
+    server.abort();
+    eprintln!(
+        "webhook down {outage:?}: sent {sent:?} ({} messages), {events} events ({during} made \
+         during the outage), delivered {got_after}, duplicates {duplicates}, out of order or \
+         missing: {differences} of {} people",
+        total(&sent),
+        expected.len()
+    );
+}
