@@ -239,10 +239,17 @@ pub async fn connect(
                 }
             }
         });
+    // A comma-separated list (a cluster): the client picks among them and
+    // fails over; async-nats parses one address per `&str`, so split here.
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing NATS_URL {}", crate::telemetry::redact_url(url)))?;
     let client = auth
         .apply(url, options)
         .await?
-        .connect(url)
+        .connect(servers)
         .await
         .with_context(|| {
             format!(

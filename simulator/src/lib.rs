@@ -193,11 +193,33 @@ pub fn read_recording(text: &str) -> anyhow::Result<(RecordHeader, Vec<RecordLin
     Ok((header, out))
 }
 
+/// What a replay does with the recorded times (`tst`, `created_at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayTimes {
+    /// Shifted so the run starts now: the pipeline sees current fixes.
+    Now,
+    /// Shifted by a fixed number of seconds (0: exactly as recorded), so two
+    /// replays of one recording feed the pipeline identical input.
+    Shift(i64),
+}
+
 /// Sends a recording again with its original spacing, times shifted to now
 /// (encrypted devices are encrypted afresh).
 pub async fn replay(text: &str, endpoints: &Endpoints) -> anyhow::Result<Sent> {
+    replay_with(text, endpoints, ReplayTimes::Now).await
+}
+
+/// Like [`replay`], with the recorded times treated as `times` says.
+pub async fn replay_with(
+    text: &str,
+    endpoints: &Endpoints,
+    times: ReplayTimes,
+) -> anyhow::Result<Sent> {
     let (header, lines) = read_recording(text)?;
-    let delta = now_unix() as i64 - header.started_unix;
+    let delta = match times {
+        ReplayTimes::Now => now_unix() as i64 - header.started_unix,
+        ReplayTimes::Shift(seconds) => seconds,
+    };
     let mut sender = Sender::connect(endpoints, &header.devices, None).await?;
     let start = Instant::now();
     for line in lines {

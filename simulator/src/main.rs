@@ -120,6 +120,11 @@ enum Command {
     /// Send a recording again, times shifted to now.
     Replay {
         file: PathBuf,
+        /// Shift the recorded times (`tst`, `created_at`) by this many
+        /// seconds (0: exactly as recorded, so two replays feed identical
+        /// input) instead of to now.
+        #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+        shift_times: Option<i64>,
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
@@ -187,10 +192,16 @@ async fn main() -> anyhow::Result<()> {
                 _ = shutdown.cancelled() => tracing::info!("stopped by signal"),
             }
         }
-        Command::Replay { file, endpoints } => {
+        Command::Replay {
+            file,
+            shift_times,
+            endpoints,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let sent = simulator::replay(&text, &endpoints.endpoints()).await?;
+            let times =
+                shift_times.map_or(simulator::ReplayTimes::Now, simulator::ReplayTimes::Shift);
+            let sent = simulator::replay_with(&text, &endpoints.endpoints(), times).await?;
             tracing::info!(mqtt = sent.mqtt, http = sent.http, "replay done");
         }
     }

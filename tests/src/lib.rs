@@ -12,10 +12,14 @@
 //! - `eventually` — [`eventually`]: poll a condition until a deadline.
 //! - `phone` — [`Phone`]: a scripted OwnTracks phone (transitions, fixes).
 //! - `pipeline` — [`Pipeline`]: brokers plus ingest, presence and notifier
-//!   with one config, for end-to-end tests of the whole chain.
+//!   with one config, for end-to-end tests of the whole chain; the services
+//!   take `NATS_URL` as given, so a comma-separated list of servers (a
+//!   cluster) works too ([`Pipeline::start_with_nats_urls`]).
 //! - `service` — [`Service`]: a Whereabouts service as a real process
 //!   (start with a config, stop, kill, restart, read a metric);
 //!   [`service_binary`] and [`service_help`] (a service's `--help` text).
+//! - `sse` — [`SseClient`]: the notifier's event stream, parsed into
+//!   [`SseItem`]s (resumable with `Last-Event-ID`).
 //! - `prometheus` — [`Prometheus`] (Debian's prometheus scraping the
 //!   services every second, PromQL queries; `None` where not installed).
 //! - [`free_port`]: a free TCP port on 127.0.0.1 (for extra processes).
@@ -41,6 +45,7 @@ mod pipeline;
 mod process;
 mod prometheus;
 mod service;
+mod sse;
 
 pub use browser::{
     Chromium, MAGICMIRROR_VERSION, MagicMirror, chromium_binary, repo_dir, skip, target_dir,
@@ -54,3 +59,4 @@ pub use pipeline::Pipeline;
 pub use process::free_port;
 pub use prometheus::Prometheus;
 pub use service::{Service, service_binary, service_help};
+pub use sse::{SseClient, SseItem};

@@ -18,11 +18,21 @@ impl Pipeline {
     /// Starts everything with `config` (TOML) and waits until each service
     /// is ready.
     pub async fn start(config: &str) -> Pipeline {
+        Self::start_with_nats_urls(config, &[]).await
+    }
+
+    /// Like [`Pipeline::start`], with the services' `NATS_URL` a
+    /// comma-separated list: `extra_nats_urls` (e.g. other cluster nodes,
+    /// or an address nobody listens on) before this pipeline's own server.
+    pub async fn start_with_nats_urls(config: &str, extra_nats_urls: &[String]) -> Pipeline {
         let nats = NatsServer::start().await;
         let mosquitto = Mosquitto::start().await;
-        let ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), config).await;
-        let presence = Service::start("presence", &nats.url(), &mosquitto.url(), config).await;
-        let notifier = Service::start("notifier", &nats.url(), &mosquitto.url(), config).await;
+        let mut urls = extra_nats_urls.to_vec();
+        urls.push(nats.url());
+        let nats_url = urls.join(",");
+        let ingest = Service::start("ingest", &nats_url, &mosquitto.url(), config).await;
+        let presence = Service::start("presence", &nats_url, &mosquitto.url(), config).await;
+        let notifier = Service::start("notifier", &nats_url, &mosquitto.url(), config).await;
         let js = nats.jetstream().await;
         Pipeline {
             nats,
