@@ -586,7 +586,7 @@ async fn fix_applied(js: &jetstream::Context, key: &str, tst: i64, within: Durat
 
 #[tokio::test]
 async fn a_300_kb_region_name_costs_its_person_nothing_and_others_nothing() {
-    // Item 1: a `desc` or an `inregions` entry of 300 kB (under the payload
+    // a `desc` or an `inregions` entry of 300 kB (under the payload
     // limit) used to grow the person's KV value past 1 MiB: the write failed
     // for good, was retried forever, and the person never moved again.
     let config = r#"
@@ -667,7 +667,7 @@ debounce = "0s"
 
 #[tokio::test]
 async fn an_android_location_without_inregions_leaves_work() {
-    // Item 3: Android omits an empty `inregions`; a lost leave transition
+    // Android omits an empty `inregions`; a lost leave transition
     // used to keep the person at Work forever.
     let config = r#"
 [households.home]
@@ -717,7 +717,7 @@ debounce = "0s"
 
 #[tokio::test]
 async fn one_phone_flushing_a_backlog_does_not_stall_the_others() {
-    // Item 6: a full shard used to block the consumer loop, so persons
+    // a full shard used to block the consumer loop, so persons
     // behind one phone's backlog waited until it was worked off message by
     // message (one KV write each): 28 s here, against 3 to 8 s now (debug
     // build, a loaded machine). Messages are delivered in stream order, so
@@ -797,7 +797,7 @@ async fn one_phone_flushing_a_backlog_does_not_stall_the_others() {
 
 #[tokio::test]
 async fn a_redelivered_lwt_after_newer_messages_does_not_rearm_the_grace() {
-    // Item 14: presence remembered only the last message id, so an LWT
+    // presence remembered only the last message id, so an LWT
     // delivered again after newer messages started a new grace.
     let config = r#"
 [households.home]
@@ -847,7 +847,7 @@ duplicate_window = "1s"
 
 #[tokio::test]
 async fn a_state_nats_refuses_for_good_costs_one_message() {
-    // Item 1: a write that can never succeed used to be retried forever,
+    // a write that can never succeed used to be retried forever,
     // holding up the person (and, through the full shard, everyone). Here
     // the bucket takes values of at most 4 KiB, so a location in 40 long
     // regions cannot be stored: it is terminated and counted, and the same
