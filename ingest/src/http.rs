@@ -29,12 +29,13 @@ use serde_json::{Value, json};
 use shared::config::{Config, constant_time_eq};
 use shared::envelope::Transport;
 use shared::limits::{MAX_TOPIC_LEVEL_BYTES, truncate_utf8};
+use shared::owntracks::Reason;
 use shared::subjects::REASON_HEADER;
 use time::OffsetDateTime;
 
 use crate::classify::{Classifier, Incoming, Verdict};
 use crate::metrics::Metrics;
-use crate::publish::{Publication, count, publish_until_stored};
+use crate::publish::{Publication, Stored, count_stored, publish_until_stored};
 
 /// Wrong credentials from one client address within [`FAILURE_WINDOW`]
 /// that lock the address out for [`LOCKOUT`].
@@ -196,25 +197,29 @@ async fn handle(
         transport: Transport::Http,
         received_at: OffsetDateTime::now_utc(),
     });
+    let mut stored = Stored::Stored;
     if let Some(publication) = Publication::from_verdict(&verdict) {
         // Answer only once stored: the app resends on an error, never twice
         // after a success.
-        let stored = tokio::time::timeout(
+        let outcome = tokio::time::timeout(
             STORE_TIMEOUT,
             publish_until_stored(&state.js, publication, &state.metrics),
         )
         .await;
-        if stored.is_err() {
-            tracing::warn!("HTTP mode: message not stored in time; answered 503");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, HeaderValue::from(10))],
-                Json(json!({"error": "unavailable", "detail": "message store unreachable; retry"})),
-            )
-                .into_response();
+        match outcome {
+            Ok(outcome) => stored = outcome,
+            Err(_) => {
+                tracing::warn!("HTTP mode: message not stored in time; answered 503");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, HeaderValue::from(10))],
+                    Json(json!({"error": "unavailable", "detail": "message store unreachable; retry"})),
+                )
+                    .into_response();
+            }
         }
     }
-    count(&state.metrics, &verdict, Transport::Http);
+    count_stored(&state.metrics, &verdict, stored, Transport::Http);
 
     let mut reason = None;
     let mut own_tid = None;
@@ -240,6 +245,12 @@ async fn handle(
             reason = Some(r.as_str());
         }
         Verdict::Cleared => {}
+    }
+    // Refused for good by NATS (diverted to REJECTED, or dropped): a 2xx all
+    // the same, since resending the same bytes cannot help; the header says
+    // why.
+    if stored != Stored::Stored {
+        reason = Some(Reason::StoreRefused.as_str());
     }
 
     // The usual answer, for a rejected message too: the phone must not

@@ -24,7 +24,6 @@ use futures::stream::FuturesOrdered;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use shared::envelope::Transport;
 use shared::mqtt::Backoff;
-use shared::owntracks::Reason;
 use shared::server::ReadyFlag;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -32,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::classify::{Classifier, Incoming};
 use crate::metrics::Metrics;
-use crate::publish::{Publication, Stored, count, publish_until_stored};
+use crate::publish::{Publication, Stored, count_stored, publish_until_stored};
 
 /// JetStream publishes awaiting their ack at once.
 pub const MAX_IN_FLIGHT: usize = 4096;
@@ -302,13 +301,5 @@ async fn store(
         Some(publication) => publish_until_stored(js, publication, metrics).await,
         None => Stored::Stored,
     };
-    match stored {
-        Stored::Stored => count(metrics, &verdict, Transport::Mqtt),
-        Stored::Diverted => metrics
-            .rejected
-            .with_label_values(&[Reason::StoreRefused.as_str(), Transport::Mqtt.as_str()])
-            .inc(),
-        // Counted in ingest_publish_failures_total.
-        Stored::Dropped => {}
-    }
+    count_stored(metrics, &verdict, stored, Transport::Mqtt);
 }

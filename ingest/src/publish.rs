@@ -166,6 +166,20 @@ pub fn count(metrics: &Metrics, verdict: &Verdict, transport: Transport) {
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
+/// Counts a message by where it ended: its verdict when stored as meant, a
+/// `store_refused` reject when diverted to REJECTED; a dropped one is
+/// already counted in `ingest_publish_failures_total`.
+pub fn count_stored(metrics: &Metrics, verdict: &Verdict, stored: Stored, transport: Transport) {
+    match stored {
+        Stored::Stored => count(metrics, verdict, transport),
+        Stored::Diverted => metrics
+            .rejected
+            .with_label_values(&[Reason::StoreRefused.as_str(), transport.as_str()])
+            .inc(),
+        Stored::Dropped => {}
+    }
+}
+
 /// Publishes and waits for the JetStream ack, retrying transient errors
 /// with jittered exponential backoff for as long as it takes. Retrying is
 /// safe: the `Nats-Msg-Id` makes JetStream drop the copies. A permanent

@@ -527,3 +527,53 @@ async fn only_a_message_that_could_not_be_stored_gets_a_5xx() {
     .await;
     assert_eq!(stream_count(&js, "OWNTRACKS").await, 1);
 }
+
+#[tokio::test]
+async fn a_message_nats_refuses_for_good_gets_a_2xx_and_says_why() {
+    // Resending the same bytes cannot help once JetStream refuses them for
+    // good (here: OWNTRACKS takes no message over 64 bytes), so the phone
+    // gets its 2xx — else its queue would stall — with the reason, and the
+    // message is kept on REJECTED as `store_refused`.
+    let s = stack(false).await;
+    let mut owntracks = s.js.get_stream("OWNTRACKS").await.unwrap();
+    let mut config = owntracks.info().await.unwrap().config.clone();
+    config.max_message_size = 64;
+    s.js.update_stream(config).await.unwrap();
+
+    let client = reqwest::Client::new();
+    let jane = ("jane", "s3cret", Some("phone"));
+    let answer = post(
+        &client,
+        &s.ingest,
+        jane,
+        encrypted(&location(1_700_000_000, "jd")),
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer
+            .headers()
+            .get(REASON_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        Some("store_refused")
+    );
+    let kept = stream_messages(&s.js, "REJECTED", "rejected.home.jane.phone").await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        kept[0]
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(REASON_HEADER))
+            .map(|v| v.as_str()),
+        Some("store_refused")
+    );
+    assert_eq!(stream_count(&s.js, "OWNTRACKS").await, 0);
+    let counted = s
+        .ingest
+        .metric_matching(
+            "ingest_rejected_total",
+            &[r#"reason="store_refused""#, r#"transport="http""#],
+        )
+        .await;
+    assert_eq!(counted, 1.0);
+}
