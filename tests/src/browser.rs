@@ -68,6 +68,13 @@ pub fn repo_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// A file of the repository (`deploy/…`, `compose.yaml`) as text; panics
+/// with the path when it cannot be read.
+pub fn read_repo_file(path: &str) -> String {
+    let full = repo_dir().join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))
+}
+
 /// `CHROMIUM_BIN`, else `/usr/bin/chromium`, else `chromium` or
 /// `chromium-browser` on PATH.
 pub fn chromium_binary() -> Option<PathBuf> {

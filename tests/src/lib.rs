@@ -26,7 +26,8 @@
 //! - `browser` — [`Chromium`] (headless, driven over the DevTools protocol:
 //!   navigate, evaluate, poll the live DOM, screenshot) and [`MagicMirror`]
 //!   (2.30 server-only, installed once under `target/`); [`skip`] for
-//!   machines without them.
+//!   machines without them; [`repo_dir`] and [`read_repo_file`] for the
+//!   repository's own files.
 //! - `process` (private) — spawning, signalling and reaping broker processes.
 //!
 //! Binaries: `NATS_SERVER_BIN` or `nats-server` (>= 2.11) on PATH;
@@ -48,7 +49,8 @@ mod service;
 mod sse;
 
 pub use browser::{
-    Chromium, MAGICMIRROR_VERSION, MagicMirror, chromium_binary, repo_dir, skip, target_dir,
+    Chromium, MAGICMIRROR_VERSION, MagicMirror, chromium_binary, read_repo_file, repo_dir, skip,
+    target_dir,
 };
 pub use eventually::{Outcome, eventually};
 pub use mosquitto::Mosquitto;

@@ -11,29 +11,17 @@
 //! - `promtool check config` accepts deploy/prometheus.yml (when installed).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_norway::Value;
-use whereabouts_tests::service_help;
+use whereabouts_tests::{read_repo_file as read, repo_dir as repo, service_help};
 
 /// Where compose takes every secret from: the first-run directory.
 const SECRETS: &str = "./secrets/";
 
 /// The Whereabouts services and the port each one listens on in compose.
 const SERVICES: [(&str, u16); 3] = [("ingest", 8081), ("presence", 8082), ("notifier", 8080)];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn read(path: &str) -> String {
-    let full = repo().join(path);
-    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))
-}
 
 fn yaml(path: &str) -> Value {
     serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))

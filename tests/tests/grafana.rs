@@ -13,12 +13,12 @@
 //!   Debian's `prometheus`, like tests/prometheus.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use shared::owntracks::{MessageType, Reason};
-use whereabouts_tests::{Pipeline, Prometheus, Service, eventually};
+use whereabouts_tests::{Pipeline, Prometheus, Service, eventually, read_repo_file as read};
 
 const DASHBOARD: &str = "deploy/grafana/whereabouts.json";
 const DATASOURCE: &str = "deploy/grafana/datasource.yml";
@@ -45,18 +45,6 @@ type = "webhook"
 name = "family-hub"
 url = "http://127.0.0.1:9/hooks/presence"
 "#;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn read(path: &str) -> String {
-    let full = repo().join(path);
-    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))
-}
 
 fn yaml(path: &str) -> serde_norway::Value {
     serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
