@@ -340,8 +340,17 @@ devices = ["hp/phone"]
     .await;
     assert_eq!(state["person"], "harry");
     assert_eq!(state["name"], "Harry Potter");
-    let events = stream_messages(&p.js, "PRESENCE", "presence.home.harry").await;
-    assert!(!events.is_empty(), "events on the id's subject");
+    // The state is stored before its events are published, so wait for them.
+    eventually(
+        "events on the id's subject",
+        Duration::from_secs(10),
+        async || {
+            !stream_messages(&p.js, "PRESENCE", "presence.home.harry")
+                .await
+                .is_empty()
+        },
+    )
+    .await;
 }
 
 /// QoS 0 needs no ack, so nothing but ingest's budget bounds what it holds

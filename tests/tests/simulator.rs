@@ -220,18 +220,28 @@ async fn the_demo_household_leaves_home_for_work_and_school() {
         },
     )
     .await;
-    let places: Vec<String> = stream_messages(&stack.js, "PRESENCE", "presence.>")
-        .await
-        .iter()
-        .filter_map(|m| serde_json::from_slice::<PresenceEvent>(&m.payload).ok())
-        .filter_map(|e| e.place)
-        .collect();
-    for place in ["Home", "Traveling", "Work", "School"] {
-        assert!(
-            places.iter().any(|p| p == place),
-            "{place} never shown: {places:?}"
-        );
-    }
+    // The snapshot reads stored state; its events are published just after.
+    let places = eventually(
+        "Home, Traveling, Work and School in the events",
+        Duration::from_secs(10),
+        async || {
+            let places: Vec<String> = stream_messages(&stack.js, "PRESENCE", "presence.>")
+                .await
+                .iter()
+                .filter_map(|m| serde_json::from_slice::<PresenceEvent>(&m.payload).ok())
+                .filter_map(|e| e.place)
+                .collect();
+            let all = ["Home", "Traveling", "Work", "School"]
+                .iter()
+                .all(|place| places.iter().any(|p| p == place));
+            if all {
+                Ok(places)
+            } else {
+                Err(format!("places so far: {places:?}"))
+            }
+        },
+    )
+    .await;
     eprintln!(
         "demo: sent {sent:?}; {} place events; snapshot {body}",
         places.len()
