@@ -23,7 +23,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use shared::envelope::Transport;
-use shared::mqtt::Backoff;
+use shared::retry::Backoff;
 use shared::server::ReadyFlag;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -223,9 +223,8 @@ async fn event_loop(
                 ready.set(false);
                 let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
+                if !shared::retry::sleep_unless_cancelled(delay, &stop).await {
+                    break;
                 }
             }
         }

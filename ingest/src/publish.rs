@@ -219,7 +219,7 @@ async fn publish_once_stored(
     p: &Publication,
     metrics: &Metrics,
 ) -> Result<(), &'static str> {
-    let mut delay = FIRST_RETRY;
+    let mut backoff = shared::retry::Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
         let started = Instant::now();
         let result = match js
@@ -244,15 +244,10 @@ async fn publish_once_stored(
             return Err(label);
         }
         metrics.publish_retries.with_label_values(&[p.stream]).inc();
+        let delay = backoff.next_delay();
         tracing::warn!(subject = %p.subject, error = %error, retry_in_ms = delay.as_millis() as u64, "JetStream publish failed");
-        tokio::time::sleep(jitter(delay)).await;
-        delay = (delay * 2).min(MAX_RETRY);
+        tokio::time::sleep(delay).await;
     }
-}
-
-/// A delay between half and all of `d`, so that retries spread out.
-pub fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::random_range(0.5..=1.0))
 }
 
 #[cfg(test)]

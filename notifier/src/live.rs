@@ -103,14 +103,13 @@ impl Live {
     /// broadcasting each event, until `shutdown`.
     pub async fn follow(self, after: u64, people: People, shutdown: CancellationToken) {
         self.last_seq.store(after, Ordering::Release);
-        let mut backoff = shared::mqtt::Backoff::default();
+        let mut backoff = shared::retry::Backoff::default();
         let mut created = None;
         while !shutdown.is_cancelled() {
             if let Err(e) = self.check_reset(&mut created).await {
                 tracing::warn!(error = %e, "cannot read PRESENCE; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                if !shared::retry::sleep_unless_cancelled(backoff.next_delay(), &shutdown).await {
+                    return;
                 }
                 continue;
             }
@@ -119,9 +118,9 @@ impl Live {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot follow PRESENCE; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    if !shared::retry::sleep_unless_cancelled(backoff.next_delay(), &shutdown).await
+                    {
+                        return;
                     }
                     continue;
                 }

@@ -50,13 +50,13 @@ impl People {
         shutdown: CancellationToken,
     ) {
         let mut loaded = Some(loaded);
-        let mut backoff = shared::mqtt::Backoff::default();
+        let mut backoff = shared::retry::Backoff::default();
         while !shutdown.is_cancelled() {
             let mut watch = match store.watch_with_history(">").await {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the presence bucket; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    shared::retry::sleep_unless_cancelled(backoff.next_delay(), &shutdown).await;
                     continue;
                 }
             };

@@ -293,7 +293,7 @@ impl Engine {
 
     /// Runs timer ticks when stored deadlines come due.
     async fn timers(&self, shutdown: CancellationToken, queues: Queues) {
-        let mut backoff = shared::mqtt::Backoff::default();
+        let mut backoff = shared::retry::Backoff::default();
         let mut queue: BTreeSet<(OffsetDateTime, String, String)> = BTreeSet::new();
         let mut by_key: HashMap<String, (OffsetDateTime, String, String)> = HashMap::new();
         let mut statuses: HashMap<String, Vec<Status>> = HashMap::new();
@@ -302,7 +302,7 @@ impl Engine {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch presence state; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    shared::retry::sleep_unless_cancelled(backoff.next_delay(), &shutdown).await;
                     continue;
                 }
             };
@@ -396,7 +396,7 @@ async fn process(
     rest: &mut VecDeque<Work>,
     cached: &mut Option<(Option<PersonState>, u64)>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = shared::retry::Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
     loop {
         match store_batch(engine, key, rest.make_contiguous(), cached).await {
             Ok(done) => {
@@ -442,8 +442,7 @@ async fn process(
                     .messages
                     .with_label_values(&["retried"])
                     .inc();
-                let delay = backoff.mul_f64(rand_jitter());
-                backoff = (backoff * 2).min(MAX_RETRY_DELAY);
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     household = %key.0, person = %key.1,
                     error = format!("{e:#}"),
@@ -456,21 +455,12 @@ async fn process(
                         let _ = message.ack_with(AckKind::Progress).await;
                     }
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                if !shared::retry::sleep_unless_cancelled(delay, shutdown).await {
+                    return;
                 }
             }
         }
     }
-}
-
-fn rand_jitter() -> f64 {
-    // Spread retries of many persons; no dependency for it.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    0.5 + f64::from(nanos % 1000) / 2000.0
 }
 
 /// Reads a person's state. Its outbox holds the events of the last change;

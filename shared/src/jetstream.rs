@@ -271,7 +271,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let mut backoff = crate::mqtt::Backoff::default();
+    let mut backoff = crate::retry::Backoff::default();
     loop {
         match setup().await {
             Ok(value) => return Some(value),
@@ -282,9 +282,8 @@ where
                     retry_in_ms = delay.as_millis() as u64,
                     "cannot set up {what} yet"
                 );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
+                if !crate::retry::sleep_unless_cancelled(delay, shutdown).await {
+                    return None;
                 }
             }
         }

@@ -14,7 +14,8 @@
 //! - `exposure`: refusing published secrets and open households beyond loopback.
 //! - `cli`: command-line and environment settings common to the binaries.
 //! - `jetstream`: connecting to NATS; idempotent creation of streams and KV.
-//! - `mqtt`: MQTT connection options and reconnect backoff.
+//! - `mqtt`: MQTT connection options.
+//! - `retry`: the one backoff and cancellable sleep every retry loop uses.
 //! - `telemetry`: logging and Prometheus helpers.
 //! - `server`: `/metrics`, `/healthz`, `/readyz` and signal handling.
 
@@ -27,6 +28,7 @@ pub mod jetstream;
 pub mod limits;
 pub mod mqtt;
 pub mod owntracks;
+pub mod retry;
 pub mod server;
 pub mod state;
 pub mod subjects;

@@ -1,5 +1,5 @@
 //! MQTT connection options from `MQTT_URL` (`mqtt://` or `mqtts://`, with
-//! optional credentials) and backoff for reconnects.
+//! optional credentials).
 
 use std::time::Duration;
 
@@ -44,32 +44,6 @@ pub fn options(
     Ok(options)
 }
 
-/// Jittered exponential backoff: 250 ms doubling to 30 s.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: Duration::from_millis(250),
-        }
-    }
-}
-
-impl Backoff {
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(30));
-        d.mul_f64(rand::random_range(0.5..=1.0))
-    }
-
-    pub fn reset(&mut self) {
-        *self = Backoff::default();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,14 +58,5 @@ mod tests {
         assert_eq!(o.broker_address().1, 1883);
         assert_eq!(o.credentials().unwrap().username, "x");
         assert!(options("http://broker", "id", None, None, None).is_err());
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let mut b = Backoff::default();
-        let delays: Vec<_> = (0..12).map(|_| b.next_delay()).collect();
-        assert!(delays[0] <= Duration::from_millis(250));
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
-        assert!(delays[11] >= Duration::from_secs(15));
     }
 }

@@ -91,7 +91,7 @@ impl Sender {
             let counter = acked.clone();
             let task = tokio::spawn(async move {
                 let mut ready = Some(ready_tx);
-                let mut backoff = shared::mqtt::Backoff::default();
+                let mut backoff = shared::retry::Backoff::default();
                 loop {
                     match eventloop.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -196,7 +196,7 @@ impl Sender {
             _ => wire,
         };
         let url = format!("{}/pub", self.http_url);
-        let mut backoff = shared::mqtt::Backoff::default();
+        let mut backoff = shared::retry::Backoff::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let answer = self

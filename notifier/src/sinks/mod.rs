@@ -168,16 +168,15 @@ pub async fn drive(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = shared::mqtt::Backoff::default();
+    let mut backoff = shared::retry::Backoff::default();
     while !shutdown.is_cancelled() {
         match consume(&js, &name, &filter, &sink, &metrics, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(sink = %name, error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "sink consumer failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                if !shared::retry::sleep_unless_cancelled(delay, &shutdown).await {
+                    return;
                 }
             }
         }
@@ -318,7 +317,7 @@ async fn deliver_with_retries(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let mut delay = FIRST_RETRY;
+    let mut backoff = shared::retry::Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
         match sink.deliver(event, &message.payload).await {
             Ok(()) => return Outcome::Delivered,
@@ -331,13 +330,11 @@ async fn deliver_with_retries(
                     .deliveries
                     .with_label_values(&[name, "retried"])
                     .inc();
-                let wait = delay.mul_f64(rand::random_range(0.5..=1.0));
+                let wait = backoff.next_delay();
                 tracing::info!(sink = %name, event = %event.id, %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Outcome::Stopped,
-                    _ = tokio::time::sleep(wait) => {}
+                if !shared::retry::sleep_unless_cancelled(wait, shutdown).await {
+                    return Outcome::Stopped;
                 }
-                delay = (delay * 2).min(MAX_RETRY);
             }
         }
     }

@@ -77,7 +77,7 @@ impl MqttSink {
         let acks = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let (flag, seen, acked) = (connected.clone(), announced.clone(), acks.clone());
         tokio::spawn(async move {
-            let mut backoff = shared::mqtt::Backoff::default();
+            let mut backoff = shared::retry::Backoff::default();
             loop {
                 let event = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -98,7 +98,9 @@ impl MqttSink {
                         flag.store(false, Ordering::Release);
                         let delay = backoff.next_delay();
                         tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT sink connection lost");
-                        tokio::time::sleep(delay).await;
+                        if !shared::retry::sleep_unless_cancelled(delay, &shutdown).await {
+                            break;
+                        }
                     }
                 }
             }
