@@ -180,6 +180,7 @@ impl Classifier {
         }
         let kind = message.kind.as_str();
         let envelope = Envelope {
+            schema_version: shared::envelope::ENVELOPE_SCHEMA_VERSION,
             household: household.clone(),
             user: m.user.clone(),
             device: m.device.clone(),

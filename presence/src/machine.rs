@@ -256,6 +256,7 @@ pub fn apply(
         devices: Vec::new(),
         place_device: None,
         outbox: Vec::new(),
+        last_event_id: None,
     });
     let same = |d: &DeviceState| {
         d.user == input.user && d.device == input.device && d.household == input.household
@@ -441,7 +442,8 @@ struct Why {
 struct Draft {
     why: Why,
     kind: EventKind,
-    place: Option<(String, Option<String>)>,
+    /// The new place, the previous one and when the previous one began.
+    place: Option<(String, Option<String>, Option<OffsetDateTime>)>,
     status: Option<(Status, Option<Status>)>,
     region: Option<(String, RegionEvent, String)>,
 }
@@ -1228,7 +1230,11 @@ fn diff_person(
         run.drafts.push(Draft {
             why: place_why.clone(),
             kind: EventKind::Place,
-            place: Some((person.place.clone(), prev_place)),
+            place: Some((
+                person.place.clone(),
+                prev_place,
+                prev.map(|p| p.place_since),
+            )),
             status: None,
             region: None,
         });
@@ -1237,7 +1243,7 @@ fn diff_person(
 
 fn finish(
     run: Run<'_>,
-    person: PersonState,
+    mut person: PersonState,
     has_person: bool,
     devices: Vec<DeviceState>,
     ignored: Option<Ignored>,
@@ -1245,6 +1251,7 @@ fn finish(
     let mut events = Vec::new();
     if has_person {
         let mut counts: Vec<(String, usize)> = Vec::new();
+        let mut drafts = Vec::with_capacity(run.drafts.len());
         for d in run.drafts {
             let index = match counts.iter_mut().find(|(s, _)| *s == d.why.source) {
                 Some((_, n)) => {
@@ -1268,12 +1275,23 @@ fn finish(
                 kind.as_bytes(),
                 index.to_string().as_bytes(),
             ]);
-            let (place, previous_place) = d.place.map_or((None, None), |(p, q)| (Some(p), q));
+            drafts.push((id, d));
+        }
+        // The state names its last event, so that a reader of the KV knows
+        // where its stream position is (docs/contract.md).
+        if let Some((id, _)) = drafts.last() {
+            person.last_event_id = Some(id.clone());
+        }
+        for (id, d) in drafts {
+            let (place, previous_place, previous_place_since) = d
+                .place
+                .map_or((None, None, None), |(p, q, s)| (Some(p), q, s));
             let (status, previous_status) = d.status.map_or((None, None), |(s, q)| (Some(s), q));
             let (region, event, device) = d.region.map_or((None, None, None), |(r, e, dv)| {
                 (Some(r), Some(e), Some(dv))
             });
             events.push(PresenceEvent {
+                schema_version: shared::state::EVENT_SCHEMA_VERSION,
                 id,
                 household: person.household.clone(),
                 person: person.person.clone(),
@@ -1286,6 +1304,7 @@ fn finish(
                 },
                 place,
                 previous_place,
+                previous_place_since,
                 status,
                 previous_status,
                 region,

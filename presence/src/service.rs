@@ -534,6 +534,7 @@ fn hollow(event: &shared::state::PresenceEvent) -> shared::state::PresenceEvent 
             devices: Vec::new(),
             place_device: None,
             outbox: Vec::new(),
+            last_event_id: None,
         },
         ..event.clone()
     }

@@ -20,8 +20,15 @@ impl Transport {
     }
 }
 
+/// The envelope's schema version: raised on an incompatible change only
+/// (docs/contract.md says which changes are compatible).
+pub const ENVELOPE_SCHEMA_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// [`ENVELOPE_SCHEMA_VERSION`] when published.
+    #[serde(default = "version_one")]
+    pub schema_version: u32,
     pub household: String,
     pub user: String,
     pub device: String,
@@ -35,6 +42,10 @@ pub struct Envelope {
     pub encrypted: bool,
     /// The OwnTracks message, normalised; unknown keys kept.
     pub message: Map<String, Value>,
+}
+
+fn version_one() -> u32 {
+    1
 }
 
 impl Envelope {

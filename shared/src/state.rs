@@ -104,6 +104,18 @@ pub struct PersonState {
     /// publishes them again on its next load). Empty in events and snapshots.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<PresenceEvent>,
+    /// The `id` of the last event this state produced: a consumer that reads
+    /// the KV first finds where to follow the stream from (docs/contract.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<String>,
+}
+
+/// The presence event's schema version: raised on an incompatible change
+/// only (docs/contract.md says which changes are compatible).
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+
+fn version_one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +155,9 @@ pub enum RegionEvent {
 /// One change, published on `presence.<household>.<person>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PresenceEvent {
+    /// [`EVENT_SCHEMA_VERSION`] when published.
+    #[serde(default = "version_one")]
+    pub schema_version: u32,
     /// Deterministic: the same input gives the same id (used as `Nats-Msg-Id`).
     pub id: String,
     pub household: String,
@@ -157,6 +172,14 @@ pub struct PresenceEvent {
     pub place: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_place: Option<String>,
+    /// When the previous place began (place events): "left Home after 8 h"
+    /// without keeping memory.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub previous_place_since: Option<OffsetDateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -256,6 +256,55 @@ fn transitions_enter_and_leave() {
 }
 
 #[test]
+fn a_place_event_says_when_the_previous_place_began_and_the_state_names_its_last_event() {
+    let mut sim = Sim::new();
+    let out = sim.send("harry/phone", 0, trans(0, RegionEvent::Enter, "Work"));
+    let first = out
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::Place)
+        .unwrap();
+    assert_eq!(
+        first.previous_place_since, None,
+        "a new person had no place"
+    );
+    assert_eq!(first.schema_version, shared::state::EVENT_SCHEMA_VERSION);
+    let last = out.events.last().unwrap();
+    assert_eq!(
+        sim.person().last_event_id.as_deref(),
+        Some(last.id.as_str())
+    );
+    assert_eq!(last.state.last_event_id.as_deref(), Some(last.id.as_str()));
+
+    let out = sim.send(
+        "harry/phone",
+        8 * 3600,
+        trans(8 * 3600, RegionEvent::Leave, "Work"),
+    );
+    let place = out
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::Place)
+        .unwrap();
+    assert_eq!(place.previous_place.as_deref(), Some("Work"));
+    assert_eq!(place.previous_place_since, Some(t(0)), "at Work since 0");
+    assert_eq!(
+        sim.person().last_event_id.as_deref(),
+        Some(out.events.last().unwrap().id.as_str())
+    );
+
+    // An input that changes nothing keeps the last event's id.
+    let before = sim.person().last_event_id.clone();
+    let out = sim.send(
+        "harry/phone",
+        8 * 3600 + 60,
+        loc(8 * 3600 + 60, WORK, Some(10.0)),
+    );
+    assert!(out.events.is_empty(), "{:?}", brief(&out.events));
+    assert_eq!(sim.person().last_event_id, before);
+}
+
+#[test]
 fn inregions_corrects_missed_transitions() {
     let mut sim = Sim::new();
     let away = north(WORK, 5_000.0);
