@@ -168,7 +168,7 @@ impl Classifier {
                 ),
             });
         }
-        if !owntracks::fits_suffix(m.suffix.as_deref(), message.kind) {
+        if !shared::topic::fits_suffix(m.suffix.as_deref(), message.kind) {
             return reject(Rejection {
                 reason: Reason::TopicMismatch,
                 detail: format!(

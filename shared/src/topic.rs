@@ -1,8 +1,11 @@
 //! MQTT topic patterns: `owntracks/{user}/{device}` (default) or
 //! `owntracks/{household}/{user}/{device}`. Levels after the pattern are the
-//! suffix (`event`, `info`, `cmd`, …).
+//! suffix (`event`, `info`, `cmd`, …), and which message type each suffix
+//! takes.
 
 use thiserror::Error;
+
+use crate::owntracks::MessageType;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Level {
@@ -116,6 +119,33 @@ impl TopicPattern {
     }
 }
 
+/// Whether a message of `kind` belongs on a topic with `suffix` (`None`: the
+/// base topic). Known suffixes take one type; the base topic takes anything
+/// but `cmd` (iOS publishes cards there too); unknown suffixes take anything.
+/// `Encrypted` fits everywhere: check again after decryption.
+pub fn fits_suffix(suffix: Option<&str>, kind: MessageType) -> bool {
+    if kind == MessageType::Encrypted {
+        return true;
+    }
+    let Some(suffix) = suffix else {
+        return kind != MessageType::Cmd;
+    };
+    let expected = match suffix {
+        "event" => MessageType::Transition,
+        "info" => MessageType::Card,
+        "waypoint" => MessageType::Waypoint,
+        "waypoints" => MessageType::Waypoints,
+        "status" => MessageType::Status,
+        "cmd" => MessageType::Cmd,
+        "dump" => MessageType::Dump,
+        "step" => MessageType::Steps,
+        "beacon" => MessageType::Beacon,
+        "request" => MessageType::Request,
+        _ => return true,
+    };
+    kind == expected
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +183,37 @@ mod tests {
         assert!(TopicPattern::parse("owntracks/{user}/{user}/{device}").is_err());
         assert!(TopicPattern::parse("owntracks/+/{user}/{device}").is_err());
         assert!(TopicPattern::parse("owntracks/x{user}/{device}").is_err());
+    }
+
+    #[test]
+    fn suffixes() {
+        use MessageType::*;
+        let cases: &[(Option<&str>, MessageType, bool)] = &[
+            (None, Location, true),
+            (None, Card, true),
+            (None, Lwt, true),
+            (None, Cmd, false),
+            (None, Encrypted, true),
+            (Some("event"), Transition, true),
+            (Some("event"), Location, false),
+            (Some("event"), Encrypted, true),
+            (Some("info"), Card, true),
+            (Some("info"), Location, false),
+            (Some("waypoint"), Waypoint, true),
+            (Some("waypoints"), Waypoints, true),
+            (Some("waypoints"), Waypoint, false),
+            (Some("status"), Status, true),
+            (Some("cmd"), Cmd, true),
+            (Some("cmd"), Location, false),
+            (Some("dump"), Dump, true),
+            (Some("step"), Steps, true),
+            (Some("beacon"), Beacon, true),
+            (Some("request"), Request, true),
+            (Some("request"), Cmd, false),
+            (Some("whatever/else"), Location, true),
+        ];
+        for (suffix, kind, fits) in cases {
+            assert_eq!(fits_suffix(*suffix, *kind), *fits, "{suffix:?} {kind:?}");
+        }
     }
 }

@@ -84,7 +84,7 @@ fn every_message_parses_and_decrypts_as_an_app_message() {
             .expect("under the base topic");
         let suffix = suffix.strip_prefix('/');
         assert!(
-            owntracks::fits_suffix(suffix, message.kind),
+            shared::topic::fits_suffix(suffix, message.kind),
             "{:?} on {}",
             message.kind,
             out.topic
