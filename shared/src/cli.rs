@@ -43,11 +43,6 @@ impl CommonArgs {
         }
     }
 
-    /// The NATS URL with any password or token masked, for logs.
-    pub fn nats_url_redacted(&self) -> String {
-        crate::telemetry::redact_url(&self.nats_url)
-    }
-
     /// Loads the config and refuses it when serving it on `http_addr` would
     /// be unsafe (`crate::exposure`).
     pub fn load_config(&self, http_addr: &str) -> anyhow::Result<crate::config::Config> {

@@ -16,7 +16,7 @@ use anyhow::bail;
 use crate::config::{Config, SinkConfig};
 
 /// Whether `addr` (`host:port`, as given to bind) listens on loopback only.
-pub fn is_loopback(addr: &str) -> bool {
+fn is_loopback(addr: &str) -> bool {
     if let Ok(socket) = addr.parse::<SocketAddr>() {
         return socket.ip().is_loopback();
     }

@@ -206,7 +206,7 @@ fn percent_decode(text: &str) -> String {
 /// The inbox prefix of a service's client: its own, so that NATS
 /// authorization can let it subscribe to its replies and nobody else's
 /// (`deploy/nats-server.conf`).
-pub fn inbox_prefix(name: &str) -> String {
+fn inbox_prefix(name: &str) -> String {
     format!("_INBOX_{name}")
 }
 

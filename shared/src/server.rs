@@ -108,26 +108,26 @@ async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
 /// A client that has not sent a whole request head in this time is cut off
 /// (slowloris). hyper starts the same timer when a kept-alive connection
 /// waits for its next request, so it is also the idle timeout.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request whose response has not started after this gets a 408. Only the
 /// time to the response head counts: a long-lived body (SSE) is not cut, as
 /// long as its handler returns the response at once.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Open connections per service; beyond it new ones wait in the listen
 /// backlog until one closes.
-pub const MAX_CONNECTIONS: usize = 512;
+const MAX_CONNECTIONS: usize = 512;
 
 /// How long open connections get to finish their request on shutdown.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
 /// An HTTP server's timeouts and connection cap.
 #[derive(Debug, Clone, Copy)]
-pub struct ServerLimits {
-    pub header_read_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_connections: usize,
+struct ServerLimits {
+    header_read_timeout: Duration,
+    request_timeout: Duration,
+    max_connections: usize,
 }
 
 impl Default for ServerLimits {
@@ -152,7 +152,7 @@ pub async fn serve(
 }
 
 /// [`serve`] with explicit limits.
-pub async fn serve_with(
+async fn serve_with(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
@@ -254,7 +254,7 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// How long a service may take to stop after SIGTERM or Ctrl-C before the
 /// process exits anyway (a retry loop, a NATS that is gone, a stuck task).
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// A token cancelled on SIGTERM or Ctrl-C. The process exits anyway
 /// [`SHUTDOWN_GRACE`] after the signal, or at once on a second signal.

@@ -12,7 +12,7 @@ pub const COMMANDS_SERVICE: &str = "whereabouts-commands";
 /// Header carrying the short reason code on `rejected.>`.
 pub const REASON_HEADER: &str = "Whereabouts-Reason";
 /// Placeholder token where a name is unknown (only on `rejected.>`).
-pub const UNKNOWN: &str = "_";
+const UNKNOWN: &str = "_";
 
 /// `owntracks.<household>.<user>.<device>.<type>`
 pub fn owntracks(household: &str, user: &str, device: &str, kind: &str) -> String {
@@ -61,33 +61,6 @@ pub fn device_key(household: &str, user: &str, device: &str) -> String {
     )
 }
 
-/// The parts of an `owntracks.>` subject, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwntracksSubject {
-    pub household: String,
-    pub user: String,
-    pub device: String,
-    pub kind: String,
-}
-
-/// Parses an `owntracks.<household>.<user>.<device>.<type>` subject.
-pub fn parse_owntracks(subject: &str) -> Option<OwntracksSubject> {
-    let mut parts = subject.split('.');
-    if parts.next()? != "owntracks" {
-        return None;
-    }
-    let household = crate::token::decode(parts.next()?)?;
-    let user = crate::token::decode(parts.next()?)?;
-    let device = crate::token::decode(parts.next()?)?;
-    let kind = parts.next()?.to_string();
-    parts.next().is_none().then_some(OwntracksSubject {
-        household,
-        user,
-        device,
-        kind,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,16 +75,5 @@ mod tests {
         assert_eq!(presence("w", "Jörg"), "presence.w.J_C3_B6rg");
         assert_eq!(device_key("w", "u.x", "d"), "w.device.u_2Ex.d");
         assert_eq!(person_key("w", "Harry Potter"), "w.person.Harry_20Potter");
-    }
-
-    #[test]
-    fn owntracks_subjects_parse_back() {
-        let s = owntracks("h h", "jane.doe", "Jörg's", "transition");
-        let p = parse_owntracks(&s).unwrap();
-        assert_eq!(p.household, "h h");
-        assert_eq!(p.user, "jane.doe");
-        assert_eq!(p.device, "Jörg's");
-        assert_eq!(p.kind, "transition");
-        assert_eq!(parse_owntracks("presence.a.b"), None);
     }
 }

@@ -32,7 +32,7 @@ pub fn init_logging(format: LogFormat) {
 
 /// A writer that never fails: write errors (EPIPE from a closed stdout)
 /// drop the bytes, so logging can never stop or panic a task.
-pub struct Lossy<W>(pub W);
+struct Lossy<W>(W);
 
 impl<W: std::io::Write> std::io::Write for Lossy<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -47,7 +47,7 @@ impl<W: std::io::Write> std::io::Write for Lossy<W> {
 }
 
 /// What replaces a secret in [`redact_url`]'s output.
-pub const REDACTED: &str = "***";
+const REDACTED: &str = "***";
 
 /// Query parameters whose value is a secret (matched case-insensitively as
 /// part of the name: `apiKey`, `access_token`, `password`, …).
