@@ -16,13 +16,13 @@ use shared::config::{Config, SinkConfig};
 use shared::topic::TopicPattern;
 
 /// The broker account of ingest.
-pub const INGEST_ACCOUNT: &str = "whereabouts-ingest";
+pub(crate) const INGEST_ACCOUNT: &str = "whereabouts-ingest";
 /// The broker account of the notifier's `mqtt` sinks.
-pub const NOTIFIER_ACCOUNT: &str = "whereabouts-notifier";
+pub(crate) const NOTIFIER_ACCOUNT: &str = "whereabouts-notifier";
 
 /// Users by household: everyone the config names — HTTP-mode and
 /// encryption entries, people's devices, `user_households`.
-pub fn users_by_household(config: &Config) -> BTreeMap<String, BTreeSet<String>> {
+pub(crate) fn users_by_household(config: &Config) -> BTreeMap<String, BTreeSet<String>> {
     let pattern =
         TopicPattern::parse(&config.ingest.topic_pattern).expect("validated with the config");
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -92,7 +92,7 @@ fn template_filter(template: &str) -> String {
 }
 
 /// The ACL file for mosquitto's `acl_file`.
-pub fn mosquitto_acl(config: &Config) -> anyhow::Result<String> {
+pub(crate) fn mosquitto_acl(config: &Config) -> anyhow::Result<String> {
     let pattern =
         TopicPattern::parse(&config.ingest.topic_pattern).context("ingest.topic_pattern")?;
     let mut out = String::from(

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use shared::config::Config;
 use shared::envelope::{Envelope, Transport, content_id};
 use shared::limits::MAX_TOPIC_LEVEL_BYTES;
-use shared::owntracks::{self, Reason, Rejection};
+use shared::owntracks::{self, MessageType, Reason, Rejection};
 use shared::subjects;
 use shared::topic::{TopicMatch, TopicPattern};
 use time::OffsetDateTime;
@@ -26,7 +26,7 @@ pub enum Verdict {
     Accepted {
         subject: String,
         msg_id: String,
-        kind: &'static str,
+        kind: MessageType,
         envelope: Box<Envelope>,
     },
     Rejected {
@@ -58,16 +58,16 @@ impl Classifier {
         Ok(Classifier { pattern, config })
     }
 
-    pub fn pattern(&self) -> &TopicPattern {
+    pub(crate) fn pattern(&self) -> &TopicPattern {
         &self.pattern
     }
 
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
     /// The household, user and device a topic names, if it fits the pattern.
-    pub fn identify(&self, topic: &str) -> Option<(String, TopicMatch)> {
+    fn identify(&self, topic: &str) -> Option<(String, TopicMatch)> {
         let m = self.pattern.match_topic(topic)?;
         let household = m
             .household
@@ -148,7 +148,7 @@ impl Classifier {
         let entry = self.config.device_entry(&household, &m.user, &m.device);
         let secret = entry.and_then(|e| e.secret.as_deref());
         let parsed = owntracks::parse(input.payload).and_then(|msg| {
-            let encrypted = msg.kind == owntracks::MessageType::Encrypted;
+            let encrypted = msg.kind == MessageType::Encrypted;
             owntracks::decrypt(msg, secret).map(|msg| (msg, encrypted))
         });
         let (message, encrypted) = match parsed {
@@ -157,7 +157,7 @@ impl Classifier {
         };
         // LWTs are exempt: the apps fix them at connect time, unencrypted.
         if !encrypted
-            && message.kind != owntracks::MessageType::Lwt
+            && message.kind != MessageType::Lwt
             && entry.is_some_and(|e| e.requires_encryption())
         {
             return reject(Rejection {
@@ -178,7 +178,7 @@ impl Classifier {
                 ),
             });
         }
-        let kind = message.kind.as_str();
+        let kind = message.kind;
         let envelope = Envelope {
             schema_version: shared::envelope::ENVELOPE_SCHEMA_VERSION,
             household: household.clone(),
@@ -192,7 +192,7 @@ impl Classifier {
             message: message.body,
         };
         Verdict::Accepted {
-            subject: subjects::owntracks(&household, &m.user, &m.device, kind),
+            subject: subjects::owntracks(&household, &m.user, &m.device, kind.as_str()),
             // Topic and bytes, not the receive time: a redelivery is a duplicate.
             msg_id: content_id(&[input.topic.as_bytes(), input.payload]),
             kind,
@@ -234,7 +234,7 @@ mod tests {
         else {
             panic!("expected accepted")
         };
-        assert_eq!(kind, "location");
+        assert_eq!(kind, MessageType::Location);
         assert_eq!(subject, "owntracks.home.jane_2Edoe.My_20Phone.location");
         assert_eq!(envelope.household, "home");
         assert_eq!(envelope.user, "jane.doe");
@@ -318,7 +318,10 @@ mod tests {
         let lwt = br#"{"_type":"lwt","tst":1700000000}"#;
         assert!(matches!(
             c.classify(&incoming("owntracks/u/d", lwt)),
-            Verdict::Accepted { kind: "lwt", .. }
+            Verdict::Accepted {
+                kind: MessageType::Lwt,
+                ..
+            }
         ));
         let sealed = serde_json::json!({
             "_type": "encrypted",

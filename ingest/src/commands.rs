@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::classify::Classifier;
 
 /// Pending commands of HTTP-mode devices.
-pub const COMMANDS_BUCKET: &str = "commands";
+pub(crate) const COMMANDS_BUCKET: &str = "commands";
 const SUBJECT_PREFIX: &str = "whereabouts.commands";
 
 #[derive(Debug, Deserialize)]
@@ -38,13 +38,13 @@ struct Target {
 }
 
 #[derive(Clone)]
-pub struct Commands {
+pub(crate) struct Commands {
     pub classifier: Arc<Classifier>,
     pub mqtt: Option<AsyncClient>,
     pub queue: kv::Store,
 }
 
-pub async fn queue_bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
+pub(crate) async fn queue_bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
     if let Ok(store) = js.get_key_value(COMMANDS_BUCKET).await {
         return Ok(store);
     }
@@ -65,7 +65,7 @@ fn queue_key(household: &str, user: &str, device: &str) -> String {
 
 impl Commands {
     /// Serves the endpoints until `shutdown`.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self,
         client: async_nats::Client,
         shutdown: CancellationToken,
@@ -268,7 +268,7 @@ async fn read(queue: &kv::Store, key: &str) -> anyhow::Result<(Vec<Value>, u64)>
 
 /// Takes the commands queued for an HTTP-mode device (empty on any error:
 /// they stay queued for the next request).
-pub async fn take_pending(
+pub(crate) async fn take_pending(
     js: &jetstream::Context,
     household: &str,
     user: &str,

@@ -27,7 +27,7 @@ use shared::topic::TopicPattern;
 /// Cards and last locations of the household's devices other than the
 /// caller's. `own_tid` is the `tid` the caller just sent, if any. Best
 /// effort: an empty list when presence has no state yet.
-pub async fn friends(
+pub(crate) async fn friends(
     js: &jetstream::Context,
     pattern: &TopicPattern,
     household: &str,

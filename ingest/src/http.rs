@@ -35,13 +35,13 @@ use time::OffsetDateTime;
 
 use crate::classify::{Classifier, Incoming, Verdict};
 use crate::metrics::Metrics;
-use crate::publish::{Publication, Stored, count_stored, publish_until_stored};
+use crate::publish::{Outcome, Publication, count_stored, publish_until_stored};
 
 /// Wrong credentials from one client address within [`FAILURE_WINDOW`]
 /// that lock the address out for [`LOCKOUT`].
-pub const MAX_AUTH_FAILURES: u32 = 10;
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-pub const LOCKOUT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_AUTH_FAILURES: u32 = 10;
+pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const LOCKOUT: Duration = Duration::from_secs(60);
 
 /// Client addresses tracked at once; beyond it the oldest windows are
 /// forgotten (memory stays bounded under a spray of addresses).
@@ -55,14 +55,14 @@ const MAX_DRAIN_BYTES: usize = 16 << 20;
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
-pub struct HttpState {
+pub(crate) struct HttpState {
     pub classifier: Arc<Classifier>,
     pub js: jetstream::Context,
     pub metrics: Metrics,
     pub failures: Arc<AuthFailures>,
 }
 
-pub fn router(state: HttpState) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     // The body is read by the handler itself, after the credentials are
     // checked and with its own bound: no extractor limit applies.
     Router::new().route("/pub", post(publish)).with_state(state)
@@ -197,7 +197,7 @@ async fn handle(
         transport: Transport::Http,
         received_at: OffsetDateTime::now_utc(),
     });
-    let mut stored = Stored::Stored;
+    let mut stored = Outcome::Stored;
     if let Some(publication) = Publication::from_verdict(&verdict) {
         // Answer only once stored: the app resends on an error, never twice
         // after a success.
@@ -249,7 +249,7 @@ async fn handle(
     // Refused for good by NATS (diverted to REJECTED, or dropped): a 2xx all
     // the same, since resending the same bytes cannot help; the header says
     // why.
-    if stored != Stored::Stored {
+    if stored != Outcome::Stored {
         reason = Some(Reason::StoreRefused.as_str());
     }
 
@@ -373,7 +373,7 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
 
 /// Wrong-credential counts per client address, for the lockout.
 #[derive(Debug, Default)]
-pub struct AuthFailures {
+pub(crate) struct AuthFailures {
     by_address: Mutex<HashMap<IpAddr, Failures>>,
 }
 
@@ -386,7 +386,7 @@ struct Failures {
 
 impl AuthFailures {
     /// How long `ip` stays locked out, if it is.
-    pub fn locked(&self, ip: IpAddr) -> Option<Duration> {
+    pub(crate) fn locked(&self, ip: IpAddr) -> Option<Duration> {
         let now = Instant::now();
         let map = self.by_address.lock().expect("failure map lock");
         let until = map.get(&ip)?.locked_until?;
@@ -395,7 +395,7 @@ impl AuthFailures {
 
     /// Records a failure; true when it starts a lockout (log and count it
     /// once).
-    pub fn fail(&self, ip: IpAddr) -> bool {
+    pub(crate) fn fail(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
         let mut map = self.by_address.lock().expect("failure map lock");
         if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&ip) {

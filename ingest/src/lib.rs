@@ -2,6 +2,10 @@
 //! as typed envelopes on `owntracks.>` or, with a reason, on `rejected.>`.
 //! A message is acknowledged to its sender only once JetStream stored it.
 //!
+//! The crate exports what the binary and the tests need: [`run`],
+//! [`Settings`], `cli`, and `classify` (fuzzed in `tests/fuzz.rs`); every
+//! other module is private.
+//!
 //! Layout:
 //! - `cli`: flags and environment, for the binary.
 //! - `acl`: the mosquitto ACL that follows from the config (`ingest mosquitto-acl`).
@@ -11,17 +15,17 @@
 //! - `http`: OwnTracks HTTP mode, `POST /pub`.
 //! - `commands`: the `whereabouts-commands` service: `cmd`s to the phones.
 //! - `friends`: the household's other members, the answer to `POST /pub`.
-//! - `metrics`: ingest's Prometheus metrics.
+//! - `metrics`: ingest's Prometheus metrics and their closed label sets.
 
-pub mod acl;
+mod acl;
 pub mod classify;
 pub mod cli;
-pub mod commands;
-pub mod friends;
-pub mod http;
-pub mod metrics;
-pub mod mqtt;
-pub mod publish;
+mod commands;
+mod friends;
+mod http;
+mod metrics;
+mod mqtt;
+mod publish;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! ingest's Prometheus metrics. Label values come from closed sets only.
+//! ingest's Prometheus metrics. Label values come from closed sets only:
+//! the enums here, `Transport`, `MessageType` and `Reason`.
 
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 use shared::envelope::Transport;
@@ -6,8 +7,48 @@ use shared::owntracks::{MessageType, Reason};
 use shared::subjects::{OWNTRACKS_STREAM, REJECTED_STREAM};
 use shared::telemetry::{counter_vec, gauge, histogram_vec};
 
+/// The `stream` label: where a publication goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Owntracks,
+    Rejected,
+}
+
+impl Stream {
+    const ALL: [Stream; 2] = [Stream::Owntracks, Stream::Rejected];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Stream::Owntracks => OWNTRACKS_STREAM,
+            Stream::Rejected => REJECTED_STREAM,
+        }
+    }
+}
+
+/// The `error` label of `ingest_publish_failures_total`: why JetStream
+/// refused a publish for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Over the server's `max_payload`.
+    MaxPayload,
+    /// Not a valid subject.
+    InvalidSubject,
+    /// The server answered with an error that is not a shortage.
+    Refused,
+}
+
+impl Refusal {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxPayload => "max_payload",
+            Refusal::InvalidSubject => "invalid_subject",
+            Refusal::Refused => "refused",
+        }
+    }
+}
+
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Accepted messages by `type` and `transport`.
     pub messages: IntCounterVec,
     /// Rejected payloads by `reason` and `transport`.
@@ -33,7 +74,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(registry: &Registry) -> Self {
+    pub(crate) fn new(registry: &Registry) -> Self {
         let metrics = Metrics {
             messages: counter_vec(
                 registry,
@@ -139,7 +180,8 @@ impl Metrics {
             }
             self.cleared.with_label_values(&[transport]);
         }
-        for stream in [OWNTRACKS_STREAM, REJECTED_STREAM] {
+        for stream in Stream::ALL {
+            let stream = stream.as_str();
             self.publish_seconds.with_label_values(&[stream]);
             self.publish_retries.with_label_values(&[stream]);
         }

@@ -31,14 +31,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::classify::{Classifier, Incoming};
 use crate::metrics::Metrics;
-use crate::publish::{Publication, Stored, count_stored, publish_until_stored};
+use crate::publish::{Outcome, Publication, count_stored, publish_until_stored};
 
 /// JetStream publishes awaiting their ack at once.
-pub const MAX_IN_FLIGHT: usize = 4096;
+pub(crate) const MAX_IN_FLIGHT: usize = 4096;
 
 /// Bytes of QoS 0 messages received and not yet stored, at most; later
 /// QoS 0 messages are dropped until the pipeline catches up.
-pub const QOS0_BUDGET_BYTES: usize = 16 << 20;
+pub(crate) const QOS0_BUDGET_BYTES: usize = 16 << 20;
 
 /// What a held message costs against the budget besides its payload: the
 /// `Publish`, its channel slot, and once in flight the envelope, its JSON
@@ -69,7 +69,7 @@ pub struct MqttSettings {
 
 /// The bridge's MQTT client and its event loop, not yet running. The client
 /// is also how commands go out to the phones.
-pub fn connect(
+pub(crate) fn connect(
     settings: &MqttSettings,
     client_id: &str,
 ) -> anyhow::Result<(AsyncClient, EventLoop)> {
@@ -88,7 +88,7 @@ pub fn connect(
 
 /// Runs the bridge until `shutdown`; then stops taking messages, finishes
 /// those in flight, and disconnects.
-pub async fn run(
+pub(crate) async fn run(
     (client, eventloop): (AsyncClient, EventLoop),
     classifier: Arc<Classifier>,
     js: jetstream::Context,
@@ -298,7 +298,7 @@ async fn store(
     }
     let stored = match Publication::from_verdict(&verdict) {
         Some(publication) => publish_until_stored(js, publication, metrics).await,
-        None => Stored::Stored,
+        None => Outcome::Stored,
     };
     count_stored(metrics, &verdict, stored, Transport::Mqtt);
 }

@@ -12,25 +12,25 @@ use async_nats::subject::SubjectError;
 use bytes::Bytes;
 use shared::envelope::Transport;
 use shared::owntracks::Reason;
-use shared::subjects::{self, OWNTRACKS_STREAM, REASON_HEADER, REJECTED_STREAM};
+use shared::subjects::{self, REASON_HEADER};
 
 use crate::classify::{MAX_REJECTED_BYTES, Verdict};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal, Stream};
 
 /// A verdict serialised and ready to send.
 #[derive(Debug, Clone)]
-pub struct Publication {
+pub(crate) struct Publication {
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
-    stream: &'static str,
+    stream: Stream,
     /// Where an accepted message goes if JetStream refuses it for good.
     fallback: Option<Box<Publication>>,
 }
 
 impl Publication {
     /// `None` for verdicts that publish nothing (cleared payloads).
-    pub fn from_verdict(verdict: &Verdict) -> Option<Publication> {
+    pub(crate) fn from_verdict(verdict: &Verdict) -> Option<Publication> {
         match verdict {
             Verdict::Accepted {
                 subject,
@@ -58,7 +58,7 @@ impl Publication {
                     subject: subject.clone(),
                     headers,
                     payload,
-                    stream: OWNTRACKS_STREAM,
+                    stream: Stream::Owntracks,
                     fallback: Publication::from_verdict(&fallback).map(Box::new),
                 })
             }
@@ -76,7 +76,7 @@ impl Publication {
                     subject: subject.clone(),
                     headers,
                     payload: payload.clone(),
-                    stream: REJECTED_STREAM,
+                    stream: Stream::Rejected,
                     fallback: None,
                 })
             }
@@ -87,7 +87,7 @@ impl Publication {
 
 /// What became of a publication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
+pub(crate) enum Outcome {
     /// Stored where it was meant to go.
     Stored,
     /// Refused for good on OWNTRACKS, kept on REJECTED as `store_refused`.
@@ -98,17 +98,17 @@ pub enum Stored {
 
 /// Why a publish failed, as far as retrying goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// NATS unreachable, a timeout, no stream answering: retry.
     Transient,
     /// Retrying cannot help; the label of `ingest_publish_failures_total`.
-    Permanent(&'static str),
+    Permanent(Refusal),
 }
 
 /// Sorts a JetStream publish error into transient and permanent.
-pub fn classify_error(error: &PublishError) -> Failure {
+pub(crate) fn classify_error(error: &PublishError) -> Failure {
     match error.kind() {
-        PublishErrorKind::MaxPayloadExceeded => return Failure::Permanent("max_payload"),
+        PublishErrorKind::MaxPayloadExceeded => return Failure::Permanent(Refusal::MaxPayload),
         PublishErrorKind::Other => {}
         // Timeouts, broken pipes, no responders (JetStream not up yet, or the
         // stream being recreated), ack backpressure: all pass.
@@ -116,7 +116,7 @@ pub fn classify_error(error: &PublishError) -> Failure {
     }
     let source = std::error::Error::source(error);
     if source.is_some_and(|s| s.is::<SubjectError>()) {
-        return Failure::Permanent("invalid_subject");
+        return Failure::Permanent(Refusal::InvalidSubject);
     }
     match source.and_then(|s| s.downcast_ref::<jetstream::Error>()) {
         // The server answered and said no; only a shortage may pass.
@@ -137,7 +137,7 @@ pub fn classify_error(error: &PublishError) -> Failure {
             if shortage.contains(&code) {
                 Failure::Transient
             } else {
-                Failure::Permanent("refused")
+                Failure::Permanent(Refusal::Refused)
             }
         }
         // The client's channel closed, an unreadable ack: connection trouble.
@@ -146,11 +146,11 @@ pub fn classify_error(error: &PublishError) -> Failure {
 }
 
 /// Counts a verdict once it is stored (or, for `Cleared`, accepted).
-pub fn count(metrics: &Metrics, verdict: &Verdict, transport: Transport) {
+pub(crate) fn count(metrics: &Metrics, verdict: &Verdict, transport: Transport) {
     match verdict {
         Verdict::Accepted { kind, .. } => metrics
             .messages
-            .with_label_values(&[kind, transport.as_str()])
+            .with_label_values(&[kind.as_str(), transport.as_str()])
             .inc(),
         Verdict::Rejected { reason, .. } => metrics
             .rejected
@@ -169,14 +169,19 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Counts a message by where it ended: its verdict when stored as meant, a
 /// `store_refused` reject when diverted to REJECTED; a dropped one is
 /// already counted in `ingest_publish_failures_total`.
-pub fn count_stored(metrics: &Metrics, verdict: &Verdict, stored: Stored, transport: Transport) {
+pub(crate) fn count_stored(
+    metrics: &Metrics,
+    verdict: &Verdict,
+    stored: Outcome,
+    transport: Transport,
+) {
     match stored {
-        Stored::Stored => count(metrics, verdict, transport),
-        Stored::Diverted => metrics
+        Outcome::Stored => count(metrics, verdict, transport),
+        Outcome::Diverted => metrics
             .rejected
             .with_label_values(&[Reason::StoreRefused.as_str(), transport.as_str()])
             .inc(),
-        Stored::Dropped => {}
+        Outcome::Dropped => {}
     }
 }
 
@@ -185,27 +190,27 @@ pub fn count_stored(metrics: &Metrics, verdict: &Verdict, stored: Stored, transp
 /// safe: the `Nats-Msg-Id` makes JetStream drop the copies. A permanent
 /// error is never retried: it is counted and logged once, and an accepted
 /// message goes to its REJECTED fallback instead.
-pub async fn publish_until_stored(
+pub(crate) async fn publish_until_stored(
     js: &jetstream::Context,
     p: Publication,
     metrics: &Metrics,
-) -> Stored {
+) -> Outcome {
     let mut p = p;
     let mut diverted = false;
     loop {
         match publish_once_stored(js, &p, metrics).await {
-            Ok(()) if diverted => return Stored::Diverted,
-            Ok(()) => return Stored::Stored,
-            Err(label) => {
+            Ok(()) if diverted => return Outcome::Diverted,
+            Ok(()) => return Outcome::Stored,
+            Err(refusal) => {
                 metrics
                     .publish_failures
-                    .with_label_values(&[p.stream, label])
+                    .with_label_values(&[p.stream.as_str(), refusal.as_str()])
                     .inc();
                 let Some(fallback) = p.fallback.take() else {
-                    tracing::error!(subject = %p.subject, stream = p.stream, error = label, bytes = p.payload.len(), "JetStream refused the message for good: dropped");
-                    return Stored::Dropped;
+                    tracing::error!(subject = %p.subject, stream = p.stream.as_str(), error = refusal.as_str(), bytes = p.payload.len(), "JetStream refused the message for good: dropped");
+                    return Outcome::Dropped;
                 };
-                tracing::error!(subject = %p.subject, stream = p.stream, error = label, bytes = p.payload.len(), "JetStream refused the message for good: kept on REJECTED as store_refused");
+                tracing::error!(subject = %p.subject, stream = p.stream.as_str(), error = refusal.as_str(), bytes = p.payload.len(), "JetStream refused the message for good: kept on REJECTED as store_refused");
                 p = *fallback;
                 diverted = true;
             }
@@ -213,12 +218,12 @@ pub async fn publish_until_stored(
     }
 }
 
-/// Retries `p` until stored (`Ok`) or refused for good (`Err(label)`).
+/// Retries `p` until stored (`Ok`) or refused for good (`Err`).
 async fn publish_once_stored(
     js: &jetstream::Context,
     p: &Publication,
     metrics: &Metrics,
-) -> Result<(), &'static str> {
+) -> Result<(), Refusal> {
     let mut backoff = shared::retry::Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
         let started = Instant::now();
@@ -233,17 +238,20 @@ async fn publish_once_stored(
             Ok(()) => {
                 metrics
                     .publish_seconds
-                    .with_label_values(&[p.stream])
+                    .with_label_values(&[p.stream.as_str()])
                     .observe(started.elapsed().as_secs_f64());
                 return Ok(());
             }
             Err(e) => e,
         };
-        if let Failure::Permanent(label) = classify_error(&error) {
+        if let Failure::Permanent(refusal) = classify_error(&error) {
             tracing::debug!(subject = %p.subject, error = %error, "permanent publish error");
-            return Err(label);
+            return Err(refusal);
         }
-        metrics.publish_retries.with_label_values(&[p.stream]).inc();
+        metrics
+            .publish_retries
+            .with_label_values(&[p.stream.as_str()])
+            .inc();
         let delay = backoff.next_delay();
         tracing::warn!(subject = %p.subject, error = %error, retry_in_ms = delay.as_millis() as u64, "JetStream publish failed");
         tokio::time::sleep(delay).await;
@@ -279,15 +287,15 @@ mod tests {
             (PublishError::new(PublishErrorKind::Other), Transient),
             (
                 PublishError::new(PublishErrorKind::MaxPayloadExceeded),
-                Permanent("max_payload"),
+                Permanent(Refusal::MaxPayload),
             ),
             (
                 PublishError::with_source(PublishErrorKind::Other, SubjectError::InvalidFormat),
-                Permanent("invalid_subject"),
+                Permanent(Refusal::InvalidSubject),
             ),
             // "message size exceeds maximum allowed" (a stream's max_msg_size)
-            (api_error(10054), Permanent("refused")),
-            (api_error(10003), Permanent("refused")),
+            (api_error(10054), Permanent(Refusal::Refused)),
+            (api_error(10003), Permanent(Refusal::Refused)),
             // "insufficient resources": the server may recover.
             (api_error(10023), Transient),
         ];

@@ -222,9 +222,9 @@ fn check(classifier: &Classifier, topic: &str, payload: &[u8]) {
             envelope,
         } => {
             assert_subject(&subject);
-            assert!(subject.starts_with("owntracks.") && subject.ends_with(kind));
+            assert!(subject.starts_with("owntracks.") && subject.ends_with(kind.as_str()));
             assert_eq!(msg_id.len(), 32);
-            assert_eq!(envelope.kind(), kind);
+            assert_eq!(envelope.kind(), kind.as_str());
             assert_bounded(&envelope.message);
             serde_json::to_vec(&envelope).expect("envelope serialises");
         }
