@@ -11,7 +11,8 @@
 //!   clock (`Clock`).
 //! - `send`: MQTT (one persistent QoS 1 session) and HTTP mode, encryption,
 //!   the JSON-lines recording.
-//! - `rng`: the seeded generator.
+//! - `rng`: the seeded generator (private; the others are used by the
+//!   binary and the tests).
 //!
 //! Time: a run maps simulated time onto the wall clock by a compression
 //! factor (1440: a day in a minute), so `tst` is always the current time
@@ -27,7 +28,7 @@
 
 pub mod plan;
 pub mod render;
-pub mod rng;
+mod rng;
 pub mod send;
 pub mod world;
 

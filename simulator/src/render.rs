@@ -8,7 +8,7 @@ use crate::rng::{Rng, hash};
 use crate::world::{Device, Platform, World};
 
 /// A 16×16 PNG (a filled circle), the card's face.
-pub const FACE_PNG_BASE64: &str = "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAYAAAAf8/9hAAAAN0lEQVR42mNgoAW4skD8PzZMkWaiDCGkGa8hxGrGagipmjEMGTWACgZQHI1USUhUScpUyUykAgDGXIwozrvcBQAAAABJRU5ErkJggg==";
+const FACE_PNG_BASE64: &str = "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAYAAAAf8/9hAAAAN0lEQVR42mNgoAW4skD8PzZMkWaiDCGkGa8hxGrGagipmjEMGTWACgZQHI1USUhUScpUyUykAgDGXIwozrvcBQAAAABJRU5ErkJggg==";
 
 /// Maps simulated time onto the wall clock: `tst` is always real time, so
 /// the pipeline treats the messages as current.

@@ -64,7 +64,7 @@ impl Device {
     }
 
     /// A region name as this phone spells it.
-    pub fn region_name(&self, place: &str) -> String {
+    pub(crate) fn region_name(&self, place: &str) -> String {
         match self.naming % 4 {
             0 => place.to_string(),
             1 => place.to_lowercase(),
