@@ -46,7 +46,7 @@ impl Backoff {
 }
 
 /// A delay between half and all of `d`.
-pub fn jitter(d: Duration) -> Duration {
+fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.5..=1.0))
 }
 

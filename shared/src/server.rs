@@ -39,7 +39,7 @@ impl Readiness {
     }
 
     /// The names of the checks that are not ready.
-    pub fn failing(&self) -> Vec<&'static str> {
+    fn failing(&self) -> Vec<&'static str> {
         let checks = self.checks.lock().unwrap();
         checks
             .iter()
@@ -196,7 +196,9 @@ async fn serve_with(
                 Err(e) => {
                     // Out of file descriptors and the like: wait, do not spin.
                     tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if !crate::retry::sleep_unless_cancelled(Duration::from_secs(1), &shutdown).await {
+                        break;
+                    }
                     continue;
                 }
             },
