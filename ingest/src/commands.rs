@@ -39,9 +39,9 @@ struct Target {
 
 #[derive(Clone)]
 pub(crate) struct Commands {
-    pub classifier: Arc<Classifier>,
-    pub mqtt: Option<AsyncClient>,
-    pub queue: kv::Store,
+    pub(crate) classifier: Arc<Classifier>,
+    pub(crate) mqtt: Option<AsyncClient>,
+    pub(crate) queue: kv::Store,
 }
 
 pub(crate) async fn queue_bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {

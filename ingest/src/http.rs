@@ -56,10 +56,10 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub(crate) struct HttpState {
-    pub classifier: Arc<Classifier>,
-    pub js: jetstream::Context,
-    pub metrics: Metrics,
-    pub failures: Arc<AuthFailures>,
+    pub(crate) classifier: Arc<Classifier>,
+    pub(crate) js: jetstream::Context,
+    pub(crate) metrics: Metrics,
+    pub(crate) failures: Arc<AuthFailures>,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {

@@ -50,27 +50,27 @@ impl Refusal {
 #[derive(Clone)]
 pub(crate) struct Metrics {
     /// Accepted messages by `type` and `transport`.
-    pub messages: IntCounterVec,
+    pub(crate) messages: IntCounterVec,
     /// Rejected payloads by `reason` and `transport`.
-    pub rejected: IntCounterVec,
+    pub(crate) rejected: IntCounterVec,
     /// Zero-length ("clear") payloads by `transport`.
-    pub cleared: IntCounterVec,
+    pub(crate) cleared: IntCounterVec,
     /// JetStream publish-to-ack latency by `stream`.
-    pub publish_seconds: HistogramVec,
+    pub(crate) publish_seconds: HistogramVec,
     /// JetStream publishes retried after an error, by `stream`.
-    pub publish_retries: IntCounterVec,
+    pub(crate) publish_retries: IntCounterVec,
     /// Publishes JetStream refused for good, by `stream` and `error`.
-    pub publish_failures: IntCounterVec,
-    pub mqtt_connected: IntGauge,
-    pub mqtt_reconnects: IntCounter,
+    pub(crate) publish_failures: IntCounterVec,
+    pub(crate) mqtt_connected: IntGauge,
+    pub(crate) mqtt_reconnects: IntCounter,
     /// QoS 0 messages dropped because the QoS 0 budget was full.
-    pub mqtt_dropped: IntCounter,
+    pub(crate) mqtt_dropped: IntCounter,
     /// MQTT messages received but not yet acknowledged to the broker.
-    pub inflight: IntGauge,
+    pub(crate) inflight: IntGauge,
     /// HTTP-mode requests by status `code`.
-    pub http_requests: IntCounterVec,
+    pub(crate) http_requests: IntCounterVec,
     /// Client addresses locked out of HTTP mode after wrong credentials.
-    pub http_lockouts: IntCounter,
+    pub(crate) http_lockouts: IntCounter,
 }
 
 impl Metrics {
