@@ -60,10 +60,30 @@ impl MessageType {
             MessageType::Encrypted => "encrypted",
         }
     }
+
+    /// Fields that are numbers (a numeric string is converted).
+    pub(super) fn number_fields(self) -> &'static [&'static str] {
+        match self {
+            MessageType::Location => &LOCATION_NUMBERS,
+            MessageType::Transition => &TRANSITION_NUMBERS,
+            MessageType::Waypoint => &WAYPOINT_NUMBERS,
+            MessageType::Steps => &STEPS_NUMBERS,
+            MessageType::Beacon => &BEACON_NUMBERS,
+            _ => &[],
+        }
+    }
+
+    /// Fields that are times (integer epoch seconds after normalisation).
+    pub(super) fn time_fields(self) -> &'static [&'static str] {
+        match self {
+            MessageType::Steps | MessageType::Cmd => &TIMES_WITH_PERIOD,
+            _ => &TIMES,
+        }
+    }
 }
 
 /// Time fields on every type: integer epoch seconds after normalisation.
-pub(super) const TIMES: [&str; 3] = ["tst", "wtst", "created_at"];
+const TIMES: [&str; 3] = ["tst", "wtst", "created_at"];
 /// Steps and `cmd reportSteps` also carry a period.
 const TIMES_WITH_PERIOD: [&str; 5] = ["tst", "wtst", "created_at", "from", "to"];
 
@@ -71,27 +91,9 @@ const LOCATION_NUMBERS: [&str; 11] = [
     "lat", "lon", "acc", "alt", "batt", "bs", "cog", "vac", "vel", "p", "m",
 ];
 const TRANSITION_NUMBERS: [&str; 3] = ["lat", "lon", "acc"];
-pub(super) const WAYPOINT_NUMBERS: [&str; 5] = ["lat", "lon", "rad", "major", "minor"];
+const WAYPOINT_NUMBERS: [&str; 5] = ["lat", "lon", "rad", "major", "minor"];
 const STEPS_NUMBERS: [&str; 4] = ["steps", "distance", "floorsup", "floorsdown"];
 const BEACON_NUMBERS: [&str; 5] = ["acc", "prox", "rssi", "major", "minor"];
-
-pub(super) fn numbers_for(kind: MessageType) -> &'static [&'static str] {
-    match kind {
-        MessageType::Location => &LOCATION_NUMBERS,
-        MessageType::Transition => &TRANSITION_NUMBERS,
-        MessageType::Waypoint => &WAYPOINT_NUMBERS,
-        MessageType::Steps => &STEPS_NUMBERS,
-        MessageType::Beacon => &BEACON_NUMBERS,
-        _ => &[],
-    }
-}
-
-pub(super) fn times_for(kind: MessageType) -> &'static [&'static str] {
-    match kind {
-        MessageType::Steps | MessageType::Cmd => &TIMES_WITH_PERIOD,
-        _ => &TIMES,
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -21,8 +21,7 @@ use serde_json::{Map, Number, Value};
 use time::format_description::well_known::{Iso8601, Rfc3339};
 use time::{OffsetDateTime, PrimitiveDateTime};
 
-use super::message_type::{MessageType, TIMES, WAYPOINT_NUMBERS, numbers_for, times_for};
-use super::{Reason, Rejection};
+use super::{MessageType, Reason, Rejection};
 use crate::crypto;
 use crate::limits::{
     MAX_CARD_NAME_BYTES, MAX_REGION_NAME_BYTES, MAX_REGIONS_PER_DEVICE, MAX_TID_BYTES,
@@ -247,7 +246,11 @@ fn cut_string_list(body: &mut Map<String, Value>, field: &str, count: usize, max
 fn normalise_waypoint_list(items: &mut [Value]) {
     for item in items {
         if let Value::Object(entry) = item {
-            coerce_fields(entry, &WAYPOINT_NUMBERS, &TIMES);
+            coerce_fields(
+                entry,
+                MessageType::Waypoint.number_fields(),
+                MessageType::Waypoint.time_fields(),
+            );
             cut_string(entry, "desc", MAX_REGION_NAME_BYTES);
             cut_string(entry, "rid", MAX_REGION_NAME_BYTES);
         }
@@ -264,7 +267,7 @@ fn is_uuid(s: &str) -> bool {
 }
 
 pub(super) fn normalise(kind: MessageType, body: &mut Map<String, Value>) -> Result<(), Rejection> {
-    let removed = coerce_fields(body, numbers_for(kind), times_for(kind));
+    let removed = coerce_fields(body, kind.number_fields(), kind.time_fields());
     let removed = removed.as_slice();
     lowercase_wifi(body);
     // Any type may carry a tid (beacons, LWTs, …); it names the device on maps.
