@@ -28,7 +28,7 @@ fn is_loopback(addr: &str) -> bool {
 
 /// Every secret the config holds: household tokens, HTTP-mode passwords,
 /// encryption secrets, and the sinks' keys.
-pub fn secrets(config: &Config) -> Vec<&str> {
+fn secrets(config: &Config) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
     out.extend(
         config
