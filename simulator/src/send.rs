@@ -35,14 +35,14 @@ pub struct Sent {
     pub http_failed: u64,
 }
 
-pub struct Sender {
+pub(crate) struct Sender {
     mqtt: Option<(AsyncClient, JoinHandle<()>)>,
     acked: Arc<AtomicU64>,
     http: reqwest::Client,
     http_url: String,
     record: Option<std::io::BufWriter<std::fs::File>>,
     started: tokio::time::Instant,
-    pub sent: Sent,
+    sent: Sent,
 }
 
 /// A header line first, then one line per message sent.
@@ -67,7 +67,7 @@ pub struct RecordLine {
 impl Sender {
     /// Connects the MQTT session (when any device uses MQTT) and opens the
     /// recording.
-    pub async fn connect(
+    pub(crate) async fn connect(
         endpoints: &Endpoints,
         devices: &[Device],
         record: Option<(&std::path::Path, RecordHeader)>,
@@ -145,7 +145,7 @@ impl Sender {
     }
 
     /// Sends one message as `device` would.
-    pub async fn send(&mut self, device: &Device, out: &Outgoing) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, device: &Device, out: &Outgoing) -> anyhow::Result<()> {
         let plain = out.message.to_string();
         let wire = match &device.secret {
             Some(secret) => {
@@ -231,7 +231,7 @@ impl Sender {
 
     /// Waits until the broker acknowledged every MQTT message sent, flushes
     /// the recording and disconnects.
-    pub async fn finish(mut self, timeout: Duration) -> anyhow::Result<Sent> {
+    pub(crate) async fn finish(mut self, timeout: Duration) -> anyhow::Result<Sent> {
         if let Some(w) = &mut self.record {
             w.flush().context("writing the recording")?;
         }
