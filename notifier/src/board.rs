@@ -10,7 +10,7 @@ const HTML: &str = include_str!("../assets/board.html");
 const JS: &str = include_str!("../assets/board.js");
 const CSS: &str = include_str!("../assets/board.css");
 
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(
             "/",
