@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shared::config::Config;
-use shared::server::{Readiness, SHUTDOWN_GRACE, ops_router, serve};
+use shared::server::{Readiness, ops_router, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -45,8 +45,7 @@ pub struct Settings {
     pub config: Config,
 }
 
-/// Runs until `shutdown`, then stops every task it started (awaiting them
-/// for [`SHUTDOWN_GRACE`] at most).
+/// Runs until `shutdown`, then stops every task it started and awaits them.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -55,9 +54,14 @@ pub async fn run(
     // A child: the tasks stop also when the service fails.
     let tasks = Tasks::new(shutdown.child_token());
     let result = serve_until_shutdown(settings, listener, &tasks).await;
-    tasks.stop(SHUTDOWN_GRACE).await;
+    tasks.stop(TASK_GRACE).await;
     result
 }
+
+/// How long the tasks may take to end once the server has stopped (they
+/// were cancelled with it): with the server's own drain before, still
+/// within `shared::server::SHUTDOWN_GRACE`, when the process exits anyway.
+const TASK_GRACE: Duration = Duration::from_secs(2);
 
 /// The MQTT topic filters the config's `mqtt` sinks write under: what the
 /// broker must allow the notifier's account (ingest's `mosquitto-acl`).

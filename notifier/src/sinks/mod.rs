@@ -325,7 +325,13 @@ async fn deliver_with_retries(
 ) -> Finished {
     let mut backoff = shared::retry::Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
-        match sink.deliver(event, &message.payload).await {
+        // Stopping drops a delivery in flight: the event is not acked, so it
+        // is delivered again after the restart (at least once).
+        let delivered = tokio::select! {
+            _ = shutdown.cancelled() => return Finished::Stopped,
+            delivered = sink.deliver(event, &message.payload) => delivered,
+        };
+        match delivered {
             Ok(()) => return Finished::Delivered,
             Err(DeliveryError::Permanent(why)) => {
                 tracing::warn!(sink = %name, event = %event.id, %why, "delivery refused: giving up on this event");
