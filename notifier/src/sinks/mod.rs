@@ -11,12 +11,12 @@
 //! - `ntfy`: push notifications from a message template.
 //!
 //! A new sink is its own file here (its `Settings` with [`Build`], and a
-//! [`Sink`]), one line in [`Kind`] with its arm in [`Kind::build`], and an
-//! example in `whereabouts.example.toml`. A secret setting takes one of the
+//! [`Sink`]) with its `mod` line, one line in [`Kind`] with its arm in
+//! [`Kind::build`], and an example in `whereabouts.example.toml`. A secret setting takes one of the
 //! names in `shared::config::SINK_SECRET_KEYS`.
 
 mod magicmirror;
-pub(crate) mod mqtt;
+mod mqtt;
 mod ntfy;
 pub mod webhook;
 
