@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
-use shared::config::{Config, SinkConfig};
+use shared::config::Config;
 use shared::topic::TopicPattern;
 
 /// The broker account of ingest.
@@ -77,20 +77,6 @@ fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The literal topic prefix of a sink topic template (`whereabouts/{household}/…`
-/// → `whereabouts/#`).
-fn template_filter(template: &str) -> String {
-    let literal: Vec<&str> = template
-        .split('/')
-        .take_while(|level| !level.contains('{') && !level.is_empty())
-        .collect();
-    if literal.is_empty() {
-        "#".into()
-    } else {
-        format!("{}/#", literal.join("/"))
-    }
-}
-
 /// The ACL file for mosquitto's `acl_file`.
 pub(crate) fn mosquitto_acl(config: &Config) -> anyhow::Result<String> {
     let pattern =
@@ -103,20 +89,8 @@ pub(crate) fn mosquitto_acl(config: &Config) -> anyhow::Result<String> {
     let _ = writeln!(out, "user {INGEST_ACCOUNT}");
     let _ = writeln!(out, "topic readwrite {}\n", pattern.subscription());
     let _ = writeln!(out, "user {NOTIFIER_ACCOUNT}");
-    let mut sink_filters = BTreeSet::new();
-    for sink in &config.notifier.sinks {
-        if let SinkConfig::Mqtt {
-            topic,
-            discovery_prefix,
-            ..
-        } = sink
-        {
-            sink_filters.insert(template_filter(topic));
-            if !discovery_prefix.is_empty() {
-                sink_filters.insert(format!("{}/#", discovery_prefix.trim_end_matches('/')));
-            }
-        }
-    }
+    // The notifier knows its sinks' settings and which topics they write.
+    let sink_filters = notifier::mqtt_acl_filters(config).context("notifier.sinks")?;
     if sink_filters.is_empty() {
         // No mqtt sink: the account exists but may touch nothing.
         out.push_str("# (no mqtt sinks)\n");

@@ -2,7 +2,7 @@
  * Whereabouts notifier.
  *
  * The drawing is done by whereabouts-render.js (a byte-identical copy of the
- * notifier's board.js; only its `WhereaboutsRender` part runs here). The DOM
+ * notifier's board renderer, assets/board-render.js). The DOM
  * is built once and updated in place, so hands animate between places
  * instead of being redrawn.
  */

@@ -11,6 +11,8 @@
 
 const http = require("http");
 const https = require("https");
+// The renderer's own reading of labels, so the compat messages and the clock agree.
+const { labelsOf, specialOf } = require("./whereabouts-render");
 
 let Log = console;
 /** Use MagicMirror's logger when there is one. */
@@ -264,8 +266,8 @@ class Stream {
    *  `person` field: -UPDATE (with `inregions`), -TRAVELING, -LOST. */
   emitCompat(ev) {
     const s = ev.state;
-    const labels = Object.assign({ traveling: "Traveling", away: "Away", lost: "Lost" }, (this.snapshot && this.snapshot.labels) || {});
-    const is = (k) => String(s.place).toLowerCase() === String(labels[k]).toLowerCase() || String(s.place).toLowerCase() === k;
+    const special = specialOf(s.place, labelsOf(this.snapshot));
+    const is = (k) => special === k;
     const tst = Math.floor(Date.parse(ev.at) / 1000) || Math.floor(Date.now() / 1000);
     const base = { key: this.key, person: s.name || s.person, tid: String(s.person).slice(0, 2), tst, whereabouts: ev };
     if (is("lost") || s.status === "offline") {

@@ -1,6 +1,6 @@
 // Fake notifier for checking the board and the MagicMirror module without the real one.
 // usage: node fake-notifier.js PORT ASSETS_DIR   (household "x", token "t")
-// Serves /, /board.js, /board.css from ASSETS_DIR, GET /v1/households/x/people, the SSE stream
+// Serves /, /board.js, /board-render.js, /board.css from ASSETS_DIR, GET /v1/households/x/people, the SSE stream
 // /v1/households/x/events (snapshot, heartbeats every 5 s), and GET /emit?person=ron&place=Home
 // which moves a person and pushes a presence event to every open stream.
 "use strict";
@@ -36,7 +36,7 @@ const auth = (req, u) => u.searchParams.get("token") === TOKEN || req.headers.au
 http.createServer((req, res) => {
   const u = new URL(req.url, "http://x");
   console.log(req.method, req.url, req.headers["last-event-id"] || "");
-  const files = { "/": "board.html", "/board.js": "board.js", "/board.css": "board.css" };
+  const files = { "/": "board.html", "/board.js": "board.js", "/board-render.js": "board-render.js", "/board.css": "board.css" };
   if (files[u.pathname]) {
     const f = files[u.pathname];
     res.writeHead(200, { "content-type": f.endsWith(".js") ? "text/javascript" : f.endsWith(".css") ? "text/css" : "text/html" });

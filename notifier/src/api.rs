@@ -22,22 +22,24 @@ use tokio_util::sync::CancellationToken;
 use crate::live::{Feed, Live, LiveEvent};
 use crate::metrics::Metrics;
 use crate::people::People;
+use crate::tasks::Tasks;
 
 #[derive(Clone)]
-pub struct ApiState {
-    pub config: Arc<Config>,
-    pub people: People,
-    pub live: Live,
-    pub metrics: Metrics,
-    pub sse_slots: SseSlots,
-    pub shutdown: CancellationToken,
+pub(crate) struct ApiState {
+    pub(crate) config: Arc<Config>,
+    pub(crate) people: People,
+    pub(crate) live: Live,
+    pub(crate) metrics: Metrics,
+    pub(crate) sse_slots: SseSlots,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: Tasks,
 }
 
 /// Open SSE streams per household, held against
 /// `notifier.max_sse_clients_per_household`: one household's clients
 /// (a reload loop, a leaked token) cannot take every connection.
 #[derive(Clone, Default)]
-pub struct SseSlots(Arc<Mutex<HashMap<String, usize>>>);
+pub(crate) struct SseSlots(Arc<Mutex<HashMap<String, usize>>>);
 
 impl SseSlots {
     /// A slot for one more stream of `household`, if it has fewer than `max`.
@@ -73,7 +75,7 @@ impl Drop for SseSlot {
     }
 }
 
-pub fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/households/{household}/people", get(people))
         .route("/v1/households/{household}/events", get(events))
@@ -201,7 +203,7 @@ async fn events(
     let rx_live = state.live.subscribe();
     let heartbeat = state.config.notifier.heartbeat;
     let shutdown = state.shutdown.clone();
-    tokio::spawn(async move {
+    state.tasks.clone().spawn(async move {
         stream_events(state, household, last_event_id, rx_live, tx).await;
         drop(slot);
     });

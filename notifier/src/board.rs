@@ -8,9 +8,11 @@ use axum::routing::get;
 
 const HTML: &str = include_str!("../assets/board.html");
 const JS: &str = include_str!("../assets/board.js");
+/// The renderer alone: the MagicMirror² module ships a copy of it.
+const RENDER_JS: &str = include_str!("../assets/board-render.js");
 const CSS: &str = include_str!("../assets/board.css");
 
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(
             "/",
@@ -19,6 +21,10 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/board.js",
             get(|| async { asset("text/javascript; charset=utf-8", JS) }),
+        )
+        .route(
+            "/board-render.js",
+            get(|| async { asset("text/javascript; charset=utf-8", RENDER_JS) }),
         )
         .route(
             "/board.css",

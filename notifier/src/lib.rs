@@ -8,17 +8,21 @@
 //! - `board`: the web board's static files.
 //! - `people`: current person states, from a watch on the KV bucket.
 //! - `live`: the PRESENCE feed, broadcast to SSE clients; replay on resume.
-//! - `sinks`: webhook, MQTT, MagicMirror, ntfy, and their shared driver.
+//! - `sinks`: each sink with its own settings (webhook, MQTT, MagicMirror,
+//!   ntfy), and their shared driver.
 //! - `metrics`: notifier's Prometheus metrics.
+//! - `tasks`: the tracked tasks, awaited on shutdown.
 
-pub mod api;
-pub mod board;
+mod api;
+mod board;
 pub mod cli;
-pub mod live;
-pub mod metrics;
-pub mod people;
+mod live;
+mod metrics;
+mod people;
 pub mod sinks;
+mod tasks;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +31,8 @@ use shared::config::Config;
 use shared::server::{Readiness, ops_router, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::tasks::Tasks;
 
 pub struct Settings {
     pub nats_url: String,
@@ -39,11 +45,45 @@ pub struct Settings {
     pub config: Config,
 }
 
+/// Runs until `shutdown`, then stops every task it started and awaits them.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // A child: the tasks stop also when the service fails.
+    let tasks = Tasks::new(shutdown.child_token());
+    let result = serve_until_shutdown(settings, listener, &tasks).await;
+    tasks.stop(TASK_GRACE).await;
+    result
+}
+
+/// How long the tasks may take to end once the server has stopped (they
+/// were cancelled with it): with the server's own drain before, still
+/// within `shared::server::SHUTDOWN_GRACE`, when the process exits anyway.
+const TASK_GRACE: Duration = Duration::from_secs(2);
+
+/// The MQTT topic filters the config's `mqtt` sinks write under: what the
+/// broker must allow the notifier's account (ingest's `mosquitto-acl`).
+pub fn mqtt_acl_filters(config: &Config) -> anyhow::Result<BTreeSet<String>> {
+    Ok(sinks::parse(config)?
+        .into_iter()
+        .filter_map(|sink| match sink.kind {
+            sinks::Kind::Mqtt(mqtt) => Some(mqtt.topic_filters()),
+            _ => None,
+        })
+        .flatten()
+        .collect())
+}
+
+async fn serve_until_shutdown(
+    settings: Settings,
+    listener: TcpListener,
+    tasks: &Tasks,
+) -> anyhow::Result<()> {
+    let shutdown = tasks.shutdown();
+    // Before anything else: a sink with bad settings stops the start.
+    let configured = sinks::parse(&settings.config)?;
     let registry = shared::telemetry::registry();
     let metrics = metrics::Metrics::new(&registry);
     let readiness = Readiness::default();
@@ -77,32 +117,27 @@ pub async fn run(
         .await
         .context("reading PRESENCE position")?;
     let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(people.clone().follow(store, loaded_tx, shutdown.clone()));
+    tasks.spawn_long(
+        "people",
+        people.clone().follow(store, loaded_tx, shutdown.clone()),
+    );
     // An empty bucket never reports "loaded": wait a little, not forever.
     let _ = tokio::time::timeout(Duration::from_secs(3), loaded_rx).await;
-    tokio::spawn(live.clone().follow(start, people.clone(), shutdown.clone()));
+    tasks.spawn_long(
+        "live",
+        live.clone().follow(start, people.clone(), shutdown.clone()),
+    );
     state_ready.set(true);
 
-    for (index, sink_config) in config.notifier.sinks.iter().enumerate() {
-        let (name, filter, sink) = sinks::Sink::from_config(
-            sink_config,
-            index,
-            &settings.mqtt_url,
-            settings.mqtt_ca_file.as_deref(),
-            &config.households,
-            &shutdown,
-        )
-        .with_context(|| format!("notifier.sinks[{index}]"))?;
-        tracing::info!(sink = %name, "sink started");
-        metrics.register_sink(&name);
-        tokio::spawn(sinks::drive(
-            js.clone(),
-            name,
-            filter,
-            sink,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+    let context = sinks::Context {
+        mqtt_url: &settings.mqtt_url,
+        mqtt_ca_file: settings.mqtt_ca_file.as_deref(),
+        households: &config.households,
+        shutdown: &shutdown,
+        tasks,
+    };
+    for sink in configured {
+        sink.start(&js, &context, &metrics)?;
     }
 
     let api = api::router(api::ApiState {
@@ -112,6 +147,7 @@ pub async fn run(
         metrics,
         sse_slots: api::SseSlots::default(),
         shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
     });
     let app = ops_router(registry, readiness)
         .merge(api)

@@ -22,17 +22,17 @@ use crate::people::People;
 
 /// One presence event as the stream holds it.
 #[derive(Debug, Clone)]
-pub struct LiveEvent {
+pub(crate) struct LiveEvent {
     /// The PRESENCE stream sequence: the SSE `id:`.
-    pub seq: u64,
-    pub household: String,
+    pub(crate) seq: u64,
+    pub(crate) household: String,
     /// The event's JSON, sent to clients as it is.
-    pub json: Arc<str>,
+    pub(crate) json: Arc<str>,
 }
 
 /// What the live broadcast carries.
 #[derive(Debug)]
-pub enum Feed {
+pub(crate) enum Feed {
     Event(LiveEvent),
     /// The stream went back: what clients hold is no base for its new
     /// sequences. `seq` is the stream's last sequence then.
@@ -46,15 +46,15 @@ const RESET_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A stream's identity and extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
-    pub first: u64,
-    pub last: u64,
+pub(crate) struct Bounds {
+    pub(crate) first: u64,
+    pub(crate) last: u64,
     /// When the stream was created: a recreated stream has a new one.
-    pub created: time::OffsetDateTime,
+    pub(crate) created: time::OffsetDateTime,
 }
 
 #[derive(Clone)]
-pub struct Live {
+pub(crate) struct Live {
     js: jetstream::Context,
     tx: broadcast::Sender<Arc<Feed>>,
     /// The last sequence broadcast (or, before any, the stream's last at start).
@@ -65,7 +65,7 @@ pub struct Live {
 const BROADCAST_CAPACITY: usize = 8192;
 
 impl Live {
-    pub fn new(js: jetstream::Context) -> Self {
+    pub(crate) fn new(js: jetstream::Context) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         Live {
             js,
@@ -74,22 +74,22 @@ impl Live {
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Feed>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Feed>> {
         self.tx.subscribe()
     }
 
-    pub fn last_seq(&self) -> u64 {
+    pub(crate) fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)
     }
 
     /// The stream's last sequence now.
-    pub async fn stream_last_seq(&self) -> anyhow::Result<u64> {
+    pub(crate) async fn stream_last_seq(&self) -> anyhow::Result<u64> {
         let mut stream = self.js.get_stream(PRESENCE_STREAM).await?;
         Ok(stream.info().await?.state.last_sequence)
     }
 
     /// The stream's first and last sequences and creation time now.
-    pub async fn stream_bounds(&self) -> anyhow::Result<Bounds> {
+    pub(crate) async fn stream_bounds(&self) -> anyhow::Result<Bounds> {
         let mut stream = self.js.get_stream(PRESENCE_STREAM).await?;
         let info = stream.info().await?;
         Ok(Bounds {
@@ -101,7 +101,7 @@ impl Live {
 
     /// Follows the stream from `after + 1`, keeping `people` current and
     /// broadcasting each event, until `shutdown`.
-    pub async fn follow(self, after: u64, people: People, shutdown: CancellationToken) {
+    pub(crate) async fn follow(self, after: u64, people: People, shutdown: CancellationToken) {
         self.last_seq.store(after, Ordering::Release);
         let mut backoff = shared::retry::Backoff::default();
         let mut created = None;
@@ -186,7 +186,7 @@ impl Live {
 
     /// An ordered consumer over `presence.<household>.>` (or all with `>`)
     /// from `start`, as a stream of events.
-    pub async fn ordered(
+    pub(crate) async fn ordered(
         &self,
         household_filter: &str,
         start: u64,
@@ -228,7 +228,7 @@ impl Live {
 
     /// How many events of a household are pending after `after`: used to
     /// know when a replay has caught up.
-    pub async fn pending(&self, household: &str, after: u64) -> anyhow::Result<u64> {
+    pub(crate) async fn pending(&self, household: &str, after: u64) -> anyhow::Result<u64> {
         let stream = self.js.get_stream(PRESENCE_STREAM).await?;
         let mut consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {

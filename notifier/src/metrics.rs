@@ -4,24 +4,58 @@
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use shared::telemetry::{counter_vec, gauge, gauge_vec, histogram_vec};
 
+/// How one delivery attempt ended: the `outcome` label of
+/// `notifier_deliveries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Delivered,
+    /// A retryable failure; the event is tried again.
+    Retried,
+    /// A permanent failure; the event is given up.
+    Failed,
+    /// Not for this sink (its filter, or the sink's own choice).
+    Filtered,
+    /// Not a readable presence event.
+    Invalid,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Delivered,
+        Outcome::Retried,
+        Outcome::Failed,
+        Outcome::Filtered,
+        Outcome::Invalid,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Retried => "retried",
+            Outcome::Failed => "failed",
+            Outcome::Filtered => "filtered",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
 #[derive(Clone)]
-pub struct Metrics {
-    pub sse_clients: IntGauge,
+pub(crate) struct Metrics {
+    pub(crate) sse_clients: IntGauge,
     /// Events a slow SSE client missed from the broadcast (then replayed).
-    pub sse_lagged: IntCounter,
+    pub(crate) sse_lagged: IntCounter,
     /// SSE clients refused: their household had its maximum open.
-    pub sse_refused: IntCounter,
-    /// Deliveries by `sink` and `outcome` (`delivered`, `retried`, `failed`,
-    /// `filtered`, `invalid`).
-    pub deliveries: IntCounterVec,
+    pub(crate) sse_refused: IntCounter,
+    /// Deliveries by `sink` and [`Outcome`].
+    deliveries: IntCounterVec,
     /// From the event's emission to its delivery, by `sink`.
-    pub delivery_seconds: HistogramVec,
+    pub(crate) delivery_seconds: HistogramVec,
     /// Events waiting for a sink, by `sink`.
-    pub queue_depth: IntGaugeVec,
+    pub(crate) queue_depth: IntGaugeVec,
 }
 
 impl Metrics {
-    pub fn new(registry: &Registry) -> Self {
+    pub(crate) fn new(registry: &Registry) -> Self {
         let sse_lagged = IntCounter::new(
             "notifier_sse_lagged_events_total",
             "Events slow SSE clients missed from the live broadcast and got by replay.",
@@ -65,11 +99,42 @@ impl Metrics {
 
     /// Creates a configured sink's series at 0, so that dashboards and
     /// alerts see them before its first delivery.
-    pub fn register_sink(&self, sink: &str) {
-        for outcome in ["delivered", "retried", "failed", "filtered", "invalid"] {
-            self.deliveries.with_label_values(&[sink, outcome]);
+    pub(crate) fn register_sink(&self, sink: &str) {
+        for outcome in Outcome::ALL {
+            self.deliveries.with_label_values(&[sink, outcome.as_str()]);
         }
         self.delivery_seconds.with_label_values(&[sink]);
         self.queue_depth.with_label_values(&[sink]);
+    }
+
+    /// Counts one delivery attempt of `sink`.
+    pub(crate) fn delivery(&self, sink: &str, outcome: Outcome) {
+        self.deliveries
+            .with_label_values(&[sink, outcome.as_str()])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registered_sink_has_every_outcome_at_zero() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry);
+        metrics.register_sink("hooks");
+        metrics.delivery("hooks", Outcome::Retried);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        for outcome in Outcome::ALL {
+            let n = u64::from(outcome == Outcome::Retried);
+            let line = format!(
+                "notifier_deliveries_total{{outcome=\"{}\",sink=\"hooks\"}} {n}",
+                outcome.as_str()
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
     }
 }

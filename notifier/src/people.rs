@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 /// household → person → state.
 #[derive(Clone, Default)]
-pub struct People {
+pub(crate) struct People {
     inner: Arc<RwLock<BTreeMap<String, BTreeMap<String, PersonState>>>>,
 }
 
 impl People {
-    pub fn household(&self, household: &str) -> Vec<PersonState> {
+    pub(crate) fn household(&self, household: &str) -> Vec<PersonState> {
         let inner = self.inner.read().unwrap();
         inner
             .get(household)
@@ -25,7 +25,7 @@ impl People {
             .unwrap_or_default()
     }
 
-    pub fn set(&self, mut state: PersonState) {
+    pub(crate) fn set(&self, mut state: PersonState) {
         state.outbox.clear(); // presence's bookkeeping, not for clients
         let mut inner = self.inner.write().unwrap();
         inner
@@ -43,7 +43,7 @@ impl People {
 
     /// Follows the bucket until `shutdown`; `loaded` fires once the initial
     /// values are in. Restarts the watch when it ends (NATS reconnects).
-    pub async fn follow(
+    pub(crate) async fn follow(
         self,
         store: kv::Store,
         loaded: tokio::sync::oneshot::Sender<()>,

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::MAX_TOPIC_LEVEL_BYTES;
+use crate::state::EventKind;
 use crate::topic::TopicPattern;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -291,6 +292,8 @@ pub struct NotifierConfig {
     pub heartbeat: Duration,
     /// SSE clients one household may hold open at once; more get 503.
     pub max_sse_clients_per_household: usize,
+    /// Checked here for what all sinks share (unique names, event kinds);
+    /// each kind's own settings by the notifier.
     pub sinks: Vec<SinkConfig>,
 }
 
@@ -305,82 +308,127 @@ impl Default for NotifierConfig {
     }
 }
 
+/// One `[[notifier.sinks]]` entry. Only what every sink has lives here: its
+/// `type`, its `name` and the filter. The other keys are the kind's own:
+/// the notifier parses and checks them beside each sink's code, so that a
+/// new sink needs no change here. Ingest and presence ignore sinks.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "toml::Table", into = "toml::Table")]
+pub struct SinkConfig {
+    /// The sink's `type`: `webhook`, `mqtt`, … (the notifier knows them).
+    pub kind: String,
+    /// Unique among sinks: names the durable consumer. See [`Self::name`].
+    pub name: Option<String>,
+    pub filter: SinkFilter,
+    /// The kind's own keys, as written.
+    pub settings: toml::Table,
+}
+
 /// Which events a sink receives. Empty lists mean all.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SinkFilter {
     pub households: Vec<String>,
     pub people: Vec<String>,
-    /// `place`, `status`, `region`.
-    pub kinds: Vec<String>,
+    pub kinds: Vec<EventKind>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkConfig {
-    Webhook {
-        /// Unique among sinks; names the durable consumer.
-        name: Option<String>,
-        url: String,
-        /// HMAC-SHA256 key for the `X-Whereabouts-Signature` header.
-        secret: Option<String>,
-        #[serde(default = "default_timeout", with = "humantime_serde")]
-        timeout: Duration,
-        #[serde(flatten)]
-        filter: SinkFilter,
-    },
-    Mqtt {
-        name: Option<String>,
-        /// Broker URL; defaults to `MQTT_URL`.
-        url: Option<String>,
-        #[serde(default = "default_state_topic")]
-        topic: String,
-        /// Home Assistant discovery prefix; empty disables discovery.
-        #[serde(default = "default_discovery_prefix")]
-        discovery_prefix: String,
-        #[serde(flatten)]
-        filter: SinkFilter,
-    },
-    Magicmirror {
-        name: Option<String>,
-        /// MMM-Remote-Control base URL, e.g. `http://mirror:8080`.
-        url: String,
-        api_key: Option<String>,
-        #[serde(default = "default_mm_notification")]
-        notification: String,
-        #[serde(flatten)]
-        filter: SinkFilter,
-    },
-    Ntfy {
-        name: Option<String>,
-        /// Topic URL, e.g. `https://ntfy.sh/weasleys`.
-        url: String,
-        token: Option<String>,
-        /// `{person}`, `{place}`, `{previous_place}`, `{household}` are replaced.
-        #[serde(default = "default_ntfy_template")]
-        template: String,
-        /// Only these places (empty: all).
-        #[serde(default)]
-        places: Vec<String>,
-        #[serde(flatten)]
-        filter: SinkFilter,
-    },
+/// The setting names under which a sink keeps secrets, whatever its kind:
+/// `crate::exposure` refuses published ones beyond loopback, so a sink's
+/// secret must be named one of these.
+pub const SINK_SECRET_KEYS: [&str; 4] = ["secret", "api_key", "token", "password"];
+
+impl SinkConfig {
+    /// The sink's name: `name`, else `<type>-<index>` (`index`: its place
+    /// among the sinks).
+    pub fn name(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{index}", self.kind))
+    }
+
+    /// The secrets among its settings (see [`SINK_SECRET_KEYS`]).
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        SINK_SECRET_KEYS
+            .iter()
+            .filter_map(|key| self.settings.get(*key)?.as_str())
+    }
 }
 
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
+impl TryFrom<toml::Table> for SinkConfig {
+    type Error = String;
+
+    fn try_from(mut table: toml::Table) -> Result<Self, String> {
+        let mut string = |key: &str| match table.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!(
+                "`{key}` must be a string, not {}",
+                other.type_str()
+            )),
+        };
+        let kind = string("type")?.ok_or("a sink needs a `type`")?;
+        let name = string("name")?;
+        let sink = match &name {
+            Some(name) => format!("sink {name:?}"),
+            None => format!("a {kind} sink"),
+        };
+        let filter = SinkFilter {
+            households: take_list(&mut table, "households", &sink)?,
+            people: take_list(&mut table, "people", &sink)?,
+            kinds: take_list(&mut table, "kinds", &sink)?,
+        };
+        Ok(SinkConfig {
+            kind,
+            name,
+            filter,
+            settings: table,
+        })
+    }
 }
-fn default_state_topic() -> String {
-    "whereabouts/{household}/{person}".into()
+
+/// Removes the list `key` from a sink's table (empty if absent). Errors name
+/// the sink: toml's own would point at the whole table.
+fn take_list<T: serde::de::DeserializeOwned>(
+    table: &mut toml::Table,
+    key: &str,
+    sink: &str,
+) -> Result<Vec<T>, String> {
+    match table.remove(key) {
+        None => Ok(Vec::new()),
+        Some(value) => value
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("{sink}: `{key}`: {}", e.message())),
+    }
 }
-fn default_discovery_prefix() -> String {
-    "homeassistant".into()
-}
-fn default_mm_notification() -> String {
-    "WHEREABOUTS_PRESENCE".into()
-}
-fn default_ntfy_template() -> String {
-    "{person} arrived at {place}".into()
+
+impl From<SinkConfig> for toml::Table {
+    fn from(sink: SinkConfig) -> toml::Table {
+        let mut table = toml::Table::new();
+        table.insert("type".into(), sink.kind.into());
+        if let Some(name) = sink.name {
+            table.insert("name".into(), name.into());
+        }
+        let SinkFilter {
+            households,
+            people,
+            kinds,
+        } = sink.filter;
+        let lists = [
+            ("households", toml::Value::try_from(households)),
+            ("people", toml::Value::try_from(people)),
+            ("kinds", toml::Value::try_from(kinds)),
+        ];
+        for (key, value) in lists {
+            match value.expect("lists of strings are TOML") {
+                toml::Value::Array(items) if items.is_empty() => {}
+                value => {
+                    table.insert(key.into(), value);
+                }
+            }
+        }
+        table.extend(sink.settings);
+        table
+    }
 }
 
 /// Stream and bucket limits.
@@ -474,6 +522,17 @@ impl Config {
                 bail!(
                     "ingest.devices: {:?} requires encryption but has no secret",
                     entry.user
+                );
+            }
+        }
+        let mut sinks = BTreeMap::new();
+        for (index, sink) in self.notifier.sinks.iter().enumerate() {
+            let name = sink.name(index);
+            if let Some(first) = sinks.insert(name.clone(), index) {
+                // They would share one durable consumer: each would get
+                // about half of the events.
+                bail!(
+                    "notifier.sinks[{first}] and notifier.sinks[{index}] are both named {name:?}: sink names must be unique"
                 );
             }
         }
@@ -602,6 +661,52 @@ mod tests {
         assert!(
             Config::from_toml("[households.a]\ntoken = \"short\"").is_err(),
             "short tokens are refused"
+        );
+    }
+
+    #[test]
+    fn sinks_keep_their_own_keys_and_are_checked_for_what_all_share() {
+        let text = r#"
+            [[notifier.sinks]]
+            type = "webhook"
+            name = "hooks"
+            url = "http://example.org/"
+            secret = "s3cret"
+            kinds = ["place", "status"]
+            [[notifier.sinks]]
+            type = "ntfy"
+            url = "https://ntfy.sh/x"
+            "#;
+        let config = Config::from_toml(text).unwrap();
+        let [hooks, ntfy] = &config.notifier.sinks[..] else {
+            panic!("two sinks")
+        };
+        assert_eq!(hooks.name(0), "hooks");
+        assert_eq!(ntfy.name(1), "ntfy-1", "unnamed: the kind and its place");
+        assert_eq!(hooks.filter.kinds, [EventKind::Place, EventKind::Status]);
+        assert_eq!(hooks.settings["url"].as_str(), Some("http://example.org/"));
+        assert!(
+            !hooks.settings.contains_key("kinds"),
+            "the filter is taken out"
+        );
+        assert_eq!(hooks.secrets().collect::<Vec<_>>(), ["s3cret"]);
+        // Written out and read back, a sink is the same.
+        let again = Config::from_toml(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again.notifier.sinks, config.notifier.sinks);
+
+        let typo = Config::from_toml(&text.replace("\"status\"", "\"staus\"")).unwrap_err();
+        let typo = format!("{typo:#}");
+        assert!(
+            typo.contains("sink \"hooks\": `kinds`") && typo.contains("staus"),
+            "{typo}"
+        );
+        let twice = format!("{text}\n[[notifier.sinks]]\ntype = \"mqtt\"\nname = \"hooks\"\n");
+        let twice = format!("{:#}", Config::from_toml(&twice).unwrap_err());
+        assert!(twice.contains("both named \"hooks\""), "{twice}");
+        let untyped = Config::from_toml("[[notifier.sinks]]\nname = \"x\"").unwrap_err();
+        assert!(
+            format!("{untyped:#}").contains("needs a `type`"),
+            "{untyped:#}"
         );
     }
 

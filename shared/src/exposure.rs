@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::bail;
 
-use crate::config::{Config, SinkConfig};
+use crate::config::Config;
 
 /// Whether `addr` (`host:port`, as given to bind) listens on loopback only.
 fn is_loopback(addr: &str) -> bool {
@@ -27,7 +27,7 @@ fn is_loopback(addr: &str) -> bool {
 }
 
 /// Every secret the config holds: household tokens, HTTP-mode passwords,
-/// encryption secrets, and the sinks' keys.
+/// encryption secrets, and the sinks' keys (`config::SINK_SECRET_KEYS`).
 fn secrets(config: &Config) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
     out.extend(
@@ -41,12 +41,7 @@ fn secrets(config: &Config) -> Vec<&str> {
         out.extend(device.secret.as_deref());
     }
     for sink in &config.notifier.sinks {
-        match sink {
-            SinkConfig::Webhook { secret, .. } => out.extend(secret.as_deref()),
-            SinkConfig::Magicmirror { api_key, .. } => out.extend(api_key.as_deref()),
-            SinkConfig::Ntfy { token, .. } => out.extend(token.as_deref()),
-            SinkConfig::Mqtt { .. } => {}
-        }
+        out.extend(sink.secrets());
     }
     out
 }

@@ -356,7 +356,8 @@ async fn magicmirror_module_shows_people_and_survives_the_notifier() {
 #[test]
 fn the_mirror_module_ships_an_identical_copy_of_the_board_renderer() {
     let repo = repo_dir();
-    let board = std::fs::read(repo.join("notifier/assets/board.js")).expect("board.js");
+    let board =
+        std::fs::read(repo.join("notifier/assets/board-render.js")).expect("board-render.js");
     let copy = std::fs::read(repo.join("mirror/MMM-Whereabouts/whereabouts-render.js"))
         .expect("whereabouts-render.js");
     if board != copy {
@@ -368,9 +369,9 @@ fn the_mirror_module_ships_an_identical_copy_of_the_board_renderer() {
             .position(|(a, b)| a != b)
             .map_or_else(|| "the end".to_string(), |i| format!("line {}", i + 1));
         panic!(
-            "mirror/MMM-Whereabouts/whereabouts-render.js differs from notifier/assets/board.js \
+            "mirror/MMM-Whereabouts/whereabouts-render.js differs from notifier/assets/board-render.js \
              (first at {line}); it must be a byte-identical copy: \
-             cp notifier/assets/board.js mirror/MMM-Whereabouts/whereabouts-render.js"
+             cp notifier/assets/board-render.js mirror/MMM-Whereabouts/whereabouts-render.js"
         );
     }
 }

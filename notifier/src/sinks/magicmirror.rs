@@ -2,17 +2,56 @@
 //! `/api/notification/<NAME>`, for mirrors that run it; every module on
 //! the mirror receives the notification with the event as its payload.
 
-use super::DeliveryError;
-use super::webhook::classify;
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use shared::state::PresenceEvent;
 
-pub struct MagicMirror {
+use super::webhook::classify;
+use super::{Build, Context, DeliveryError, Sink};
+
+/// `type = "magicmirror"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// MMM-Remote-Control base URL, e.g. `http://mirror:8080`.
+    url: String,
+    api_key: Option<String>,
+    #[serde(default = "default_notification")]
+    notification: String,
+}
+
+fn default_notification() -> String {
+    "WHEREABOUTS_PRESENCE".into()
+}
+
+impl Build for Settings {
+    fn build(self, _: &str, _: &Context<'_>) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(MagicMirror::new(
+            &self.url,
+            self.api_key,
+            &self.notification,
+        )?))
+    }
+}
+
+struct MagicMirror {
     client: reqwest::Client,
     endpoint: String,
     api_key: Option<String>,
 }
 
+impl Sink for MagicMirror {
+    fn deliver<'a>(
+        &'a self,
+        _: &'a PresenceEvent,
+        body: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(self.post(body))
+    }
+}
+
 impl MagicMirror {
-    pub fn new(url: &str, api_key: Option<String>, notification: &str) -> anyhow::Result<Self> {
+    fn new(url: &str, api_key: Option<String>, notification: &str) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()?;
@@ -27,7 +66,7 @@ impl MagicMirror {
         })
     }
 
-    pub async fn deliver(&self, body: &[u8]) -> Result<(), DeliveryError> {
+    async fn post(&self, body: &[u8]) -> Result<(), DeliveryError> {
         let mut request = self
             .client
             .post(&self.endpoint)
@@ -57,7 +96,7 @@ mod tests {
             "WHEREABOUTS",
         )
         .unwrap();
-        let Err(DeliveryError::Retryable(text)) = mirror.deliver(b"{}").await else {
+        let Err(DeliveryError::Retryable(text)) = mirror.post(b"{}").await else {
             panic!("a refused connection is retryable");
         };
         assert!(

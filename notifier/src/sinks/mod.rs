@@ -1,153 +1,170 @@
-//! Sinks and their one shared driver. A sink knows only how to deliver one
-//! event and which errors are worth retrying; the driver owns its durable
-//! consumer, filtering, ordered delivery, retries with jittered capped
-//! backoff, and metrics. Each sink has its own consumer, so a dead webhook
-//! never delays the mirror, and a restart resumes where it stopped.
+//! Sinks and their one shared driver. A sink knows only its own settings,
+//! how to deliver one event and which errors are worth retrying; the driver
+//! owns its durable consumer, filtering, ordered delivery, retries with
+//! jittered capped backoff, and metrics. Each sink has its own consumer, so
+//! a dead webhook never delays the mirror, and a restart resumes where it
+//! stopped.
 //!
 //! - `webhook`: JSON POST, optional HMAC-SHA256 signature.
 //! - `mqtt`: retained per-person state and Home Assistant discovery.
 //! - `magicmirror`: MMM-Remote-Control's notification API.
 //! - `ntfy`: push notifications from a message template.
+//!
+//! A new sink is its own file here (its `Settings` with [`Build`], and a
+//! [`Sink`]) with its `mod` line, one line in [`Kind`] with its arm in
+//! [`Kind::build`], and an example in `whereabouts.example.toml`. A secret setting takes one of the
+//! names in `shared::config::SINK_SECRET_KEYS`.
 
-pub mod magicmirror;
-pub mod mqtt;
-pub mod ntfy;
+mod magicmirror;
+mod mqtt;
+mod ntfy;
 pub mod webhook;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
-use shared::config::{Household, SinkConfig, SinkFilter};
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use shared::config::{Config, Household, SinkConfig, SinkFilter};
 use shared::state::PresenceEvent;
 use shared::subjects::{PRESENCE_STREAM, presence_household};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
+use crate::tasks::Tasks;
 
 /// Why a delivery failed, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
+pub(crate) enum DeliveryError {
     #[error("retryable: {0}")]
     Retryable(String),
     #[error("permanent: {0}")]
     Permanent(String),
 }
 
-/// One configured sink.
-pub enum Sink {
-    Webhook(webhook::Webhook),
-    Mqtt(mqtt::MqttSink),
-    MagicMirror(magicmirror::MagicMirror),
-    Ntfy(ntfy::Ntfy),
+/// What a running sink does; the driver does the rest.
+pub(crate) trait Sink: Send + Sync {
+    /// Whether the sink wants the event at all, beyond the common filter.
+    fn wants(&self, _event: &PresenceEvent) -> bool {
+        true
+    }
+
+    /// Delivers one event; `raw` is its JSON as the stream holds it.
+    fn deliver<'a>(
+        &'a self,
+        event: &'a PresenceEvent,
+        raw: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), DeliveryError>>;
 }
 
-impl Sink {
-    /// Builds a sink from its config; `index` names sinks without a name.
-    pub fn from_config(
-        config: &SinkConfig,
-        index: usize,
-        mqtt_url: &str,
-        mqtt_ca_file: Option<&std::path::Path>,
-        households: &BTreeMap<String, Household>,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<(String, SinkFilter, Sink)> {
-        let fallback = |kind: &str| format!("{kind}-{index}");
-        Ok(match config {
-            SinkConfig::Webhook {
+/// A kind's settings, made into a running sink.
+pub(crate) trait Build {
+    /// `name`: the sink's (unique: see `shared::config`).
+    fn build(self, name: &str, context: &Context<'_>) -> anyhow::Result<Box<dyn Sink>>;
+}
+
+/// What building a sink may need besides its own settings.
+pub(crate) struct Context<'a> {
+    /// The broker of `mqtt` sinks that name none.
+    pub(crate) mqtt_url: &'a str,
+    pub(crate) mqtt_ca_file: Option<&'a Path>,
+    pub(crate) households: &'a BTreeMap<String, Household>,
+    pub(crate) shutdown: &'a CancellationToken,
+    /// Where a sink spawns its own tasks (a connection), awaited on shutdown.
+    pub(crate) tasks: &'a Tasks,
+}
+
+/// The kinds of sink, by their `type`, each with its own settings.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub(crate) enum Kind {
+    Webhook(webhook::Settings),
+    Mqtt(mqtt::Settings),
+    Magicmirror(magicmirror::Settings),
+    Ntfy(ntfy::Settings),
+}
+
+impl Kind {
+    fn build(self, name: &str, context: &Context<'_>) -> anyhow::Result<Box<dyn Sink>> {
+        match self {
+            Kind::Webhook(s) => s.build(name, context),
+            Kind::Mqtt(s) => s.build(name, context),
+            Kind::Magicmirror(s) => s.build(name, context),
+            Kind::Ntfy(s) => s.build(name, context),
+        }
+    }
+}
+
+/// One configured sink, its settings parsed and checked.
+pub(crate) struct Configured {
+    pub(crate) name: String,
+    pub(crate) filter: SinkFilter,
+    pub(crate) kind: Kind,
+}
+
+/// Parses every sink's own settings; an error names the sink.
+pub(crate) fn parse(config: &Config) -> anyhow::Result<Vec<Configured>> {
+    config
+        .notifier
+        .sinks
+        .iter()
+        .enumerate()
+        .map(|(index, sink)| {
+            let name = sink.name(index);
+            let kind = parse_kind(sink)
+                .with_context(|| format!("notifier.sinks[{index}] (sink {name:?})"))?;
+            Ok(Configured {
                 name,
-                url,
-                secret,
-                timeout,
-                filter,
-            } => (
-                name.clone().unwrap_or_else(|| fallback("webhook")),
-                filter.clone(),
-                Sink::Webhook(webhook::Webhook::new(url, secret.clone(), *timeout)?),
-            ),
-            SinkConfig::Mqtt {
-                name,
-                url,
-                topic,
-                discovery_prefix,
-                filter,
-            } => {
-                let name = name.clone().unwrap_or_else(|| fallback("mqtt"));
-                let url = url.clone().unwrap_or_else(|| mqtt_url.to_string());
-                let sink = mqtt::MqttSink::connect(
-                    &url,
-                    &name,
-                    topic,
-                    discovery_prefix,
-                    mqtt_ca_file,
-                    households,
-                    shutdown.clone(),
-                )?;
-                (name, filter.clone(), Sink::Mqtt(sink))
-            }
-            SinkConfig::Magicmirror {
-                name,
-                url,
-                api_key,
-                notification,
-                filter,
-            } => (
-                name.clone().unwrap_or_else(|| fallback("magicmirror")),
-                filter.clone(),
-                Sink::MagicMirror(magicmirror::MagicMirror::new(
-                    url,
-                    api_key.clone(),
-                    notification,
-                )?),
-            ),
-            SinkConfig::Ntfy {
-                name,
-                url,
-                token,
-                template,
-                places,
-                filter,
-            } => (
-                name.clone().unwrap_or_else(|| fallback("ntfy")),
-                filter.clone(),
-                Sink::Ntfy(ntfy::Ntfy::new(
-                    url,
-                    token.clone(),
-                    template,
-                    places.clone(),
-                )?),
-            ),
+                filter: sink.filter.clone(),
+                kind,
+            })
         })
-    }
+        .collect()
+}
 
-    /// Whether this sink wants the event at all (beyond the common filter).
-    fn wants(&self, event: &PresenceEvent) -> bool {
-        match self {
-            Sink::Ntfy(n) => n.wants(event),
-            _ => true,
-        }
-    }
+fn parse_kind(sink: &SinkConfig) -> anyhow::Result<Kind> {
+    let mut table = sink.settings.clone();
+    table.insert("type".into(), sink.kind.clone().into());
+    Ok(Kind::deserialize(toml::Value::Table(table))?)
+}
 
-    async fn deliver(&self, event: &PresenceEvent, raw: &[u8]) -> Result<(), DeliveryError> {
-        match self {
-            Sink::Webhook(s) => s.deliver(event, raw).await,
-            Sink::Mqtt(s) => s.deliver(event).await,
-            Sink::MagicMirror(s) => s.deliver(raw).await,
-            Sink::Ntfy(s) => s.deliver(event).await,
-        }
+impl Configured {
+    /// Starts the sink: builds it and spawns its driver on `tasks`.
+    pub(crate) fn start(
+        self,
+        js: &jetstream::Context,
+        context: &Context<'_>,
+        metrics: &Metrics,
+    ) -> anyhow::Result<()> {
+        let sink = self
+            .kind
+            .build(&self.name, context)
+            .with_context(|| format!("sink {:?}", self.name))?;
+        metrics.register_sink(&self.name);
+        tracing::info!(sink = %self.name, "sink started");
+        context.tasks.spawn_long(
+            format!("sink {}", self.name),
+            drive(
+                js.clone(),
+                self.name,
+                self.filter,
+                sink,
+                metrics.clone(),
+                context.shutdown.clone(),
+            ),
+        );
+        Ok(())
     }
 }
 
 fn passes(filter: &SinkFilter, event: &PresenceEvent) -> bool {
-    let kind = match event.kind {
-        shared::state::EventKind::Place => "place",
-        shared::state::EventKind::Status => "status",
-        shared::state::EventKind::Region => "region",
-    };
     (filter.people.is_empty() || filter.people.contains(&event.person))
-        && (filter.kinds.is_empty() || filter.kinds.iter().any(|k| k == kind))
+        && (filter.kinds.is_empty() || filter.kinds.contains(&event.kind))
 }
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
@@ -160,17 +177,17 @@ const ACK_WAIT: Duration = Duration::from_secs(5);
 const PROGRESS_EVERY: Duration = Duration::from_millis(1500);
 
 /// Runs one sink until `shutdown`: one event at a time, in stream order.
-pub async fn drive(
+async fn drive(
     js: jetstream::Context,
     name: String,
     filter: SinkFilter,
-    sink: Sink,
+    sink: Box<dyn Sink>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
     let mut backoff = shared::retry::Backoff::default();
     while !shutdown.is_cancelled() {
-        match consume(&js, &name, &filter, &sink, &metrics, &shutdown).await {
+        match consume(&js, &name, &filter, sink.as_ref(), &metrics, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 let delay = backoff.next_delay();
@@ -187,7 +204,7 @@ async fn consume(
     js: &jetstream::Context,
     name: &str,
     filter: &SinkFilter,
-    sink: &Sink,
+    sink: &dyn Sink,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -234,52 +251,40 @@ async fn consume(
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(sink = %name, error = %e, "unreadable presence event: skipped");
-                metrics
-                    .deliveries
-                    .with_label_values(&[name, "invalid"])
-                    .inc();
+                metrics.delivery(name, Outcome::Invalid);
                 let _ = message.ack_with(AckKind::Term).await;
                 continue;
             }
         };
         if !passes(filter, &event) || !sink.wants(&event) {
-            metrics
-                .deliveries
-                .with_label_values(&[name, "filtered"])
-                .inc();
+            metrics.delivery(name, Outcome::Filtered);
             message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             continue;
         }
-        let outcome = keep_in_progress(
+        let finished = keep_in_progress(
             &message,
             deliver_with_retries(name, sink, &event, &message, metrics, shutdown),
         )
         .await;
-        match outcome {
-            Outcome::Delivered => {
+        match finished {
+            Finished::Delivered => {
                 let lag = OffsetDateTime::now_utc() - event.emitted_at;
                 metrics
                     .delivery_seconds
                     .with_label_values(&[name])
                     .observe(lag.as_seconds_f64().max(0.0));
-                metrics
-                    .deliveries
-                    .with_label_values(&[name, "delivered"])
-                    .inc();
+                metrics.delivery(name, Outcome::Delivered);
                 message
                     .double_ack()
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
-            Outcome::GaveUp => {
-                metrics
-                    .deliveries
-                    .with_label_values(&[name, "failed"])
-                    .inc();
+            Finished::GaveUp => {
+                metrics.delivery(name, Outcome::Failed);
                 message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             // Not acked: redelivered after a restart.
-            Outcome::Stopped => return Ok(()),
+            Finished::Stopped => return Ok(()),
         }
     }
 }
@@ -303,7 +308,8 @@ async fn keep_in_progress<T>(
     }
 }
 
-enum Outcome {
+/// How the work on one event ended.
+enum Finished {
     Delivered,
     GaveUp,
     Stopped,
@@ -311,31 +317,123 @@ enum Outcome {
 
 async fn deliver_with_retries(
     name: &str,
-    sink: &Sink,
+    sink: &dyn Sink,
     event: &PresenceEvent,
     message: &jetstream::Message,
     metrics: &Metrics,
     shutdown: &CancellationToken,
-) -> Outcome {
+) -> Finished {
     let mut backoff = shared::retry::Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
-        match sink.deliver(event, &message.payload).await {
-            Ok(()) => return Outcome::Delivered,
+        // Stopping drops a delivery in flight: the event is not acked, so it
+        // is delivered again after the restart (at least once).
+        let delivered = tokio::select! {
+            _ = shutdown.cancelled() => return Finished::Stopped,
+            delivered = sink.deliver(event, &message.payload) => delivered,
+        };
+        match delivered {
+            Ok(()) => return Finished::Delivered,
             Err(DeliveryError::Permanent(why)) => {
                 tracing::warn!(sink = %name, event = %event.id, %why, "delivery refused: giving up on this event");
-                return Outcome::GaveUp;
+                return Finished::GaveUp;
             }
             Err(DeliveryError::Retryable(why)) => {
-                metrics
-                    .deliveries
-                    .with_label_values(&[name, "retried"])
-                    .inc();
+                metrics.delivery(name, Outcome::Retried);
                 let wait = backoff.next_delay();
                 tracing::info!(sink = %name, event = %event.id, %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
                 if !shared::retry::sleep_unless_cancelled(wait, shutdown).await {
-                    return Outcome::Stopped;
+                    return Finished::Stopped;
                 }
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_toml(text: &str) -> anyhow::Result<Vec<Configured>> {
+        parse(&Config::from_toml(text)?)
+    }
+
+    #[test]
+    fn the_example_sinks_parse() {
+        let text = include_str!("../../../whereabouts.example.toml");
+        let sinks = parse_toml(text).unwrap();
+        let kinds: Vec<_> = sinks
+            .iter()
+            .map(|s| match s.kind {
+                Kind::Webhook(_) => "webhook",
+                Kind::Mqtt(_) => "mqtt",
+                Kind::Magicmirror(_) => "magicmirror",
+                Kind::Ntfy(_) => "ntfy",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["webhook", "mqtt", "magicmirror", "ntfy"],
+            "one of each"
+        );
+    }
+
+    #[test]
+    fn a_bad_sink_is_refused_by_name() {
+        let bad = [
+            (
+                "type = \"webhok\"\nname = \"hooks\"\nurl = \"http://x/\"",
+                "unknown variant `webhok`",
+            ),
+            (
+                "type = \"webhook\"\nname = \"hooks\"\nurl = \"http://x/\"\nsecrit = \"s\"",
+                "unknown field `secrit`",
+            ),
+            (
+                "type = \"webhook\"\nname = \"hooks\"",
+                "missing field `url`",
+            ),
+            (
+                "type = \"webhook\"\nname = \"hooks\"\nurl = \"http://x/\"\ntimeout = \"soon\"",
+                "soon",
+            ),
+        ];
+        for (sink, want) in bad {
+            let text = format!("[[notifier.sinks]]\n{sink}\n");
+            // Ingest and presence accept it: only the notifier reads a kind's keys.
+            Config::from_toml(&text).unwrap();
+            let Err(e) = parse_toml(&text) else {
+                panic!("accepted: {sink}");
+            };
+            let e = format!("{e:#}");
+            assert!(e.contains("sink \"hooks\"") && e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_filter_takes_people_and_event_kinds() {
+        let sinks = parse_toml(
+            "[[notifier.sinks]]\ntype = \"ntfy\"\nurl = \"http://x/\"\npeople = [\"Harry\"]\nkinds = [\"place\"]\n",
+        )
+        .unwrap();
+        let event = |person: &str, kind: &str| -> PresenceEvent {
+            let mut value: serde_json::Value = serde_json::from_str(EVENT).unwrap();
+            value["person"] = person.into();
+            value["kind"] = kind.into();
+            serde_json::from_value(value).unwrap()
+        };
+        let filter = &sinks[0].filter;
+        assert!(passes(filter, &event("Harry", "place")));
+        assert!(!passes(filter, &event("Harry", "status")));
+        assert!(!passes(filter, &event("Ron", "place")));
+    }
+
+    const EVENT: &str = r#"{
+        "id": "e1", "household": "home", "person": "Harry", "kind": "place",
+        "at": "2026-01-01T08:00:00Z", "emitted_at": "2026-01-01T08:00:00Z",
+        "cause": {"kind": "location"}, "place": "Home",
+        "state": {
+            "household": "home", "person": "Harry", "name": "Harry", "place": "Home",
+            "place_since": "2026-01-01T08:00:00Z", "status": "online", "devices": []
+        }
+    }"#;
 }

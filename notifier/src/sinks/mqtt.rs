@@ -6,15 +6,64 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
+use serde::Deserialize;
 use serde_json::json;
-use shared::config::Household;
 use shared::state::{PersonState, PresenceEvent};
-use tokio_util::sync::CancellationToken;
 
-use super::DeliveryError;
+use super::{Build, Context, DeliveryError, Sink};
 
-pub struct MqttSink {
+/// `type = "mqtt"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// Broker URL; defaults to `MQTT_URL`.
+    url: Option<String>,
+    /// The state topic; `{household}` and `{person}` are replaced.
+    #[serde(default = "default_topic")]
+    topic: String,
+    /// Home Assistant discovery prefix; empty disables discovery.
+    #[serde(default = "default_discovery_prefix")]
+    discovery_prefix: String,
+}
+
+fn default_topic() -> String {
+    "whereabouts/{household}/{person}".into()
+}
+
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+
+impl Settings {
+    /// The topic filters this sink writes under (`whereabouts/{household}/…`
+    /// → `whereabouts/#`): what the broker must allow the notifier.
+    pub(crate) fn topic_filters(&self) -> Vec<String> {
+        let literal: Vec<&str> = self
+            .topic
+            .split('/')
+            .take_while(|level| !level.contains('{') && !level.is_empty())
+            .collect();
+        let mut filters = vec![if literal.is_empty() {
+            "#".into()
+        } else {
+            format!("{}/#", literal.join("/"))
+        }];
+        if !self.discovery_prefix.is_empty() {
+            filters.push(format!("{}/#", self.discovery_prefix.trim_end_matches('/')));
+        }
+        filters
+    }
+}
+
+impl Build for Settings {
+    fn build(self, name: &str, context: &Context<'_>) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(MqttSink::connect(self, name, context)?))
+    }
+}
+
+struct MqttSink {
     client: AsyncClient,
     connected: Arc<AtomicBool>,
     /// PUBACKs received: an event counts as delivered only once the broker
@@ -32,7 +81,7 @@ pub struct MqttSink {
 const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A name made safe as one MQTT topic level.
-pub fn level(name: &str) -> String {
+fn level(name: &str) -> String {
     name.chars()
         .map(|c| {
             if matches!(c, '/' | '+' | '#') || c.is_control() {
@@ -59,24 +108,18 @@ fn object_id(household: &str, person: &str) -> String {
 }
 
 impl MqttSink {
-    pub fn connect(
-        url: &str,
-        name: &str,
-        topic: &str,
-        discovery_prefix: &str,
-        ca_file: Option<&std::path::Path>,
-        households: &BTreeMap<String, Household>,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    fn connect(settings: Settings, name: &str, context: &Context<'_>) -> anyhow::Result<Self> {
+        let url = settings.url.as_deref().unwrap_or(context.mqtt_url);
+        let shutdown = context.shutdown.clone();
         let client_id = format!("whereabouts-notifier-{}", shared::token::encode(name));
-        let mut options = shared::mqtt::options(url, &client_id, None, None, ca_file)?;
+        let mut options = shared::mqtt::options(url, &client_id, None, None, context.mqtt_ca_file)?;
         options.set_clean_session(false);
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
         let connected = Arc::new(AtomicBool::new(false));
         let announced = Arc::new(Mutex::new(HashSet::new()));
         let acks = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let (flag, seen, acked) = (connected.clone(), announced.clone(), acks.clone());
-        tokio::spawn(async move {
+        context.tasks.spawn_long(format!("mqtt sink {name} connection"), async move {
             let mut backoff = shared::retry::Backoff::default();
             loop {
                 let event = tokio::select! {
@@ -109,9 +152,10 @@ impl MqttSink {
             client,
             connected,
             acks,
-            topic: topic.to_string(),
-            discovery_prefix: discovery_prefix.to_string(),
-            places: households
+            topic: settings.topic,
+            discovery_prefix: settings.discovery_prefix,
+            places: context
+                .households
                 .iter()
                 .map(|(name, h)| (name.clone(), h.places.clone()))
                 .collect(),
@@ -119,13 +163,13 @@ impl MqttSink {
         })
     }
 
-    pub fn state_topic(&self, household: &str, person: &str) -> String {
+    fn state_topic(&self, household: &str, person: &str) -> String {
         self.topic
             .replace("{household}", &level(household))
             .replace("{person}", &level(person))
     }
 
-    pub async fn deliver(&self, event: &PresenceEvent) -> Result<(), DeliveryError> {
+    async fn publish_event(&self, event: &PresenceEvent) -> Result<(), DeliveryError> {
         if !self.connected.load(Ordering::Acquire) {
             return Err(DeliveryError::Retryable("MQTT broker not connected".into()));
         }
@@ -177,11 +221,21 @@ impl MqttSink {
     }
 }
 
+impl Sink for MqttSink {
+    fn deliver<'a>(
+        &'a self,
+        event: &'a PresenceEvent,
+        _: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(self.publish_event(event))
+    }
+}
+
 /// HA's device_tracker state: `home`, a zone name (one of the household's
 /// places), or `not_home`. Traveling, Away and Lost (or their configured
 /// labels) are not zones: HA would show any other payload as a made-up zone,
 /// and automations on `not_home` would never fire.
-pub fn ha_state<'a>(state: &'a PersonState, places: &[String]) -> &'a str {
+fn ha_state<'a>(state: &'a PersonState, places: &[String]) -> &'a str {
     match state.place.as_str() {
         p if p.eq_ignore_ascii_case("home") => "home",
         p if places.iter().any(|z| z.eq_ignore_ascii_case(p)) => p,
@@ -190,7 +244,7 @@ pub fn ha_state<'a>(state: &'a PersonState, places: &[String]) -> &'a str {
 }
 
 /// The person's state plus the attributes HA reads for a map position.
-pub fn attributes(state: &PersonState) -> serde_json::Value {
+fn attributes(state: &PersonState) -> serde_json::Value {
     let mut value = serde_json::to_value(state).unwrap_or_default();
     let fix = state
         .devices
@@ -213,7 +267,7 @@ pub fn attributes(state: &PersonState) -> serde_json::Value {
 /// Home Assistant MQTT discovery for a `device_tracker`. The entity's name
 /// is `null`: HA then shows the device's name alone, where an entity name
 /// would be appended to it ("Harry (Whereabouts) Harry").
-pub fn discovery(prefix: &str, base: &str, state: &PersonState) -> (String, serde_json::Value) {
+fn discovery(prefix: &str, base: &str, state: &PersonState) -> (String, serde_json::Value) {
     let id = object_id(&state.household, &state.person);
     let topic = format!("{prefix}/device_tracker/{id}/config");
     let config = json!({
@@ -232,4 +286,30 @@ pub fn discovery(prefix: &str, base: &str, state: &PersonState) -> (String, serd
         },
     });
     (topic, config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml: &str) -> Settings {
+        toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn topic_filters_cover_the_state_topic_and_discovery() {
+        assert_eq!(
+            settings("").topic_filters(),
+            ["whereabouts/#", "homeassistant/#"]
+        );
+        assert_eq!(
+            settings("topic = \"home/people/{person}\"\ndiscovery_prefix = \"\"").topic_filters(),
+            ["home/people/#"]
+        );
+        assert_eq!(
+            settings("topic = \"{household}/{person}\"\ndiscovery_prefix = \"ha/\"")
+                .topic_filters(),
+            ["#", "ha/#"]
+        );
+    }
 }

@@ -2,32 +2,61 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use hmac::{Hmac, Mac};
+use serde::Deserialize;
 use sha2::Sha256;
 use shared::state::PresenceEvent;
 
-use super::DeliveryError;
+use super::{Build, Context, DeliveryError, Sink};
 
-pub struct Webhook {
+/// `type = "webhook"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    url: String,
+    /// HMAC-SHA256 key for the `X-Whereabouts-Signature` header.
+    secret: Option<String>,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Build for Settings {
+    fn build(self, _: &str, _: &Context<'_>) -> anyhow::Result<Box<dyn Sink>> {
+        let client = reqwest::Client::builder().timeout(self.timeout).build()?;
+        Ok(Box::new(Webhook {
+            client,
+            url: self.url,
+            secret: self.secret,
+        }))
+    }
+}
+
+struct Webhook {
     client: reqwest::Client,
     url: String,
     secret: Option<String>,
 }
 
 /// `X-Whereabouts-Signature: sha256=<hex HMAC-SHA256 of the body>`.
-pub const SIGNATURE_HEADER: &str = "X-Whereabouts-Signature";
+const SIGNATURE_HEADER: &str = "X-Whereabouts-Signature";
+
+impl Sink for Webhook {
+    fn deliver<'a>(
+        &'a self,
+        event: &'a PresenceEvent,
+        body: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(self.post(event, body))
+    }
+}
 
 impl Webhook {
-    pub fn new(url: &str, secret: Option<String>, timeout: Duration) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder().timeout(timeout).build()?;
-        Ok(Webhook {
-            client,
-            url: url.to_string(),
-            secret,
-        })
-    }
-
-    pub async fn deliver(&self, event: &PresenceEvent, body: &[u8]) -> Result<(), DeliveryError> {
+    async fn post(&self, event: &PresenceEvent, body: &[u8]) -> Result<(), DeliveryError> {
         let mut request = self
             .client
             .post(&self.url)
@@ -41,6 +70,7 @@ impl Webhook {
     }
 }
 
+/// The signature header's value for `body` (tests check deliveries with it).
 pub fn signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(body);

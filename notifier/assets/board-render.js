@@ -1,0 +1,420 @@
+/* Whereabouts board renderer: a Weasley clock and a table, drawn from a
+ * snapshot model. It knows nothing about where the data comes from.
+ *
+ * Plain ES2020, no build step. Used by the web board (board.js: fetch, SSE,
+ * page wiring) and by the MagicMirror² module, whose
+ * mirror/MMM-Whereabouts/whereabouts-render.js is a byte-identical copy of
+ * this file. In a page it defines `window.WhereaboutsRender`; under Node
+ * (the module's stream code) `require` returns the same object.
+ *
+ * Model given to the renderer (the notifier's snapshot JSON):
+ *   { household, places: [..], labels: {traveling, away, lost},
+ *     colors: {name|person: "#rrggbb"}, people: [PersonState, ..] }
+ * A configured person the notifier has no state for yet comes as
+ * { person, name, status: "unknown" } with no place: listed as "not heard
+ * from yet", without a hand on the clock (no place to point at).
+ */
+(function (root) {
+  "use strict";
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const DEFAULT_LABELS = { traveling: "Traveling", away: "Away", lost: "Lost" };
+  // The three states every dial has after the household's places, in order.
+  // Away gets its own segment: "not at a known place and not moving" is real
+  // information, and folding it into Traveling or Lost would lie.
+  const SPECIAL = ["traveling", "away", "lost"];
+
+  // Region/place names compare case-insensitively, ignoring a leading "-"
+  // (OwnTracks marks regions with delayed leave that way).
+  function norm(s) {
+    return String(s == null ? "" : s).trim().replace(/^-/, "").toLowerCase();
+  }
+
+  function el(tag, attrs, parent) {
+    const e = tag.startsWith("svg:")
+      ? document.createElementNS(SVG_NS, tag.slice(4))
+      : document.createElement(tag);
+    if (attrs) for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+
+  function labelsOf(model) {
+    return Object.assign({}, DEFAULT_LABELS, (model && model.labels) || {});
+  }
+
+  /** Which special state (traveling|away|lost) a place name is, or null. */
+  function specialOf(place, labels) {
+    const n = norm(place);
+    for (const k of SPECIAL) if (n === k || n === norm(labels[k])) return k;
+    return null;
+  }
+
+  /** Dial segments: the household's places, any place a person is at that
+   *  the list lacks (never hide a person), then Traveling, Away, Lost. */
+  function segmentsFor(model) {
+    const labels = labelsOf(model);
+    const segs = [];
+    const seen = new Set();
+    const add = (label, special) => {
+      const k = special || norm(label);
+      if (!label || seen.has(k)) return;
+      seen.add(k);
+      segs.push({ key: k, label: String(label), special: special || null });
+    };
+    for (const p of (model && model.places) || []) {
+      if (!specialOf(p, labels)) add(p, null);
+    }
+    for (const person of (model && model.people) || []) {
+      if (person && person.place && !specialOf(person.place, labels)) add(person.place, null);
+    }
+    for (const k of SPECIAL) add(labels[k], k);
+    return segs;
+  }
+
+  function segmentKey(place, labels) {
+    return specialOf(place, labels) || norm(place);
+  }
+
+  // Stable colour from a name: FNV-1a hash, avalanched (so similar names
+  // land far apart), picks one of 16 well-separated hues.
+  function hashColor(name) {
+    let h = 0x811c9dc5;
+    const s = String(name);
+    for (let i = 0; i < s.length; i++) {
+      h ^= s.charCodeAt(i);
+      h = Math.imul(h, 0x01000193) >>> 0;
+    }
+    h ^= h >>> 16;
+    h = Math.imul(h, 0x85ebca6b) >>> 0;
+    h ^= h >>> 13;
+    h = Math.imul(h, 0xc2b2ae35) >>> 0;
+    h ^= h >>> 16;
+    const hue = ((h % 16) * 22.5 + 8) % 360;
+    const light = (h >>> 8) % 2 ? 62 : 70;
+    return "hsl(" + hue + ", 72%, " + light + "%)";
+  }
+
+  function colorOf(model, p) {
+    const c = (model && model.colors) || {};
+    return c[p.name] || c[p.person] || hashColor(p.person || p.name);
+  }
+
+  function displayName(p) {
+    return p.name || p.person;
+  }
+
+  /** A configured person whose phone has not spoken yet. */
+  function unheard(p) {
+    return p.status === "unknown" || !p.place;
+  }
+
+  /** "online" | "stale" | "offline" | "lost" — lost wins: the place says it. */
+  function statusOf(p, labels) {
+    if (specialOf(p.place, labels) === "lost") return "lost";
+    return p.status || "online";
+  }
+
+  /** "just now", "12 min", "3 h 5 min", "2 d" — the time since `iso`. */
+  function since(iso, now) {
+    const t = Date.parse(iso);
+    if (!iso || isNaN(t)) return "";
+    const s = Math.max(0, Math.round(((now || Date.now()) - t) / 1000));
+    if (s < 45) return "just now";
+    const m = Math.round(s / 60);
+    if (m < 60) return m + " min";
+    const h = Math.floor(m / 60);
+    if (h < 24) return m % 60 ? h + " h " + (m % 60) + " min" : h + " h";
+    const d = Math.floor(h / 24);
+    return d < 14 ? d + " d" + (h % 24 ? " " + (h % 24) + " h" : "") : d + " d";
+  }
+
+  function ago(iso, now) {
+    const s = since(iso, now);
+    return !s || s === "just now" ? s : s + " ago";
+  }
+
+  function localTime(iso) {
+    const t = Date.parse(iso);
+    return isNaN(t) ? "" : new Date(t).toLocaleString();
+  }
+
+  function sortedPeople(model) {
+    return ((model && model.people) || [])
+      .filter((p) => p && p.person)
+      .slice()
+      .sort((a, b) => displayName(a).localeCompare(displayName(b)) || a.person.localeCompare(b.person));
+  }
+
+  // ---------------------------------------------------------------- clock
+
+  const R_OUTER = 200; // dial edge
+  const R_RING = 160; // inner edge of the label ring
+  const R_TEXT = 180; // label baseline radius (centre of the ring)
+  const HAND_TIERS = [122, 94, 66]; // hand lengths for people sharing a place
+
+  function polar(r, deg) {
+    const a = ((deg - 90) * Math.PI) / 180; // 0° = 12 o'clock, clockwise
+    return [r * Math.cos(a), r * Math.sin(a)];
+  }
+
+  function fmt(n) {
+    return Math.round(n * 100) / 100;
+  }
+
+  /** An arc path for a segment's label; drawn so text is upright. */
+  function arcPath(r, a0, a1) {
+    const mid = (a0 + a1) / 2;
+    const m = ((mid % 360) + 360) % 360;
+    const bottom = m > 90 && m < 270;
+    const [x0, y0] = polar(r, bottom ? a1 : a0);
+    const [x1, y1] = polar(r, bottom ? a0 : a1);
+    const large = a1 - a0 > 180 ? 1 : 0;
+    const sweep = bottom ? 0 : 1;
+    return "M " + fmt(x0) + " " + fmt(y0) + " A " + r + " " + r + " 0 " + large + " " + sweep + " " + fmt(x1) + " " + fmt(y1);
+  }
+
+  let clockSeq = 0;
+
+  class Clock {
+    constructor(container) {
+      this.id = "wbc" + ++clockSeq;
+      this.svg = el("svg:svg", {
+        class: "wb-clock",
+        viewBox: "-210 -210 420 420",
+        role: "img",
+        "aria-label": "Weasley clock",
+      }, container);
+      const defs = el("svg:defs", null, this.svg);
+      const grad = el("svg:radialGradient", { id: this.id + "-face", cx: "50%", cy: "45%", r: "60%" }, defs);
+      el("svg:stop", { offset: "0%", "stop-color": "#23262e" }, grad);
+      el("svg:stop", { offset: "100%", "stop-color": "#0b0c10" }, grad);
+      this.face = el("svg:g", { class: "wb-face" }, this.svg);
+      this.handsLayer = el("svg:g", { class: "wb-hands" }, this.svg);
+      el("svg:circle", { class: "wb-hub", r: 9 }, this.svg);
+      el("svg:circle", { class: "wb-hub-dot", r: 3 }, this.svg);
+      this.hands = new Map(); // person id → { g, angle, ... }
+      this.faceKey = null;
+      this.waiting = el("div", { class: "wb-waiting" }, container);
+      this.waiting.hidden = true;
+    }
+
+    drawFace(segs) {
+      const f = this.face;
+      while (f.firstChild) f.removeChild(f.firstChild);
+      el("svg:circle", { class: "wb-dial", r: R_OUTER, fill: "url(#" + this.id + "-face)" }, f);
+      el("svg:circle", { class: "wb-ring", r: R_RING }, f);
+      const n = segs.length;
+      const step = 360 / n;
+      segs.forEach((s, i) => {
+        const a0 = i * step - step / 2;
+        const a1 = a0 + step;
+        // segment separator across the label ring, and a faint one inwards
+        const [xi, yi] = polar(R_RING, a0);
+        const [xo, yo] = polar(R_OUTER, a0);
+        el("svg:line", { class: "wb-sep", x1: fmt(xi), y1: fmt(yi), x2: fmt(xo), y2: fmt(yo) }, f);
+        const [xc, yc] = polar(30, a0);
+        el("svg:line", { class: "wb-sep-inner", x1: fmt(xc), y1: fmt(yc), x2: fmt(xi), y2: fmt(yi) }, f);
+        // tick at the segment centre
+        const [tx0, ty0] = polar(R_RING - 10, i * step);
+        const [tx1, ty1] = polar(R_RING, i * step);
+        el("svg:line", { class: "wb-tick", x1: fmt(tx0), y1: fmt(ty0), x2: fmt(tx1), y2: fmt(ty1) }, f);
+        // curved label
+        const pid = this.id + "-arc" + i;
+        el("svg:path", { id: pid, d: arcPath(R_TEXT, a0 + 2, a1 - 2), fill: "none", stroke: "none" }, f);
+        const t = el("svg:text", {
+          class: "wb-seg-label" + (s.special ? " wb-special wb-" + s.special : ""),
+          "data-segment": s.key,
+        }, f);
+        const tp = el("svg:textPath", { href: "#" + pid, startOffset: "50%", "text-anchor": "middle" }, t);
+        // Fit long labels into the arc length.
+        const arcLen = (Math.PI * 2 * R_TEXT * (step - 4)) / 360;
+        const size = Math.min(17, Math.max(9, (arcLen / Math.max(1, s.label.length)) * 1.6));
+        t.setAttribute("font-size", fmt(size));
+        tp.textContent = s.label.toUpperCase();
+      });
+    }
+
+    update(model) {
+      const labels = labelsOf(model);
+      const segs = segmentsFor(model);
+      const faceKey = segs.map((s) => s.key + "=" + s.label).join("|");
+      if (faceKey !== this.faceKey) {
+        this.drawFace(segs);
+        this.faceKey = faceKey;
+      }
+      const step = 360 / segs.length;
+      const index = new Map(segs.map((s, i) => [s.key, i]));
+      const everyone = sortedPeople(model);
+      const people = everyone.filter((p) => !unheard(p));
+      const waiting = everyone.filter(unheard).map(displayName);
+      this.waiting.textContent = waiting.length ? "Not heard from yet: " + waiting.join(", ") : "";
+      this.waiting.hidden = !waiting.length;
+
+      // Group people by segment, then fan each group around the centre.
+      const groups = new Map();
+      for (const p of people) {
+        const k = segmentKey(p.place, labels);
+        const i = index.has(k) ? index.get(k) : index.get("lost");
+        if (!groups.has(i)) groups.set(i, []);
+        groups.get(i).push(p);
+      }
+      const seen = new Set();
+      for (const [i, group] of groups) {
+        const n = group.length;
+        const spread = n > 1 ? Math.min(step * 0.62, (n - 1) * 15) : 0;
+        group.forEach((p, j) => {
+          const offset = n > 1 ? -spread / 2 + (j * spread) / (n - 1) : 0;
+          const len = HAND_TIERS[j % HAND_TIERS.length];
+          this.placeHand(model, labels, p, segs[i], i * step + offset, len);
+          seen.add(p.person);
+        });
+      }
+      for (const [id, h] of this.hands) {
+        if (!seen.has(id)) {
+          h.g.remove();
+          this.hands.delete(id);
+        }
+      }
+    }
+
+    placeHand(model, labels, p, seg, target, len) {
+      let h = this.hands.get(p.person);
+      if (!h) {
+        const g = el("svg:g", { class: "hand", "data-person": p.person }, this.handsLayer);
+        const line = el("svg:line", { class: "wb-hand-line", x1: 0, y1: 12, x2: 0, y2: -len }, g);
+        const tip = el("svg:circle", { class: "wb-hand-tip", cx: 0, cy: -len, r: 5 }, g);
+        const lg = el("svg:g", { class: "wb-hand-label" }, g);
+        const bg = el("svg:rect", { class: "wb-hand-label-bg", rx: 4, ry: 4 }, lg);
+        const text = el("svg:text", { "text-anchor": "middle", dy: "0.35em" }, lg);
+        // Start at the target so a fresh page doesn't sweep every hand from 12.
+        h = { g, line, tip, lg, bg, text, angle: target, len: null, name: null };
+        this.hands.set(p.person, h);
+      } else {
+        // Turn the short way round: keep a cumulative angle.
+        const d = ((((target - h.angle) % 360) + 540) % 360) - 180;
+        h.angle += d;
+      }
+      const status = statusOf(p, labels);
+      const color = status === "offline" || status === "lost" ? "#8a8f98" : colorOf(model, p);
+      const g = h.g;
+      g.setAttribute("data-place", p.place || "");
+      g.setAttribute("data-segment", seg ? seg.key : "");
+      g.setAttribute("data-status", status);
+      g.setAttribute("class", "hand wb-status-" + status);
+      g.style.color = color;
+      g.style.transform = "rotate(" + fmt(h.angle) + "deg)";
+      if (h.len !== len) {
+        h.line.setAttribute("y2", -len);
+        h.tip.setAttribute("cy", -len);
+        h.len = len;
+      }
+      // The label sits past the tip and counter-rotates so it stays upright
+      // during the transition too (both transforms interpolate together).
+      h.lg.style.transform = "translate(0px, " + -(len + 17) + "px) rotate(" + fmt(-h.angle) + "deg)";
+      const name = displayName(p);
+      if (h.name !== name) {
+        h.text.textContent = name;
+        h.name = name;
+        // Size the label's backing pill to the text (estimate: no layout needed).
+        const w = Math.max(28, name.length * 8.6 + 12);
+        h.bg.setAttribute("x", fmt(-w / 2));
+        h.bg.setAttribute("y", -11);
+        h.bg.setAttribute("width", fmt(w));
+        h.bg.setAttribute("height", 22);
+      }
+      let title = g.querySelector("title");
+      if (!title) title = el("svg:title", null, g);
+      title.textContent = name + " — " + (p.place || "?") + (p.status_reason ? " (" + p.status_reason + ")" : "");
+    }
+  }
+
+  // ---------------------------------------------------------------- table
+
+  class Table {
+    constructor(container) {
+      this.table = el("table", { class: "wb-table" }, container);
+      const head = el("tr", null, el("thead", null, this.table));
+      for (const [cls, txt] of [["name", "Person"], ["place", "Place"], ["since", "Since"], ["seen", "Last seen"], ["status", "Status"]]) {
+        el("th", { class: cls }, head).textContent = txt;
+      }
+      this.body = el("tbody", null, this.table);
+      this.rows = new Map();
+    }
+
+    update(model, now) {
+      const labels = labelsOf(model);
+      const people = sortedPeople(model);
+      const seen = new Set();
+      people.forEach((p, idx) => {
+        let r = this.rows.get(p.person);
+        if (!r) {
+          const tr = el("tr", { "data-person": p.person });
+          const name = el("td", { class: "name" }, tr);
+          const swatch = el("span", { class: "wb-swatch" }, name);
+          const nameText = el("span", { class: "wb-name" }, name);
+          r = {
+            tr, swatch, nameText,
+            place: el("td", { class: "place" }, tr),
+            since: el("td", { class: "since" }, tr),
+            seen: el("td", { class: "seen" }, tr),
+            status: el("td", { class: "status" }, tr),
+          };
+          this.rows.set(p.person, r);
+        }
+        // Keep the DOM order equal to the sorted order.
+        if (this.body.children[idx] !== r.tr) this.body.insertBefore(r.tr, this.body.children[idx] || null);
+        seen.add(p.person);
+        const status = unheard(p) ? "unknown" : statusOf(p, labels);
+        r.tr.className = "wb-status-" + status;
+        r.tr.setAttribute("data-status", status);
+        r.tr.setAttribute("data-place", p.place || "");
+        r.swatch.style.background = colorOf(model, p);
+        r.nameText.textContent = displayName(p);
+        r.place.textContent = unheard(p) ? "not heard from yet" : p.place;
+        r.since.textContent = since(p.place_since, now);
+        r.since.title = localTime(p.place_since);
+        r.seen.textContent = p.last_seen ? ago(p.last_seen, now) : "never";
+        r.seen.title = localTime(p.last_seen);
+        r.status.textContent = unheard(p)
+          ? "not heard from yet"
+          : (p.status || "online") + (p.status_reason ? " — " + p.status_reason : "");
+      });
+      for (const [id, r] of this.rows) {
+        if (!seen.has(id)) {
+          r.tr.remove();
+          this.rows.delete(id);
+        }
+      }
+      if (!people.length) {
+        if (!this.empty) {
+          this.empty = el("tr", { class: "wb-empty" });
+          el("td", { colspan: 5 }, this.empty).textContent = "Nobody here yet";
+        }
+        if (!this.empty.parentNode) this.body.appendChild(this.empty);
+      } else if (this.empty && this.empty.parentNode) {
+        this.empty.remove();
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- state
+
+  /** Replace one person's state in a snapshot model (in place); returns the
+   *  model. Events for another household are ignored. */
+  function applyEvent(model, ev) {
+    if (!model || !ev || !ev.state || !ev.state.person) return model;
+    if (model.household && ev.household && ev.household !== model.household) return model;
+    const people = model.people || (model.people = []);
+    const i = people.findIndex((p) => p.person === ev.state.person);
+    if (i >= 0) people[i] = ev.state;
+    else people.push(ev.state);
+    return model;
+  }
+
+  const api = {
+    Clock, Table, applyEvent, segmentsFor, hashColor, since, ago, norm, statusOf, labelsOf, specialOf, unheard,
+  };
+  root.WhereaboutsRender = api;
+  if (typeof module === "object" && module.exports) module.exports = api;
+})(typeof window !== "undefined" ? window : globalThis);
