@@ -16,12 +16,12 @@
 //! The rules are documented for users and consumers in docs/presence.md.
 
 pub mod cli;
-pub mod geofence;
-pub mod input;
-pub mod machine;
-pub mod metrics;
-pub mod place;
-pub mod service;
+mod geofence;
+mod input;
+mod machine;
+mod metrics;
+mod place;
+mod service;
 
 use std::sync::Arc;
 

@@ -5,27 +5,27 @@ use shared::state::Status;
 use shared::telemetry::{LATENCY_BUCKETS, counter_vec, gauge_vec};
 
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Messages by `outcome`: applied, ignored, duplicate, out_of_order,
     /// too_many_devices, state_too_large, unmapped, poison, retried.
-    pub messages: IntCounterVec,
+    pub(crate) messages: IntCounterVec,
     /// Messages (or timer ticks) terminated because storing them failed for
     /// good, by `reason` (too_large, invalid_key, invalid_state).
-    pub permanent_failures: IntCounterVec,
+    pub(crate) permanent_failures: IntCounterVec,
     /// Events published by `kind` (place, status, region).
-    pub events: IntCounterVec,
+    pub(crate) events: IntCounterVec,
     /// Compare-and-set conflicts on the KV (another instance wrote first).
-    pub kv_conflicts: IntCounter,
+    pub(crate) kv_conflicts: IntCounter,
     /// Fixes older than `max_fix_age` on arrival.
-    pub late_fixes: IntCounter,
+    pub(crate) late_fixes: IntCounter,
     /// Leave + re-enter pairs swallowed by the debounce.
-    pub flaps_suppressed: IntCounter,
+    pub(crate) flaps_suppressed: IntCounter,
     /// From fetching a message to acking it.
-    pub processing_seconds: Histogram,
+    pub(crate) processing_seconds: Histogram,
     /// Devices by `status` (online, stale, offline), from the KV.
-    pub devices: IntGaugeVec,
+    pub(crate) devices: IntGaugeVec,
     /// Timer ticks processed.
-    pub ticks: IntCounter,
+    pub(crate) ticks: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -37,7 +37,7 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 impl Metrics {
-    pub fn new(registry: &Registry) -> Self {
+    pub(crate) fn new(registry: &Registry) -> Self {
         let processing_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "presence_processing_seconds",

@@ -43,7 +43,7 @@ use crate::machine::{self, DeviceInput, Outcome};
 use crate::metrics::Metrics;
 
 /// The durable consumer's name: all instances share it.
-pub const CONSUMER: &str = "presence";
+pub(crate) const CONSUMER: &str = "presence";
 /// Messages delivered and not yet acked, across all persons: the bound on
 /// what presence holds in its queues.
 const MAX_ACK_PENDING: i64 = 4096;
@@ -53,7 +53,7 @@ const ACK_WAIT: Duration = Duration::from_secs(15);
 /// `ACK_WAIT`; in-progress acks keep the messages in hand alive).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Inputs applied per compare-and-set when a person has a backlog.
-pub const MAX_BATCH: usize = 1000;
+pub(crate) const MAX_BATCH: usize = 1000;
 /// A batch stops taking inputs once it has this many events, so that the
 /// outbox stored with the state stays small.
 const MAX_BATCH_EVENTS: usize = 64;
@@ -62,14 +62,14 @@ const MAX_BATCH_EVENTS: usize = 64;
 const MAX_CONCURRENT_PERSONS: usize = 256;
 /// The largest KV value presence writes; NATS refuses values over 1 MiB
 /// (its default `max_payload`).
-pub const MAX_KV_VALUE_BYTES: usize = 960 * 1024;
+pub(crate) const MAX_KV_VALUE_BYTES: usize = 960 * 1024;
 
 #[derive(Clone)]
-pub struct Engine {
-    pub js: jetstream::Context,
-    pub kv: kv::Store,
-    pub config: Arc<Config>,
-    pub metrics: Metrics,
+pub(crate) struct Engine {
+    pub(crate) js: jetstream::Context,
+    pub(crate) kv: kv::Store,
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Metrics,
 }
 
 enum Work {
@@ -185,7 +185,7 @@ impl Engine {
     }
 
     /// Consumes OWNTRACKS until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let queues = Queues::new(self.clone(), shutdown.clone());
         let timers = {
             let (engine, queues, stop) = (self.clone(), queues.clone(), shutdown.clone());

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use shared::config::{Person, Region};
+use shared::limits::{
+    MAX_CARD_NAME_BYTES, MAX_REGION_NAME_BYTES, MAX_REGIONS_PER_DEVICE, MAX_TID_BYTES,
+};
 use time::macros::datetime;
 
 use super::*;
