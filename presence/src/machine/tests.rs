@@ -1373,6 +1373,70 @@ mod fuzz {
             .unwrap_or(32)
     }
 
+    /// A household where one person has three of the fuzzed devices.
+    fn fuzz_sim(debounce: u64, dwell: u64) -> Sim {
+        let mut h = household();
+        h.people[0].devices.push("ron/phone".into());
+        Sim::with(
+            h,
+            PresenceConfig {
+                debounce: Duration::from_secs(debounce),
+                geofence_dwell: Duration::from_secs(dwell),
+                lwt_grace: Duration::from_secs(600),
+                ..cfg()
+            },
+        )
+    }
+
+    /// Plays steps on a [`Sim`], the clock moving forward.
+    struct Player {
+        sim: Sim,
+        now: i64,
+        sent: Vec<DeviceInput>,
+    }
+
+    impl Player {
+        fn new(sim: Sim) -> Self {
+            Player {
+                sim,
+                now: 0,
+                sent: Vec::new(),
+            }
+        }
+
+        fn play(&mut self, step: Step) {
+            let sim = &mut self.sim;
+            match step {
+                Step::Send {
+                    device,
+                    advance,
+                    input,
+                    source,
+                } => {
+                    self.now += advance;
+                    let mut msg = sim.msg(DEVICES[device], self.now, input);
+                    if let Some(source) = source {
+                        msg.source_id = source;
+                    }
+                    sim.deliver(&msg, self.now);
+                    self.sent.push(msg);
+                }
+                Step::Redeliver { back, advance } => {
+                    self.now += advance;
+                    if let Some(msg) = self.sent.iter().rev().nth(back).cloned() {
+                        sim.deliver(&msg, self.now);
+                    }
+                }
+                Step::Tick { advance } => {
+                    self.now += advance;
+                    if sim.person.is_some() {
+                        sim.tick(self.now);
+                    }
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(cases()))]
 
@@ -1381,40 +1445,11 @@ mod fuzz {
             steps in proptest::collection::vec(step(), 1..60),
             debounce in prop::sample::select(vec![0u64, 60]),
         ) {
-            let mut h = household();
-            h.people[0].devices.push("ron/phone".into());
-            let mut sim = Sim::with(h, PresenceConfig {
-                debounce: Duration::from_secs(debounce),
-                lwt_grace: Duration::from_secs(600),
-                ..cfg()
-            });
-            let mut now = 0i64;
-            let mut sent: Vec<DeviceInput> = Vec::new();
+            let mut player = Player::new(fuzz_sim(debounce, 0));
             let mut newest: BTreeMap<String, i64> = BTreeMap::new();
             for step in steps {
-                match step {
-                    Step::Send { device, advance, input, source } => {
-                        now += advance;
-                        let mut msg = sim.msg(DEVICES[device], now, input);
-                        if let Some(source) = source {
-                            msg.source_id = source;
-                        }
-                        sim.deliver(&msg, now);
-                        sent.push(msg);
-                    }
-                    Step::Redeliver { back, advance } => {
-                        now += advance;
-                        if let Some(msg) = sent.iter().rev().nth(back).cloned() {
-                            sim.deliver(&msg, now);
-                        }
-                    }
-                    Step::Tick { advance } => {
-                        now += advance;
-                        if sim.person.is_some() {
-                            sim.tick(now);
-                        }
-                    }
-                }
+                player.play(step);
+                let sim = &player.sim;
                 for person in sim.person.iter() {
                     let size = serde_json::to_vec(person).unwrap().len();
                     prop_assert!(size <= MAX_PERSON_STATE_BYTES, "state of {} bytes", size);
@@ -1434,6 +1469,42 @@ mod fuzz {
                     prop_assert!(dev.regions.iter().all(|r| r.len() <= MAX_REGION_NAME_BYTES));
                     prop_assert!(dev.tracking.recent_sources.len() <= RECENT_SOURCES);
                 }
+            }
+        }
+
+        /// `next_deadline` and `tick` read one list of timers; this checks
+        /// that they agree. Before the deadline a tick changes nothing at
+        /// all: no event, no device, and the whole person state (devices,
+        /// pending timers, `last_event_id` and every other field) equal. At
+        /// the deadline (or at `now`, when it passed already) a tick fires
+        /// what is due, so the next deadline lies after it.
+        #[test]
+        fn a_tick_before_the_next_deadline_changes_nothing(
+            steps in proptest::collection::vec(step(), 1..40),
+            debounce in prop::sample::select(vec![0u64, 60]),
+            dwell in prop::sample::select(vec![0u64, 120]),
+            early in 0.0..1.0f64,
+        ) {
+            let mut player = Player::new(fuzz_sim(debounce, dwell));
+            for step in steps {
+                player.play(step);
+                let sim = &player.sim;
+                let (Some(person), Some(deadline)) = (sim.person.clone(), sim.person.as_ref().and_then(|_| sim.deadline())) else {
+                    continue;
+                };
+                let now = t(player.now);
+                if deadline > now {
+                    let at = (now + (deadline - now) * early).min(deadline - time::Duration::NANOSECOND);
+                    let out = tick(person.clone(), at, &sim.household, &sim.cfg);
+                    prop_assert!(out.events.is_empty(), "tick at {} before {}: {:?}", at, deadline, brief(&out.events));
+                    prop_assert!(out.devices.is_empty(), "tick at {} before {} changed devices", at, deadline);
+                    prop_assert_eq!(out.person.as_ref(), Some(&person), "tick at {} before {}", at, deadline);
+                }
+                let at = deadline.max(now);
+                let out = tick(person, at, &sim.household, &sim.cfg);
+                let after = out.person.as_ref().expect("a ticked person stays");
+                let next = next_deadline(after, &sim.household, &sim.cfg);
+                prop_assert!(next.is_none_or(|n| n > at), "tick at {}: next deadline {:?}", at, next);
             }
         }
     }
