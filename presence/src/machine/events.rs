@@ -28,11 +28,7 @@ pub(super) fn finish(
                     0
                 }
             };
-            let kind = match d.kind {
-                EventKind::Place => "place",
-                EventKind::Status => "status",
-                EventKind::Region => "region",
-            };
+            let kind = event_kind_name(d.kind);
             let id = content_id(&[
                 person.household.as_bytes(),
                 person.person.as_bytes(),
@@ -86,5 +82,14 @@ pub(super) fn finish(
         events,
         flaps_suppressed: run.flaps,
         ignored,
+    }
+}
+
+/// An event kind as the contract spells it; event ids derive from it.
+pub(crate) fn event_kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Place => "place",
+        EventKind::Status => "status",
+        EventKind::Region => "region",
     }
 }

@@ -39,6 +39,7 @@ use time::macros::datetime;
 use bounds::serialised_len;
 pub(crate) use bounds::{bound_state, bounded};
 use device::{apply_input, new_device, seen_source, update_device_place};
+pub(crate) use events::event_kind_name;
 use events::finish;
 use person::{diff_person, settle};
 use timers::{run_timers, settle_with_timers};
@@ -134,18 +135,6 @@ pub(crate) enum Ignored {
     /// Applying it would grow the person's state past
     /// [`MAX_PERSON_STATE_BYTES`].
     StateTooLarge,
-}
-
-impl Ignored {
-    /// The metric label of the outcome.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Ignored::OutOfOrder => "out_of_order",
-            Ignored::Duplicate => "duplicate",
-            Ignored::TooManyDevices => "too_many_devices",
-            Ignored::StateTooLarge => "state_too_large",
-        }
-    }
 }
 
 /// The result of [`apply`] or [`tick`].

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use shared::config::Household;
-use shared::state::{DeviceState, EventKind, PersonState, PresenceEvent};
+use shared::state::{DeviceState, PersonState, PresenceEvent};
 use shared::subjects::person_key;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::store::{Failure, classify, encode_state, load, store_side_effects, write_state};
 use super::{Engine, MAX_BATCH_EVENTS, MAX_RETRY_DELAY, Work};
 use crate::machine::{self, Outcome};
+use crate::metrics::MessageOutcome;
 
 /// Handles the front of `rest` (a batch, or one input after a permanent
 /// failure of a batch), retrying transient failures until done or shutdown.
@@ -37,7 +38,7 @@ pub(super) async fn process(
             Err(Failure::Permanent(reason, e)) if rest.len() > 1 => {
                 // Find the culprit: the batch is applied again, one by one.
                 tracing::debug!(
-                    reason,
+                    reason = reason.as_str(),
                     error = format!("{e:#}"),
                     "batch refused; one by one"
                 );
@@ -48,11 +49,7 @@ pub(super) async fn process(
             }
             Err(Failure::Permanent(reason, e)) => {
                 let work = rest.pop_front().expect("not empty");
-                engine
-                    .metrics
-                    .permanent_failures
-                    .with_label_values(&[reason])
-                    .inc();
+                engine.metrics.permanent_failure(reason).inc();
                 let (subject, source) = match &work {
                     Work::Message { message, input, .. } => {
                         let _ = message.ack_with(AckKind::Term).await;
@@ -61,18 +58,14 @@ pub(super) async fn process(
                     Work::Tick => (String::new(), "timer".into()),
                 };
                 tracing::warn!(
-                    household = %key.0, person = %key.1, %subject, source, reason,
+                    household = %key.0, person = %key.1, %subject, source, reason = reason.as_str(),
                     error = format!("{e:#}"),
                     "cannot store presence; message terminated"
                 );
                 return;
             }
             Err(Failure::Transient(e)) => {
-                engine
-                    .metrics
-                    .messages
-                    .with_label_values(&["retried"])
-                    .inc();
+                engine.metrics.message(MessageOutcome::Retried).inc();
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     household = %key.0, person = %key.1,
@@ -100,7 +93,8 @@ struct Applied {
     person: Option<PersonState>,
     devices: Vec<DeviceState>,
     events: Vec<PresenceEvent>,
-    labels: Vec<&'static str>,
+    /// Per work, the outcome of its message; None for a tick.
+    outcomes: Vec<Option<MessageOutcome>>,
     flaps: u32,
 }
 
@@ -118,11 +112,11 @@ fn apply_batch(
         person: current,
         devices: Vec::new(),
         events: Vec::new(),
-        labels: Vec::new(),
+        outcomes: Vec::new(),
         flaps: 0,
     };
     for work in works {
-        if !applied.labels.is_empty() && applied.events.len() >= MAX_BATCH_EVENTS {
+        if !applied.outcomes.is_empty() && applied.events.len() >= MAX_BATCH_EVENTS {
             break;
         }
         let outcome = match work {
@@ -140,10 +134,10 @@ fn apply_batch(
                 },
             },
         };
-        applied.labels.push(match (work, outcome.ignored) {
-            (Work::Tick, _) => "tick",
-            (_, Some(ignored)) => ignored.as_str(),
-            (_, None) => "applied",
+        applied.outcomes.push(match (work, outcome.ignored) {
+            (Work::Tick, _) => None,
+            (_, Some(ignored)) => Some(ignored.into()),
+            (_, None) => Some(MessageOutcome::Applied),
         });
         if outcome.person.is_some() {
             applied.person = outcome.person;
@@ -209,7 +203,7 @@ async fn store_batch(
         *cached = None;
         return Err(classify(e));
     }
-    let done = applied.labels.len();
+    let done = applied.outcomes.len();
     record(engine, &applied, &works[..done]);
     for work in &works[..done] {
         if let Work::Message {
@@ -232,24 +226,22 @@ async fn store_batch(
 fn record(engine: &Engine, applied: &Applied, works: &[Work]) {
     let m = &engine.metrics;
     for event in &applied.events {
-        let kind = match event.kind {
-            EventKind::Place => "place",
-            EventKind::Status => "status",
-            EventKind::Region => "region",
-        };
-        m.events.with_label_values(&[kind]).inc();
+        m.event(event.kind).inc();
     }
     m.flaps_suppressed.inc_by(u64::from(applied.flaps));
-    for (work, label) in works.iter().zip(&applied.labels) {
-        let Work::Message { input, .. } = work else {
+    for (work, outcome) in works.iter().zip(&applied.outcomes) {
+        let (Work::Message { input, .. }, Some(outcome)) = (work, *outcome) else {
             m.ticks.inc();
             continue;
         };
-        m.messages.with_label_values(&[label]).inc();
-        if matches!(*label, "too_many_devices" | "state_too_large") {
+        m.message(outcome).inc();
+        if matches!(
+            outcome,
+            MessageOutcome::TooManyDevices | MessageOutcome::StateTooLarge
+        ) {
             tracing::warn!(
                 device = format!("{}/{}", input.user, input.device),
-                reason = label,
+                reason = outcome.as_str(),
                 "input refused: it would grow the person's state past its bound"
             );
         }

@@ -15,6 +15,7 @@ use super::queues::Queues;
 use super::{ACK_WAIT, CONSUMER, Engine, MAX_ACK_PENDING, Work};
 use crate::input::{Poison, from_envelope};
 use crate::machine::DeviceInput;
+use crate::metrics::MessageOutcome;
 
 impl Engine {
     /// Consumes OWNTRACKS until `shutdown`.
@@ -101,14 +102,14 @@ impl Engine {
         let input = match decoded {
             Ok(Some(input)) => input,
             Ok(None) => {
-                self.metrics.messages.with_label_values(&["ignored"]).inc();
+                self.metrics.message(MessageOutcome::Ignored).inc();
                 let _ = message.ack().await;
                 return None;
             }
             Err(poison) => {
                 // Retrying cannot help: terminate, count, go on.
                 tracing::warn!(subject = %message.subject, error = %poison, "poison message terminated");
-                self.metrics.messages.with_label_values(&["poison"]).inc();
+                self.metrics.message(MessageOutcome::Poison).inc();
                 let _ = message.ack_with(AckKind::Term).await;
                 return None;
             }
@@ -117,7 +118,7 @@ impl Engine {
         match household.person_for(&input.user, &input.device) {
             Some(person) => Some((input, person)),
             None => {
-                self.metrics.messages.with_label_values(&["unmapped"]).inc();
+                self.metrics.message(MessageOutcome::Unmapped).inc();
                 let _ = message.ack().await;
                 None
             }

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use super::{Engine, MAX_KV_VALUE_BYTES};
 use crate::machine;
+use crate::metrics::FailureReason;
 
 /// Why storing a batch failed.
 #[derive(Debug)]
@@ -21,16 +22,16 @@ pub(super) enum Failure {
     Transient(anyhow::Error),
     /// Retrying cannot help (`reason` is the metric label): terminate the
     /// message, count it, log it once, go on.
-    Permanent(&'static str, anyhow::Error),
+    Permanent(FailureReason, anyhow::Error),
 }
 
 /// Sorts a storage error: permanent when NATS refused the content itself.
 pub(super) fn classify(error: anyhow::Error) -> Failure {
     let text = format!("{error:#}").to_lowercase();
     if text.contains("key cannot be empty") || text.contains("invalid key") {
-        Failure::Permanent("invalid_key", error)
+        Failure::Permanent(FailureReason::InvalidKey, error)
     } else if text.contains("payload") || text.contains("message size exceeds") {
-        Failure::Permanent("too_large", error)
+        Failure::Permanent(FailureReason::TooLarge, error)
     } else {
         Failure::Transient(error)
     }
@@ -73,13 +74,9 @@ pub(super) async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<P
                     // An outbox NATS will never take (stored before the
                     // limits): drop it rather than freeze the person.
                     Failure::Permanent(reason, e) => {
-                        engine
-                            .metrics
-                            .permanent_failures
-                            .with_label_values(&[reason])
-                            .inc();
+                        engine.metrics.permanent_failure(reason).inc();
                         tracing::warn!(
-                            person = %state.person, reason, error = format!("{e:#}"),
+                            person = %state.person, reason = reason.as_str(), error = format!("{e:#}"),
                             "outbox of a stored change dropped"
                         );
                     }
@@ -139,10 +136,10 @@ pub(super) fn encode_state(
     stored.outbox = events.iter().map(hollow).collect();
     let bytes = serde_json::to_vec(&stored)
         .context("serialising person state")
-        .map_err(|e| Failure::Permanent("invalid_state", e))?;
+        .map_err(|e| Failure::Permanent(FailureReason::InvalidState, e))?;
     if bytes.len() > MAX_KV_VALUE_BYTES {
         return Err(Failure::Permanent(
-            "too_large",
+            FailureReason::TooLarge,
             anyhow::anyhow!(
                 "person state of {} bytes, over {MAX_KV_VALUE_BYTES}",
                 bytes.len()
@@ -242,18 +239,18 @@ mod tests {
         // async-nats' own words for a value over the server's max_payload.
         assert_eq!(
             permanent(anyhow::anyhow!("max payload size exceeded").context("writing person state")),
-            Some("too_large")
+            Some(FailureReason::TooLarge)
         );
         // JetStream's answer for a message over the stream's limit.
         assert_eq!(
             permanent(anyhow::anyhow!(
                 "message size exceeds maximum allowed (10054)"
             )),
-            Some("too_large")
+            Some(FailureReason::TooLarge)
         );
         assert_eq!(
             permanent(anyhow::anyhow!("key cannot be empty or start/end with `.`")),
-            Some("invalid_key")
+            Some(FailureReason::InvalidKey)
         );
         assert_eq!(permanent(anyhow::anyhow!("timed out")), None);
         assert_eq!(

@@ -94,11 +94,11 @@ impl Engine {
                 .unwrap_or_default(),
         };
         for s in &now.statuses {
-            self.metrics.devices.with_label_values(&[s.as_str()]).inc();
+            self.metrics.devices(*s).inc();
         }
         let before = watched.insert(entry.key.clone(), now).unwrap_or_default();
         for s in before.statuses {
-            self.metrics.devices.with_label_values(&[s.as_str()]).dec();
+            self.metrics.devices(s).dec();
         }
         if let Some(person) = &before.person {
             due.cancel(person);
