@@ -305,6 +305,7 @@ struct Why {
     late: bool,
 }
 
+/// An event to be: `events::finish` gives it its id and the person state.
 #[derive(Debug)]
 struct Draft {
     why: Why,
@@ -315,6 +316,8 @@ struct Draft {
     region: Option<(String, RegionEvent, String)>,
 }
 
+/// One [`apply`] or [`tick`]: what it reads, and the drafts and flaps it
+/// produces.
 struct Run<'a> {
     household: &'a Household,
     cfg: &'a PresenceConfig,
