@@ -29,7 +29,7 @@ mod timers;
 use std::time::Duration as StdDuration;
 
 use shared::config::{Household, PresenceConfig};
-pub(crate) use shared::state::RegionDef;
+use shared::state::RegionDef;
 use shared::state::{
     CauseKind, DeviceState, EventKind, PersonState, PresenceEvent, RegionEvent, Status,
 };
@@ -47,12 +47,12 @@ use timers::{run_timers, settle_with_timers};
 /// A fix time further ahead of the server clock than this is a phone with a
 /// wrong clock: it is taken as the receive time, so it cannot block every
 /// later fix through the ordering rule.
-pub(crate) const MAX_FUTURE_SKEW_S: i64 = 600;
+const MAX_FUTURE_SKEW_S: i64 = 600;
 
 /// Devices one person can have. A device beyond it is refused (an unmapped
 /// user publishing under thousands of device names would otherwise grow one
 /// person's state without bound).
-pub(crate) const MAX_DEVICES_PER_PERSON: usize = 16;
+const MAX_DEVICES_PER_PERSON: usize = 16;
 
 /// The largest person state [`apply`] produces, serialised. An input that
 /// would grow the state past it is refused, so a person's KV value (state
@@ -62,11 +62,11 @@ pub(crate) const MAX_PERSON_STATE_BYTES: usize = 256 * 1024;
 
 /// Source ids of recent inputs remembered per device, to recognise a
 /// redelivery that arrives after newer messages.
-pub(crate) const RECENT_SOURCES: usize = 32;
+const RECENT_SOURCES: usize = 32;
 
 /// A longer source id (a `Nats-Msg-Id` from another producer) is stored as
 /// its hash.
-pub(crate) const MAX_SOURCE_ID_BYTES: usize = 64;
+const MAX_SOURCE_ID_BYTES: usize = 64;
 
 /// One device message, independent of the OwnTracks parser.
 #[derive(Debug, Clone, PartialEq)]
