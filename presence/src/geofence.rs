@@ -6,7 +6,7 @@ use shared::state::Fix;
 const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// Great-circle distance in metres (haversine).
-pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+pub(crate) fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
     let dp = p2 - p1;
     let dl = (lon2 - lon1).to_radians();
@@ -16,7 +16,7 @@ pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 
 /// Where a fix is relative to a circular region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fence {
+pub(crate) enum Fence {
     /// The whole accuracy circle is inside: enter.
     Inside,
     /// The whole accuracy circle is beyond the radius plus the margin: leave.
@@ -27,7 +27,7 @@ pub enum Fence {
 
 /// Classifies a fix `distance` metres from a region's centre. Absent or
 /// invalid accuracy counts as 0 (`acc: 0` is a valid, exact fix).
-pub fn classify(distance: f64, acc: Option<f64>, radius: f64, margin: f64) -> Fence {
+pub(crate) fn classify(distance: f64, acc: Option<f64>, radius: f64, margin: f64) -> Fence {
     let acc = acc.filter(|a| a.is_finite() && *a > 0.0).unwrap_or(0.0);
     let margin = margin.max(0.0);
     if !distance.is_finite() {
@@ -42,12 +42,12 @@ pub fn classify(distance: f64, acc: Option<f64>, radius: f64, margin: f64) -> Fe
 }
 
 /// Below this many seconds between fixes, computed speed is noise.
-pub const MIN_SPEED_INTERVAL_S: i64 = 30;
+pub(crate) const MIN_SPEED_INTERVAL_S: i64 = 30;
 
 /// Speed in km/h from `prev` to `cur`, or None when the fixes are too close
 /// in time to tell. The distance is reduced by both accuracies, so poor fixes
 /// understate speed rather than invent movement.
-pub fn speed_kmh(prev: &Fix, cur: &Fix) -> Option<f64> {
+pub(crate) fn speed_kmh(prev: &Fix, cur: &Fix) -> Option<f64> {
     let dt = cur.tst.checked_sub(prev.tst)?;
     if dt < MIN_SPEED_INTERVAL_S {
         return None;

@@ -10,7 +10,7 @@ use crate::machine::{DeviceInput, Input, bounded};
 /// Why an envelope cannot be used: the message is terminated, not retried.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct Poison(pub String);
+pub(crate) struct Poison(pub(crate) String);
 
 /// The input an envelope means; `None` for kinds that do not affect presence.
 ///
@@ -18,7 +18,10 @@ pub struct Poison(pub String);
 /// an over-long identity is poison (cutting it could merge two devices), and
 /// over-long names and lists are cut to `shared::limits` (see
 /// [`bounded`]) before they can reach stored state.
-pub fn from_envelope(envelope: Envelope, source_id: String) -> Result<Option<DeviceInput>, Poison> {
+pub(crate) fn from_envelope(
+    envelope: Envelope,
+    source_id: String,
+) -> Result<Option<DeviceInput>, Poison> {
     for (level, value) in [
         ("household", &envelope.household),
         ("user", &envelope.user),

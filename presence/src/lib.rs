@@ -5,23 +5,29 @@
 //! Layout:
 //! - `machine`: the state machine as pure functions — `apply` an input,
 //!   `tick` timers, `next_deadline` to schedule them. No I/O, no clock.
-//! - `geofence`: server-side geofencing (haversine, accuracy-aware
-//!   hysteresis) and speed between fixes.
+//!   Its own map is in `machine/mod.rs`.
+//! - `geofence`: the geometry of geofencing: distance (haversine), in or
+//!   out with accuracy-aware hysteresis, speed between fixes.
 //! - `place`: region-name identity and place resolution.
 //! - `input`: envelopes from OWNTRACKS into machine inputs.
-//! - `service`: the consumer, per-person workers, KV compare-and-set, timers.
+//! - `service`: the consumer, per-person queues and batches, the KV state
+//!   with compare-and-set and its outbox, timers. Its own map is in
+//!   `service/mod.rs`.
 //! - `metrics`: presence's Prometheus metrics.
 //! - `cli`: flags and environment, for the binary.
+//!
+//! Only `cli`, [`run`] and [`Settings`] are public: the rest is used by
+//! this crate alone.
 //!
 //! The rules are documented for users and consumers in docs/presence.md.
 
 pub mod cli;
-pub mod geofence;
-pub mod input;
-pub mod machine;
-pub mod metrics;
-pub mod place;
-pub mod service;
+mod geofence;
+mod input;
+mod machine;
+mod metrics;
+mod place;
+mod service;
 
 use std::sync::Arc;
 

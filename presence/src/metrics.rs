@@ -1,31 +1,120 @@
-//! presence's Prometheus metrics. Label values come from closed sets only.
+//! presence's Prometheus metrics. Label values come from closed sets only:
+//! each labelled metric is read through a method that takes its label as
+//! an enum, so a misspelt label cannot compile.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Registry};
-use shared::state::Status;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
+use shared::state::{EventKind, Status};
 use shared::telemetry::{LATENCY_BUCKETS, counter_vec, gauge_vec};
 
+use crate::machine::{self, Ignored};
+
+/// The `outcome` of a message (`presence_messages_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MessageOutcome {
+    Applied,
+    /// A kind that does not affect presence.
+    Ignored,
+    Duplicate,
+    OutOfOrder,
+    TooManyDevices,
+    StateTooLarge,
+    /// A device no person claims, in a household that makes none.
+    Unmapped,
+    /// An envelope that cannot be used: terminated.
+    Poison,
+    /// Storing failed for now and is retried (counted per attempt).
+    Retried,
+}
+
+impl MessageOutcome {
+    const ALL: [MessageOutcome; 9] = [
+        MessageOutcome::Applied,
+        MessageOutcome::Ignored,
+        MessageOutcome::Duplicate,
+        MessageOutcome::OutOfOrder,
+        MessageOutcome::TooManyDevices,
+        MessageOutcome::StateTooLarge,
+        MessageOutcome::Unmapped,
+        MessageOutcome::Poison,
+        MessageOutcome::Retried,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            MessageOutcome::Applied => "applied",
+            MessageOutcome::Ignored => "ignored",
+            MessageOutcome::Duplicate => "duplicate",
+            MessageOutcome::OutOfOrder => "out_of_order",
+            MessageOutcome::TooManyDevices => "too_many_devices",
+            MessageOutcome::StateTooLarge => "state_too_large",
+            MessageOutcome::Unmapped => "unmapped",
+            MessageOutcome::Poison => "poison",
+            MessageOutcome::Retried => "retried",
+        }
+    }
+}
+
+impl From<Ignored> for MessageOutcome {
+    fn from(ignored: Ignored) -> Self {
+        match ignored {
+            Ignored::OutOfOrder => MessageOutcome::OutOfOrder,
+            Ignored::Duplicate => MessageOutcome::Duplicate,
+            Ignored::TooManyDevices => MessageOutcome::TooManyDevices,
+            Ignored::StateTooLarge => MessageOutcome::StateTooLarge,
+        }
+    }
+}
+
+/// Why storing failed for good (`presence_permanent_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureReason {
+    /// Over NATS's or the stream's size limit.
+    TooLarge,
+    /// A KV key NATS refuses.
+    InvalidKey,
+    /// A state that cannot be serialised.
+    InvalidState,
+}
+
+impl FailureReason {
+    const ALL: [FailureReason; 3] = [
+        FailureReason::TooLarge,
+        FailureReason::InvalidKey,
+        FailureReason::InvalidState,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::TooLarge => "too_large",
+            FailureReason::InvalidKey => "invalid_key",
+            FailureReason::InvalidState => "invalid_state",
+        }
+    }
+}
+
 #[derive(Clone)]
-pub struct Metrics {
-    /// Messages by `outcome`: applied, ignored, duplicate, out_of_order,
-    /// too_many_devices, state_too_large, unmapped, poison, retried.
-    pub messages: IntCounterVec,
+pub(crate) struct Metrics {
+    /// Messages by [`MessageOutcome`].
+    messages: IntCounterVec,
     /// Messages (or timer ticks) terminated because storing them failed for
-    /// good, by `reason` (too_large, invalid_key, invalid_state).
-    pub permanent_failures: IntCounterVec,
+    /// good, by [`FailureReason`].
+    permanent_failures: IntCounterVec,
     /// Events published by `kind` (place, status, region).
-    pub events: IntCounterVec,
+    events: IntCounterVec,
     /// Compare-and-set conflicts on the KV (another instance wrote first).
-    pub kv_conflicts: IntCounter,
+    pub(crate) kv_conflicts: IntCounter,
     /// Fixes older than `max_fix_age` on arrival.
-    pub late_fixes: IntCounter,
+    pub(crate) late_fixes: IntCounter,
     /// Leave + re-enter pairs swallowed by the debounce.
-    pub flaps_suppressed: IntCounter,
+    pub(crate) flaps_suppressed: IntCounter,
     /// From fetching a message to acking it.
-    pub processing_seconds: Histogram,
+    pub(crate) processing_seconds: Histogram,
     /// Devices by `status` (online, stale, offline), from the KV.
-    pub devices: IntGaugeVec,
+    devices: IntGaugeVec,
     /// Timer ticks processed.
-    pub ticks: IntCounter,
+    pub(crate) ticks: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -37,7 +126,7 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 impl Metrics {
-    pub fn new(registry: &Registry) -> Self {
+    pub(crate) fn new(registry: &Registry) -> Self {
         let processing_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "presence_processing_seconds",
@@ -100,25 +189,71 @@ impl Metrics {
         metrics
     }
 
+    pub(crate) fn message(&self, outcome: MessageOutcome) -> IntCounter {
+        self.messages.with_label_values(&[outcome.as_str()])
+    }
+
+    pub(crate) fn permanent_failure(&self, reason: FailureReason) -> IntCounter {
+        self.permanent_failures
+            .with_label_values(&[reason.as_str()])
+    }
+
+    pub(crate) fn event(&self, kind: EventKind) -> IntCounter {
+        self.events
+            .with_label_values(&[machine::event_kind_name(kind)])
+    }
+
+    pub(crate) fn devices(&self, status: Status) -> IntGauge {
+        self.devices.with_label_values(&[status.as_str()])
+    }
+
     /// Creates every series of the closed label sets at 0, so that
     /// dashboards and alerts see them before their first increment.
     fn register_label_sets(&self) {
-        for outcome in [
-            "applied",
-            "ignored",
-            "duplicate",
-            "out_of_order",
-            "unmapped",
-            "poison",
-            "retried",
-        ] {
-            self.messages.with_label_values(&[outcome]);
+        for outcome in MessageOutcome::ALL {
+            self.message(outcome);
         }
-        for kind in ["place", "status", "region"] {
-            self.events.with_label_values(&[kind]);
+        for reason in FailureReason::ALL {
+            self.permanent_failure(reason);
+        }
+        for kind in [EventKind::Place, EventKind::Status, EventKind::Region] {
+            self.event(kind);
         }
         for status in [Status::Online, Status::Stale, Status::Offline] {
-            self.devices.with_label_values(&[status.as_str()]);
+            self.devices(status);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::{Encoder, TextEncoder};
+
+    use super::*;
+
+    #[test]
+    fn every_label_of_the_closed_sets_is_exported_at_zero() {
+        let registry = Registry::new();
+        Metrics::new(&registry);
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let mut want: Vec<String> = MessageOutcome::ALL
+            .iter()
+            .map(|o| format!("presence_messages_total{{outcome=\"{}\"}} 0", o.as_str()))
+            .collect();
+        want.extend(FailureReason::ALL.iter().map(|r| {
+            format!(
+                "presence_permanent_failures_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            )
+        }));
+        want.push("presence_events_total{kind=\"region\"} 0".into());
+        want.push("presence_devices{status=\"stale\"} 0".into());
+        for line in &want {
+            assert!(text.contains(line.as_str()), "{line} missing");
         }
     }
 }

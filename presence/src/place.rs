@@ -5,19 +5,17 @@ use shared::config::Household;
 
 /// The identity of a region name: case-insensitive, one leading `-` ignored
 /// (OwnTracks marks regions whose leave the app delays with a `-`).
-pub fn region_key(name: &str) -> String {
+pub(crate) fn region_key(name: &str) -> String {
     let name = name.trim();
     name.strip_prefix('-').unwrap_or(name).trim().to_lowercase()
 }
 
-/// Whether two region names name the same region.
-pub fn same_region(a: &str, b: &str) -> bool {
-    region_key(a) == region_key(b)
-}
-
 /// The first of the household's places (priority order) that one of
 /// `regions` names, spelled as the household spells it.
-pub fn named_place<'h, S: AsRef<str>>(household: &'h Household, regions: &[S]) -> Option<&'h str> {
+pub(crate) fn named_place<'h, S: AsRef<str>>(
+    household: &'h Household,
+    regions: &[S],
+) -> Option<&'h str> {
     let keys: Vec<String> = regions.iter().map(|r| region_key(r.as_ref())).collect();
     household
         .places
@@ -28,7 +26,7 @@ pub fn named_place<'h, S: AsRef<str>>(household: &'h Household, regions: &[S]) -
 
 /// Whether `place` is one of the household's places (not a label such as
 /// Traveling, Away or Lost).
-pub fn is_named_place(household: &Household, place: &str) -> bool {
+pub(crate) fn is_named_place(household: &Household, place: &str) -> bool {
     household.places.iter().any(|p| p == place)
 }
 

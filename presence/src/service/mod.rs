@@ -1,0 +1,110 @@
+//! The presence service: a durable pull consumer on OWNTRACKS feeding
+//! per-person queues, state in the `presence` KV bucket with
+//! compare-and-set, events on PRESENCE, and timers derived from the stored
+//! state (so they survive restarts and work with several instances).
+//!
+//! Every person has their own queue, drained by one task at a time (order
+//! holds), while many persons proceed at once. The consumer loop never waits
+//! for a person: it only appends to a queue, so a phone flushing a backlog
+//! of 100,000 messages delays nobody else. Queued messages are bounded by
+//! the consumer's `max_ack_pending`. A person's task applies everything
+//! queued (up to [`MAX_BATCH`] inputs) to the state in memory and stores
+//! the result with one compare-and-set, then acks the whole batch: a
+//! backlog costs one KV write per batch, not one per message.
+//!
+//! A message is acked only once its state and events are stored; a
+//! redelivered message yields the same event ids, which PRESENCE drops as
+//! duplicates. Storage failures are classified: a compare-and-set conflict
+//! reloads and applies again, a transient one (NATS unreachable, a timeout)
+//! retries with a backoff capped below the consumer's `ack_wait` (and keeps
+//! the messages alive with in-progress acks), a permanent one (a value too
+//! large, an invalid key) terminates the message, counts it and moves on.
+//!
+//! Layout:
+//! - `consumer`: the OWNTRACKS consumer loop; decodes and routes each
+//!   message to its person's queue.
+//! - `queues`: per-person queues, each drained by one task at a time.
+//! - `batch`: a person's batch: apply, store, ack; retries and failures.
+//! - `store`: the person's KV state (load, compare-and-set), its outbox,
+//!   device keys and event publishing.
+//! - `timers` and `timer_queue`: ticks when stored deadlines come due.
+
+mod batch;
+mod consumer;
+mod queues;
+mod store;
+mod timer_queue;
+mod timers;
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use shared::config::{Config, Household};
+
+use crate::machine::DeviceInput;
+use crate::metrics::Metrics;
+
+/// The durable consumer's name: all instances share it.
+const CONSUMER: &str = "presence";
+/// Messages delivered and not yet acked, across all persons: the bound on
+/// what presence holds in its queues.
+const MAX_ACK_PENDING: i64 = 4096;
+/// Redelivery after a crash comes this soon.
+const ACK_WAIT: Duration = Duration::from_secs(15);
+/// Retries of transient failures wait at most this long (well below
+/// `ACK_WAIT`; in-progress acks keep the messages in hand alive).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Inputs applied per compare-and-set when a person has a backlog.
+const MAX_BATCH: usize = 1000;
+/// A batch stops taking inputs once it has this many events, so that the
+/// outbox stored with the state stays small.
+const MAX_BATCH_EVENTS: usize = 64;
+/// Persons stored at once (each a KV compare-and-set in flight); the
+/// others' queues keep filling meanwhile, so their next batch is larger.
+const MAX_CONCURRENT_PERSONS: usize = 256;
+/// The largest KV value presence writes; NATS refuses values over 1 MiB
+/// (its default `max_payload`).
+const MAX_KV_VALUE_BYTES: usize = 960 * 1024;
+
+/// What every part of the service shares.
+#[derive(Clone)]
+pub(crate) struct Engine {
+    pub(crate) js: jetstream::Context,
+    pub(crate) kv: kv::Store,
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Metrics,
+}
+
+/// What a person's queue holds: a message to apply, or a timer tick.
+enum Work {
+    Message {
+        message: Box<jetstream::Message>,
+        input: Box<DeviceInput>,
+        received: Instant,
+    },
+    Tick,
+}
+
+impl Engine {
+    /// A household's config; an unconfigured one gets the defaults.
+    fn household(&self, name: &str) -> &Household {
+        static DEFAULT: LazyLock<Household> = LazyLock::new(Household::default);
+        self.config.households.get(name).unwrap_or(&DEFAULT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine;
+
+    #[test]
+    fn retries_wait_less_than_the_redelivery() {
+        assert!(MAX_RETRY_DELAY.as_secs() * 2 < ACK_WAIT.as_secs());
+        const {
+            assert!(MAX_KV_VALUE_BYTES + 64 * 1024 <= 1024 * 1024);
+            assert!(machine::MAX_PERSON_STATE_BYTES * 2 < MAX_KV_VALUE_BYTES);
+        }
+    }
+}

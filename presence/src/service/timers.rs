@@ -1,0 +1,114 @@
+//! Timers: a watch on the persons' stored state keeps each person's next
+//! deadline (`machine::next_deadline`) in a [`TimerQueue`], and queues a
+//! tick for them when it comes due. Derived from the KV alone, they survive
+//! restarts and work with several instances. The same watch counts devices
+//! by status for the `presence_devices` gauge.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use shared::retry::{Backoff, sleep_unless_cancelled};
+use shared::state::{PersonState, Status};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::queues::Queues;
+use super::timer_queue::TimerQueue;
+use super::{Engine, Work};
+use crate::machine;
+
+/// A person: household and person id.
+type Person = (String, String);
+
+/// What the watch last saw under one KV key.
+#[derive(Default)]
+struct Watched {
+    /// The person whose state it held; None when deleted or unreadable.
+    person: Option<Person>,
+    /// Their devices' statuses, as counted in the gauge.
+    statuses: Vec<Status>,
+}
+
+impl Engine {
+    /// Runs timer ticks when stored deadlines come due.
+    pub(super) async fn timers(&self, shutdown: CancellationToken, queues: Queues) {
+        let mut backoff = Backoff::default();
+        let mut due: TimerQueue<Person> = TimerQueue::new();
+        let mut watched: HashMap<String, Watched> = HashMap::new();
+        while !shutdown.is_cancelled() {
+            let mut watch = match self.kv.watch_with_history("*.person.*").await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch presence state; retrying");
+                    sleep_unless_cancelled(backoff.next_delay(), &shutdown).await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            loop {
+                let sleep = match due.next_due() {
+                    Some(at) => {
+                        let wait = (at - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+                        Duration::from_secs_f64(wait.as_seconds_f64())
+                    }
+                    None => Duration::from_secs(3600),
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    entry = watch.next() => {
+                        let Some(Ok(entry)) = entry else { break };
+                        self.watched(&entry, &mut watched, &mut due);
+                    }
+                    _ = tokio::time::sleep(sleep), if due.next_due().is_some() => {
+                        let now = OffsetDateTime::now_utc();
+                        while let Some((household, person)) = due.pop_due(now) {
+                            tracing::debug!(%household, %person, "timer due");
+                            queues.push(&household, &person, Work::Tick);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes in a changed person state: reschedules its timer, recounts its
+    /// devices.
+    fn watched(
+        &self,
+        entry: &kv::Entry,
+        watched: &mut HashMap<String, Watched>,
+        due: &mut TimerQueue<Person>,
+    ) {
+        let state = (entry.operation == kv::Operation::Put)
+            .then(|| serde_json::from_slice::<PersonState>(&entry.value).ok())
+            .flatten();
+        let now = Watched {
+            person: state
+                .as_ref()
+                .map(|s| (s.household.clone(), s.person.clone())),
+            statuses: state
+                .as_ref()
+                .map(|s| s.devices.iter().map(|d| d.status).collect())
+                .unwrap_or_default(),
+        };
+        for s in &now.statuses {
+            self.metrics.devices(*s).inc();
+        }
+        let before = watched.insert(entry.key.clone(), now).unwrap_or_default();
+        for s in before.statuses {
+            self.metrics.devices(s).dec();
+        }
+        if let Some(person) = &before.person {
+            due.cancel(person);
+        }
+        let Some(state) = state else { return };
+        let household = self.household(&state.household);
+        let deadline = machine::next_deadline(&state, household, &self.config.presence);
+        tracing::debug!(key = %entry.key, ?deadline, "person deadline");
+        if let Some(at) = deadline {
+            due.schedule((state.household, state.person), at);
+        }
+    }
+}
