@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - `nats` — [`NatsServer`] (nats-server with JetStream per test: start,
-//!   stop, kill, restart on the same port and store) and the JetStream
+//!   stop, kill, restart on the same port and store; or run from
+//!   `deploy/nats-server.conf` with [`DEPLOY_PASSWORDS`]) and the JetStream
 //!   readers [`stream_messages`] and [`stream_count`].
 //! - `mosquitto` — [`Mosquitto`] (broker per test, configured from
 //!   `deploy/mosquitto.conf`: start, stop, kill, restart with persistence).
@@ -14,7 +15,8 @@
 //! - `pipeline` — [`Pipeline`]: brokers plus ingest, presence and notifier
 //!   with one config, for end-to-end tests of the whole chain; the services
 //!   take `NATS_URL` as given, so a comma-separated list of servers (a
-//!   cluster) works too ([`Pipeline::start_with_nats_urls`]).
+//!   cluster) works too ([`Pipeline::start_with_nats_urls`]); or each
+//!   service as its own NATS user ([`Pipeline::start_deployed`]).
 //! - `service` — [`Service`]: a Whereabouts service as a real process
 //!   (start with a config, stop, kill, restart, read a metric);
 //!   [`service_binary`] and [`service_help`] (a service's `--help` text).
@@ -28,6 +30,8 @@
 //!   (2.30 server-only, installed once under `target/`); [`skip`] for
 //!   machines without them; [`repo_dir`] and [`read_repo_file`] for the
 //!   repository's own files.
+//! - `cargo` — [`cargo_build`]: workspace binaries built from a test (the
+//!   demo's services, the example consumers).
 //! - `process` (private) — spawning, signalling and reaping broker processes.
 //!
 //! Binaries: `NATS_SERVER_BIN` or `nats-server` (>= 2.11) on PATH;
@@ -37,6 +41,7 @@
 //! (`--browser`: Chromium too).
 
 mod browser;
+mod cargo;
 mod eventually;
 mod mosquitto;
 mod mqtt;
@@ -52,10 +57,11 @@ pub use browser::{
     Chromium, MAGICMIRROR_VERSION, MagicMirror, chromium_binary, read_repo_file, repo_dir, skip,
     target_dir,
 };
+pub use cargo::cargo_build;
 pub use eventually::{Outcome, eventually};
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received};
-pub use nats::{NatsServer, stream_count, stream_messages};
+pub use nats::{DEPLOY_PASSWORDS, NatsServer, deploy_password, stream_count, stream_messages};
 pub use phone::Phone;
 pub use pipeline::Pipeline;
 pub use process::free_port;
