@@ -20,6 +20,9 @@ use whereabouts_tests::{
 const TOKEN: &str = "weasleys-token-0123456789";
 
 const CONFIG: &str = r#"
+[ingest]
+default_household = "weasleys"
+
 [households.weasleys]
 token = "weasleys-token-0123456789"
 places = ["Home", "Work"]
