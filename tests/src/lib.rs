@@ -22,6 +22,12 @@
 //!   [`service_binary`] and [`service_help`] (a service's `--help` text).
 //! - `sse` — [`SseClient`]: the notifier's event stream, parsed into
 //!   [`SseItem`]s (resumable with `Last-Event-ID`).
+//! - `events` — [`presence_events`] (PRESENCE read back with stream
+//!   sequences), [`quiet_presence_events`], [`wait_place`] and
+//!   [`wait_place_event`].
+//! - `http_stand_in` — [`Recorder`] (stands in for ntfy or
+//!   MMM-Remote-Control: records every request) and [`Receiver`] (a webhook
+//!   receiver that fails on demand).
 //! - `prometheus` — [`Prometheus`] (Debian's prometheus scraping the
 //!   services every second, PromQL queries; `None` where not installed).
 //! - [`free_port`]: a free TCP port on 127.0.0.1 (for extra processes).
@@ -42,7 +48,9 @@
 
 mod browser;
 mod cargo;
+mod events;
 mod eventually;
+mod http_stand_in;
 mod mosquitto;
 mod mqtt;
 mod nats;
@@ -58,7 +66,9 @@ pub use browser::{
     target_dir,
 };
 pub use cargo::cargo_build;
+pub use events::{presence_events, quiet_presence_events, wait_place, wait_place_event};
 pub use eventually::{Outcome, eventually};
+pub use http_stand_in::{Delivery, Receiver, Recorder, Request};
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received};
 pub use nats::{DEPLOY_PASSWORDS, NatsServer, deploy_password, stream_count, stream_messages};

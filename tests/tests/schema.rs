@@ -18,8 +18,8 @@ use futures::StreamExt;
 use jsonschema::{Resource, Validator};
 use serde_json::{Value, json};
 use whereabouts_tests::{
-    MqttPublisher, Phone, Pipeline, SseClient, SseItem, eventually, repo_dir, stream_count,
-    stream_messages,
+    MqttPublisher, Phone, Pipeline, SseClient, SseItem, eventually, read_repo_file, repo_dir,
+    service_help, stream_count, stream_messages,
 };
 
 const TOKEN: &str = "weasleys-token-0123456789";
@@ -756,6 +756,53 @@ fn each_schema_refuses_a_document_that_breaks_the_contract() {
             assert!(
                 !schemas.errors(schema, &broken).is_empty(),
                 "{schema} accepts a document with {pointer} = {value}"
+            );
+        }
+    }
+}
+
+/// docs/contract.md and the schemas name every reject reason and message
+/// type the code has, and the contract every environment variable the
+/// services read (from their `--help`), so none is added undocumented.
+#[test]
+fn the_contract_names_every_reason_type_and_variable() {
+    use shared::owntracks::{MessageType, Reason};
+    let contract = read_repo_file("docs/contract.md");
+    let schema = |name: &str| -> Value {
+        serde_json::from_str(&read_repo_file(&format!("docs/schema/{name}"))).unwrap()
+    };
+    let reasons: Vec<Value> = Reason::ALL.iter().map(|r| json!(r.as_str())).collect();
+    assert_eq!(
+        schema("rejected.json")["properties"]["Whereabouts-Reason"]["enum"],
+        json!(reasons)
+    );
+    for reason in Reason::ALL {
+        let reason = reason.as_str();
+        assert!(
+            contract.contains(&format!("| `{reason}` |")),
+            "{reason} undocumented"
+        );
+    }
+    let types: Vec<Value> = MessageType::ALL
+        .iter()
+        .filter(|t| **t != MessageType::Encrypted)
+        .map(|t| json!(t.as_str()))
+        .collect();
+    assert_eq!(
+        schema("owntracks.json")["properties"]["_type"]["enum"],
+        json!(types)
+    );
+    for kind in ["ingest", "presence", "notifier"] {
+        let help = service_help(kind);
+        assert!(
+            help.contains("[env: NATS_URL"),
+            "{kind} --help names its variables:\n{help}"
+        );
+        for variable in help.split("[env: ").skip(1) {
+            let name = variable.split(['=', ']']).next().unwrap();
+            assert!(
+                contract.contains(&format!("`{name}`")),
+                "{kind} reads {name}: undocumented"
             );
         }
     }
