@@ -22,9 +22,10 @@
 //!   [`service_binary`] and [`service_help`] (a service's `--help` text).
 //! - `sse` — [`SseClient`]: the notifier's event stream, parsed into
 //!   [`SseItem`]s (resumable with `Last-Event-ID`).
-//! - `events` — [`presence_events`] (PRESENCE read back with stream
-//!   sequences), [`quiet_presence_events`], [`wait_place`] and
-//!   [`wait_place_event`].
+//! - `published` — what the services stored, read back: [`envelopes`]
+//!   (OWNTRACKS), [`presence_events`] (PRESENCE, with stream sequences),
+//!   [`quiet_presence_events`], [`kv_state`] (the presence KV); and
+//!   [`wait_place`], [`wait_place_event`].
 //! - `http_stand_in` — [`Recorder`] (stands in for ntfy or
 //!   MMM-Remote-Control: records every request) and [`Receiver`] (a webhook
 //!   receiver that fails on demand).
@@ -48,7 +49,6 @@
 
 mod browser;
 mod cargo;
-mod events;
 mod eventually;
 mod http_stand_in;
 mod mosquitto;
@@ -58,6 +58,7 @@ mod phone;
 mod pipeline;
 mod process;
 mod prometheus;
+mod published;
 mod service;
 mod sse;
 
@@ -66,7 +67,6 @@ pub use browser::{
     target_dir,
 };
 pub use cargo::cargo_build;
-pub use events::{presence_events, quiet_presence_events, wait_place, wait_place_event};
 pub use eventually::{Outcome, eventually};
 pub use http_stand_in::{Delivery, Receiver, Recorder, Request};
 pub use mosquitto::Mosquitto;
@@ -76,5 +76,8 @@ pub use phone::Phone;
 pub use pipeline::Pipeline;
 pub use process::free_port;
 pub use prometheus::Prometheus;
+pub use published::{
+    envelopes, kv_state, presence_events, quiet_presence_events, wait_place, wait_place_event,
+};
 pub use service::{Service, service_binary, service_help};
 pub use sse::{SseClient, SseItem};

@@ -491,6 +491,32 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
             &event,
         );
     }
+    // The events of one input (same person, emitted_at and state) come
+    // in the documented order: leaves, enters, status, place.
+    let events: Vec<Value> = stream_messages(js, "PRESENCE", ">")
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let rank = |e: &Value| match (e["kind"].as_str(), e["event"].as_str()) {
+        (Some("region"), Some("leave")) => 0,
+        (Some("region"), _) => 1,
+        (Some("status"), _) => 2,
+        _ => 3,
+    };
+    let mut checked_inputs = 0;
+    for (i, event) in events.iter().enumerate() {
+        let same_input = |e: &&Value| {
+            e["person"] == event["person"]
+                && e["emitted_at"] == event["emitted_at"]
+                && e["state"] == event["state"]
+        };
+        if let Some(next) = events[i + 1..].iter().find(same_input) {
+            assert!(rank(event) <= rank(next), "out of order:\n{event}\n{next}");
+            checked_inputs += 1;
+        }
+    }
+    assert!(checked_inputs > 0, "no input made more than one event");
     for kind in ["place", "place-move", "place-move-late", "status", "region"] {
         assert!(
             event_kinds.contains_key(kind),

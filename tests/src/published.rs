@@ -1,15 +1,41 @@
-//! What presence published on PRESENCE, read back with each event's stream
-//! sequence (the notifier's SSE `id:`), and waits for a place change.
+//! What the services published and stored, read back: OWNTRACKS envelopes,
+//! PRESENCE events with their stream sequence (the notifier's SSE `id:`),
+//! values of the presence KV bucket; and waits for a place change.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use shared::state::{EventKind, PresenceEvent};
 
 use crate::{eventually, stream_messages};
 
 /// How long [`wait_place`] and [`wait_place_event`] wait.
 const WAIT: Duration = Duration::from_secs(20);
+
+/// OWNTRACKS's envelopes on subjects matching `filter`, oldest first, each
+/// with its subject.
+pub async fn envelopes(js: &jetstream::Context, filter: &str) -> Vec<(String, Value)> {
+    stream_messages(js, "OWNTRACKS", filter)
+        .await
+        .into_iter()
+        .map(|m| {
+            (
+                m.subject.to_string(),
+                serde_json::from_slice(&m.payload).expect("envelope JSON"),
+            )
+        })
+        .collect()
+}
+
+/// The value of `key` in the presence KV bucket, when there is one that
+/// reads as a `T` (a person or device state, or a `Value`).
+pub async fn kv_state<T: DeserializeOwned>(js: &jetstream::Context, key: &str) -> Option<T> {
+    let store = js.get_key_value("presence").await.ok()?;
+    let bytes = store.get(key).await.ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
 
 /// PRESENCE's events of `household` (`">"`: every household), oldest
 /// first, each with its stream sequence.
