@@ -3,8 +3,8 @@
 
 A durable JetStream pull consumer: it resumes where it stopped, acks each
 event once printed, and skips an event whose id it has already handled
-(a redelivery after a crash, or a copy older than JetStream's duplicate
-window). Late events (a phone's queue flushed hours later) are history,
+in this run (a redelivery, or a copy presence published again after
+JetStream's duplicate window). Late events (a phone's queue flushed hours later) are history,
 not news: acked and not printed.
 
     pip install nats-py

@@ -2,9 +2,10 @@
 //! typed with the project's own `shared::state::PresenceEvent`.
 //!
 //! A durable pull consumer: it resumes where it stopped, acks each event once
-//! printed, and skips an event whose id it has already handled (a
-//! redelivery, or a copy older than JetStream's duplicate window). Late
-//! events are history, not news: acked, not printed.
+//! printed, and skips an event whose id it has already handled in this run
+//! (a redelivery, or a copy presence published again after JetStream's
+//! duplicate window). Late events are history, not news: acked, not
+//! printed.
 //!
 //! ```sh
 //! NATS_URL=nats://127.0.0.1:4222 NATS_USER=reader NATS_PASSWORD=… \
