@@ -58,6 +58,9 @@ async def main() -> None:
             continue
         for msg in messages:
             event = json.loads(msg.data)
+            # A new version may mean what this program reads differently.
+            if event.get("schema_version") != 1:
+                sys.exit(f"event {event['id']}: schema_version {event.get('schema_version')}, this program reads 1")
             if event["id"] not in seen and event["kind"] == "place" and not event.get("late"):
                 print(f'{event["state"]["name"]} arrived at {event["place"]}', flush=True)
                 printed += 1

@@ -22,7 +22,7 @@ use std::collections::{HashSet, VecDeque};
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use shared::state::{EventKind, PresenceEvent};
+use shared::state::{EVENT_SCHEMA_VERSION, EventKind, PresenceEvent};
 use shared::subjects::{PRESENCE_STREAM, presence_household};
 
 /// Ids remembered for deduplication (oldest forgotten first).
@@ -88,6 +88,13 @@ async fn main() -> anyhow::Result<()> {
         let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
         let event: PresenceEvent =
             serde_json::from_slice(&message.payload).context("reading a presence event")?;
+        // A new version may mean what this program reads differently.
+        anyhow::ensure!(
+            event.schema_version == EVENT_SCHEMA_VERSION,
+            "event {}: schema_version {}, this program reads {EVENT_SCHEMA_VERSION}",
+            event.id,
+            event.schema_version
+        );
         let new = seen.0.insert(event.id.clone());
         if new {
             seen.1.push_back(event.id.clone());
