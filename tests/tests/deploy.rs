@@ -391,6 +391,19 @@ fn dockerfile_builds_what_compose_runs() {
             ".dockerignore must exclude {ignored}"
         );
     }
+    // The dependency stage copies every workspace member's manifest, or
+    // cargo cannot load the workspace there.
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).expect("Cargo.toml");
+    for member in manifest["workspace"]["members"]
+        .as_array()
+        .expect("members")
+    {
+        let member = member.as_str().expect("a member path");
+        assert!(
+            dockerfile.contains(&format!("COPY {member}/Cargo.toml {member}/")),
+            "the Dockerfile's dependency stage must copy {member}/Cargo.toml"
+        );
+    }
     // Logical lines (continuations joined).
     let lines: Vec<String> = dockerfile
         .replace("\\\n", " ")
