@@ -537,6 +537,22 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
         kv.iter().any(|(k, _)| k == "weasleys.person.harry"),
         "Harry's state is keyed by his id"
     );
+    // docs/contract.md's way from the KV to the stream: once settled, a
+    // person's newest event is the one its state names.
+    let presence = js.get_stream("PRESENCE").await.unwrap();
+    for (key, state) in kv.iter().filter(|(k, _)| k.contains(".person.")) {
+        let subject = format!("presence.{}", key.replacen(".person.", ".", 1));
+        let newest = presence
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .unwrap_or_else(|e| panic!("the newest event on {subject}: {e}"));
+        let id = newest.headers.get("Nats-Msg-Id").map(|v| v.to_string());
+        assert_eq!(
+            id.as_deref(),
+            state["last_event_id"].as_str(),
+            "{key}: last_event_id names the newest event on {subject}"
+        );
+    }
 
     // The notifier: the snapshot API, then the SSE frames seen meanwhile.
     let snapshot: Value = reqwest::Client::new()
