@@ -3,7 +3,8 @@
 //! every PRESENCE event, every person and device state in the KV, the
 //! notifier's snapshot and SSE frames, and the commands service's requests
 //! and replies, for a scripted day plus the OwnTracks corpus (when
-//! `../shared/owntracks-corpus` is there). Each schema must also refuse a
+//! `../shared/owntracks-corpus` is there), and for the simulator's demo
+//! household on a compressed morning. Each schema must also refuse a
 //! document that breaks it, so these checks can fail.
 //!
 //! `WHEREABOUTS_SCHEMA_SAMPLES=<dir>` writes one real document of each kind
@@ -380,38 +381,19 @@ async fn kv_values(js: &jetstream::Context) -> Vec<(String, Value)> {
     out
 }
 
-// ------------------------------------------------------------ the tests
+/// What the checks of [`check_stored`] saw.
+struct Stored {
+    reasons: BTreeMap<String, usize>,
+    event_kinds: BTreeMap<String, usize>,
+    /// Inputs that made more than one event (their order was checked).
+    multi_event_inputs: usize,
+    kv: Vec<(String, Value)>,
+}
 
-#[tokio::test]
-async fn everything_the_pipeline_sends_matches_its_schema() {
-    let mut checker = Checker::new();
-    let stack = Pipeline::start(CONFIG).await;
-    let js = &stack.js;
-    let mut sse = SseClient::connect(&stack.notifier, "weasleys", Some(TOKEN), "", None).await;
-
-    let sent = drive(&stack).await as u64;
-    eventually(
-        "every message on OWNTRACKS or REJECTED",
-        Duration::from_secs(30),
-        async || {
-            let stored = stream_count(js, "OWNTRACKS").await + stream_count(js, "REJECTED").await;
-            // The corpus may repeat a payload byte for byte: deduplicated.
-            (stored + 5 >= sent).then_some(())
-        },
-    )
-    .await;
-    settled("OWNTRACKS", async || stream_count(js, "OWNTRACKS").await).await;
-    // Percy's LWT turns into an offline status after lwt_grace.
-    eventually("Percy offline", Duration::from_secs(30), async || {
-        stream_messages(js, "PRESENCE", "presence.weasleys.Percy")
-            .await
-            .iter()
-            .any(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["status"] == "offline")
-            .then_some(())
-    })
-    .await;
-    settled("PRESENCE", async || stream_count(js, "PRESENCE").await).await;
-
+/// Validates everything the pipeline stored — envelopes, REJECTED headers,
+/// events (and the order of one input's events), KV values — and follows
+/// docs/contract.md from each person's state to its newest event.
+async fn check_stored(checker: &mut Checker, js: &jetstream::Context) -> Stored {
     for m in stream_messages(js, "OWNTRACKS", ">").await {
         let envelope: Value = serde_json::from_slice(&m.payload).expect("envelopes are JSON");
         let kind = envelope["message"]["_type"]
@@ -446,20 +428,6 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
             &headers,
         );
     }
-    for reason in [
-        "invalid_json",
-        "unknown_type",
-        "missing_field",
-        "invalid_field",
-        "topic_mismatch",
-        "plaintext_refused",
-    ] {
-        assert!(
-            reasons.contains_key(reason),
-            "no {reason} on REJECTED: {reasons:?}"
-        );
-    }
-
     let mut event_kinds = BTreeMap::new();
     for m in stream_messages(js, "PRESENCE", ">").await {
         let event: Value = serde_json::from_slice(&m.payload).expect("events are JSON");
@@ -504,7 +472,7 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
         (Some("status"), _) => 2,
         _ => 3,
     };
-    let mut checked_inputs = 0;
+    let mut multi_event_inputs = 0;
     for (i, event) in events.iter().enumerate() {
         let same_input = |e: &&Value| {
             e["person"] == event["person"]
@@ -513,17 +481,9 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
         };
         if let Some(next) = events[i + 1..].iter().find(same_input) {
             assert!(rank(event) <= rank(next), "out of order:\n{event}\n{next}");
-            checked_inputs += 1;
+            multi_event_inputs += 1;
         }
     }
-    assert!(checked_inputs > 0, "no input made more than one event");
-    for kind in ["place", "place-move", "place-move-late", "status", "region"] {
-        assert!(
-            event_kinds.contains_key(kind),
-            "no {kind} event: {event_kinds:?}"
-        );
-    }
-
     let kv = kv_values(js).await;
     for (key, value) in &kv {
         let schema = if key.contains(".person.") {
@@ -533,10 +493,6 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
         };
         checker.check(schema, &format!("KV {key}"), &format!("kv-{key}"), value);
     }
-    assert!(
-        kv.iter().any(|(k, _)| k == "weasleys.person.harry"),
-        "Harry's state is keyed by his id"
-    );
     // docs/contract.md's way from the KV to the stream: once settled, a
     // person's newest event is the one its state names.
     let presence = js.get_stream("PRESENCE").await.unwrap();
@@ -553,6 +509,79 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
             "{key}: last_event_id names the newest event on {subject}"
         );
     }
+
+    Stored {
+        reasons,
+        event_kinds,
+        multi_event_inputs,
+        kv,
+    }
+}
+
+// ------------------------------------------------------------ the tests
+
+#[tokio::test]
+async fn everything_the_pipeline_sends_matches_its_schema() {
+    let mut checker = Checker::new();
+    let stack = Pipeline::start(CONFIG).await;
+    let js = &stack.js;
+    let mut sse = SseClient::connect(&stack.notifier, "weasleys", Some(TOKEN), "", None).await;
+
+    let sent = drive(&stack).await as u64;
+    eventually(
+        "every message on OWNTRACKS or REJECTED",
+        Duration::from_secs(30),
+        async || {
+            let stored = stream_count(js, "OWNTRACKS").await + stream_count(js, "REJECTED").await;
+            // The corpus may repeat a payload byte for byte: deduplicated.
+            (stored + 5 >= sent).then_some(())
+        },
+    )
+    .await;
+    settled("OWNTRACKS", async || stream_count(js, "OWNTRACKS").await).await;
+    // Percy's LWT turns into an offline status after lwt_grace.
+    eventually("Percy offline", Duration::from_secs(30), async || {
+        stream_messages(js, "PRESENCE", "presence.weasleys.Percy")
+            .await
+            .iter()
+            .any(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["status"] == "offline")
+            .then_some(())
+    })
+    .await;
+    settled("PRESENCE", async || stream_count(js, "PRESENCE").await).await;
+
+    let Stored {
+        reasons,
+        event_kinds,
+        multi_event_inputs,
+        kv,
+    } = check_stored(&mut checker, js).await;
+    for reason in [
+        "invalid_json",
+        "unknown_type",
+        "missing_field",
+        "invalid_field",
+        "topic_mismatch",
+        "plaintext_refused",
+    ] {
+        assert!(
+            reasons.contains_key(reason),
+            "no {reason} on REJECTED: {reasons:?}"
+        );
+    }
+
+    assert!(multi_event_inputs > 0, "no input made more than one event");
+    for kind in ["place", "place-move", "place-move-late", "status", "region"] {
+        assert!(
+            event_kinds.contains_key(kind),
+            "no {kind} event: {event_kinds:?}"
+        );
+    }
+
+    assert!(
+        kv.iter().any(|(k, _)| k == "weasleys.person.harry"),
+        "Harry's state is keyed by his id"
+    );
 
     // The notifier: the snapshot API, then the SSE frames seen meanwhile.
     let snapshot: Value = reqwest::Client::new()
@@ -848,4 +877,59 @@ fn the_contract_names_every_reason_type_and_variable() {
             );
         }
     }
+}
+
+/// The demo's simulated household (deploy/demo.toml: Android and iOS, MQTT
+/// and HTTP mode, an encrypted phone) on a compressed morning: everything
+/// it makes the pipeline store matches the schemas too.
+#[tokio::test]
+async fn a_simulated_morning_matches_the_schemas() {
+    use shared::config::Config;
+    use simulator::world::World;
+    use simulator::{Pace, RunOptions};
+
+    let mut checker = Checker::new();
+    let demo = read_repo_file("deploy/demo.toml");
+    let stack = Pipeline::start(&demo).await;
+    let world = World::from_config(&Config::from_toml(&demo).unwrap(), simulator::DEMO_SEED)
+        .expect("the demo world");
+    let endpoints = simulator::send::Endpoints {
+        mqtt_url: stack.mosquitto.url(),
+        http_url: stack.ingest.url(),
+        client_id: "sim-schema".into(),
+    };
+    // 07:00 to 09:30 at a day in 72 s: 7.5 s.
+    let options = RunOptions {
+        pace: Pace::Compressed(1200.0),
+        start_at: 7.0 * 3600.0,
+        duration: Some(Duration::from_millis(7_500)),
+        days: Some(1),
+        record: None,
+    };
+    let sent = simulator::run(&world, &endpoints, &options).await.unwrap();
+    assert!(sent.mqtt > 10 && sent.http > 0, "{sent:?}");
+    let js = &stack.js;
+    eventually(
+        "every message stored",
+        Duration::from_secs(20),
+        async || {
+            let stored = stream_count(js, "OWNTRACKS").await + stream_count(js, "REJECTED").await;
+            (stored >= sent.mqtt + sent.http).then_some(())
+        },
+    )
+    .await;
+    settled("PRESENCE", async || stream_count(js, "PRESENCE").await).await;
+    let stored = check_stored(&mut checker, js).await;
+    assert!(
+        stored
+            .event_kinds
+            .keys()
+            .any(|k| k.starts_with("place-move")),
+        "the morning moved someone: {:?}",
+        stored.event_kinds
+    );
+    assert!(
+        stored.kv.iter().any(|(k, _)| k.contains(".person.")),
+        "people in the KV"
+    );
 }
