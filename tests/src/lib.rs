@@ -4,7 +4,8 @@
 //! # Layout
 //! - `nats` — [`NatsServer`] (nats-server with JetStream per test: start,
 //!   stop, kill, restart on the same port and store; or run from
-//!   `deploy/nats-server.conf` with [`DEPLOY_PASSWORDS`]) and the JetStream
+//!   `deploy/nats-server.conf` with [`DEPLOY_PASSWORDS`], see
+//!   [`deploy_password`]) and the JetStream
 //!   readers [`stream_messages`] and [`stream_count`].
 //! - `mosquitto` — [`Mosquitto`] (broker per test, configured from
 //!   `deploy/mosquitto.conf`: start, stop, kill, restart with persistence).
@@ -18,7 +19,8 @@
 //!   cluster) works too ([`Pipeline::start_with_nats_urls`]); or each
 //!   service as its own NATS user ([`Pipeline::start_deployed`]).
 //! - `service` — [`Service`]: a Whereabouts service as a real process
-//!   (start with a config, stop, kill, restart, read a metric);
+//!   (start with a config, stop, kill, restart, read a metric or the whole
+//!   `/metrics` text);
 //!   [`service_binary`] and [`service_help`] (a service's `--help` text).
 //! - `sse` — [`SseClient`]: the notifier's event stream, parsed into
 //!   [`SseItem`]s (resumable with `Last-Event-ID`).
