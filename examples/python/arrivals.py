@@ -11,8 +11,9 @@ not news: acked and not printed.
     NATS_URL=nats://reader:<password>@127.0.0.1:4222 python3 arrivals.py [household]
 
 Environment: NATS_URL (default nats://127.0.0.1:4222), ARRIVALS_DURABLE
-(the consumer's name, default "arrivals-py"), ARRIVALS_MAX (stop after this
-many lines; default: run until interrupted).
+(the consumer's name, default "arrivals-py"), ARRIVALS_MAX (stop at the end
+of the fetched batch in which this many lines were printed, every event of it
+acked; default: run until interrupted).
 """
 
 import asyncio
