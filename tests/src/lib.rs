@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - `nats` — [`NatsServer`] (nats-server with JetStream per test: start,
-//!   stop, kill, restart on the same port and store) and the JetStream
+//!   stop, kill, restart on the same port and store; or run from
+//!   `deploy/nats-server.conf` with [`DEPLOY_PASSWORDS`], see
+//!   [`deploy_password`]) and the JetStream
 //!   readers [`stream_messages`] and [`stream_count`].
 //! - `mosquitto` — [`Mosquitto`] (broker per test, configured from
 //!   `deploy/mosquitto.conf`: start, stop, kill, restart with persistence).
@@ -14,12 +16,21 @@
 //! - `pipeline` — [`Pipeline`]: brokers plus ingest, presence and notifier
 //!   with one config, for end-to-end tests of the whole chain; the services
 //!   take `NATS_URL` as given, so a comma-separated list of servers (a
-//!   cluster) works too ([`Pipeline::start_with_nats_urls`]).
+//!   cluster) works too ([`Pipeline::start_with_nats_urls`]); or each
+//!   service as its own NATS user ([`Pipeline::start_deployed`]).
 //! - `service` — [`Service`]: a Whereabouts service as a real process
-//!   (start with a config, stop, kill, restart, read a metric);
+//!   (start with a config, stop, kill, restart, read a metric or the whole
+//!   `/metrics` text);
 //!   [`service_binary`] and [`service_help`] (a service's `--help` text).
 //! - `sse` — [`SseClient`]: the notifier's event stream, parsed into
 //!   [`SseItem`]s (resumable with `Last-Event-ID`).
+//! - `published` — what the services stored, read back: [`envelopes`]
+//!   (OWNTRACKS), [`presence_events`] (PRESENCE, with stream sequences),
+//!   [`quiet_presence_events`], [`kv_state`] (the presence KV); and
+//!   [`wait_place`], [`wait_place_event`].
+//! - `http_stand_in` — [`Recorder`] (stands in for ntfy or
+//!   MMM-Remote-Control: records every request) and [`Receiver`] (a webhook
+//!   receiver that fails on demand).
 //! - `prometheus` — [`Prometheus`] (Debian's prometheus scraping the
 //!   services every second, PromQL queries; `None` where not installed).
 //! - [`free_port`]: a free TCP port on 127.0.0.1 (for extra processes).
@@ -28,6 +39,8 @@
 //!   (2.30 server-only, installed once under `target/`); [`skip`] for
 //!   machines without them; [`repo_dir`] and [`read_repo_file`] for the
 //!   repository's own files.
+//! - `cargo` — [`cargo_build`]: workspace binaries built from a test (the
+//!   demo's services, the example consumers).
 //! - `process` (private) — spawning, signalling and reaping broker processes.
 //!
 //! Binaries: `NATS_SERVER_BIN` or `nats-server` (>= 2.11) on PATH;
@@ -37,7 +50,9 @@
 //! (`--browser`: Chromium too).
 
 mod browser;
+mod cargo;
 mod eventually;
+mod http_stand_in;
 mod mosquitto;
 mod mqtt;
 mod nats;
@@ -45,6 +60,7 @@ mod phone;
 mod pipeline;
 mod process;
 mod prometheus;
+mod published;
 mod service;
 mod sse;
 
@@ -52,13 +68,18 @@ pub use browser::{
     Chromium, MAGICMIRROR_VERSION, MagicMirror, chromium_binary, read_repo_file, repo_dir, skip,
     target_dir,
 };
+pub use cargo::cargo_build;
 pub use eventually::{Outcome, eventually};
+pub use http_stand_in::{Delivery, Receiver, Recorder, Request};
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received};
-pub use nats::{NatsServer, stream_count, stream_messages};
+pub use nats::{DEPLOY_PASSWORDS, NatsServer, deploy_password, stream_count, stream_messages};
 pub use phone::Phone;
 pub use pipeline::Pipeline;
 pub use process::free_port;
 pub use prometheus::Prometheus;
+pub use published::{
+    envelopes, kv_state, presence_events, quiet_presence_events, wait_place, wait_place_event,
+};
 pub use service::{Service, service_binary, service_help};
 pub use sse::{SseClient, SseItem};

@@ -12,6 +12,26 @@ use tempfile::TempDir;
 use tokio::time::Instant;
 
 use crate::process::{self, STARTUP_TIMEOUT};
+use crate::read_repo_file;
+
+/// The password of each user of `deploy/nats-server.conf` in
+/// [`NatsServer::start_deployed`] (what scripts/first-run.sh generates).
+pub const DEPLOY_PASSWORDS: [(&str, &str); 5] = [
+    ("ingest", "ingest-pw-0123456789"),
+    ("presence", "presence-pw-0123456789"),
+    ("notifier", "notifier-pw-0123456789"),
+    ("admin", "admin-pw-0123456789"),
+    ("reader", "reader-pw-0123456789"),
+];
+
+/// The password of `user` in [`DEPLOY_PASSWORDS`].
+pub fn deploy_password(user: &str) -> &'static str {
+    DEPLOY_PASSWORDS
+        .iter()
+        .find(|(u, _)| *u == user)
+        .map(|(_, p)| *p)
+        .unwrap_or_else(|| panic!("deploy/nats-server.conf has no user {user}"))
+}
 
 /// Oldest nats-server async-nats 0.51 works with for JetStream account and
 /// KV calls (Debian's 2.9 answers in a shape the client rejects).
@@ -98,6 +118,27 @@ impl NatsServer {
         };
         server.spawn_and_wait(None).await;
         server
+    }
+
+    /// Like [`NatsServer::start`], with `deploy/nats-server.conf` (a user
+    /// per service, `admin` and the read-only `reader`) and
+    /// [`DEPLOY_PASSWORDS`]; [`NatsServer::client`] connects as `admin`.
+    pub async fn start_deployed() -> NatsServer {
+        let passwords: String = DEPLOY_PASSWORDS
+            .iter()
+            .map(|(user, password)| format!("{}_PASSWORD: \"{password}\"\n", user.to_uppercase()))
+            .collect();
+        Self::start_with_config(
+            &[
+                (
+                    "nats-server.conf",
+                    &read_repo_file("deploy/nats-server.conf"),
+                ),
+                ("nats-passwords.conf", &passwords),
+            ],
+            Some(("admin", deploy_password("admin"))),
+        )
+        .await
     }
 
     /// `nats://<user>:<password>@127.0.0.1:<port>`.

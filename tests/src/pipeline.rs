@@ -3,7 +3,7 @@
 
 use async_nats::jetstream;
 
-use crate::{Mosquitto, NatsServer, Service};
+use crate::{Mosquitto, NatsServer, Service, deploy_password};
 
 pub struct Pipeline {
     pub nats: NatsServer,
@@ -19,6 +19,30 @@ impl Pipeline {
     /// is ready.
     pub async fn start(config: &str) -> Pipeline {
         Self::start_with_nats_urls(config, &[]).await
+    }
+
+    /// Like [`Pipeline::start`], with nats-server run from
+    /// `deploy/nats-server.conf` ([`NatsServer::start_deployed`]) and each
+    /// service connecting as its own user, as deployed.
+    pub async fn start_deployed(config: &str) -> Pipeline {
+        let nats = NatsServer::start_deployed().await;
+        let mosquitto = Mosquitto::start().await;
+        let start = async |kind: &str| {
+            let url = nats.url_as(kind, deploy_password(kind));
+            Service::start(kind, &url, &mosquitto.url(), config).await
+        };
+        let ingest = start("ingest").await;
+        let presence = start("presence").await;
+        let notifier = start("notifier").await;
+        let js = nats.jetstream().await;
+        Pipeline {
+            nats,
+            mosquitto,
+            ingest,
+            presence,
+            notifier,
+            js,
+        }
     }
 
     /// Like [`Pipeline::start`], with the services' `NATS_URL` a

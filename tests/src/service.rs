@@ -174,16 +174,22 @@ impl Service {
         self.metric_matching(name, &[labels]).await
     }
 
-    /// Like [`Service::metric`], for samples matching every one of `labels`.
-    pub async fn metric_matching(&self, name: &str, labels: &[&str]) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.url()))
+    /// The whole `/metrics` text (Prometheus exposition format).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url()))
             .await
             .and_then(|r| r.error_for_status())
             .expect("GET /metrics")
             .text()
             .await
-            .unwrap_or_default();
-        text.lines()
+            .expect("/metrics body")
+    }
+
+    /// Like [`Service::metric`], for samples matching every one of `labels`.
+    pub async fn metric_matching(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| {
                 l.starts_with(name)

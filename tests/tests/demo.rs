@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::Instant;
-use whereabouts_tests::{Chromium, chromium_binary, free_port, repo_dir, skip, target_dir};
+use whereabouts_tests::{
+    Chromium, cargo_build, chromium_binary, free_port, repo_dir, skip, target_dir,
+};
 
 const NO_CHROMIUM: &str = "chromium not found, skipping (scripts/setup.sh --browser installs it)";
 
@@ -85,53 +87,6 @@ fn clean_checkout() -> tempfile::TempDir {
         std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {name}: {e}"));
     }
     dir
-}
-
-/// Builds (or finds up to date) the binaries run.sh starts, in the profile
-/// of this test (`target/<profile>`), and returns that directory.
-fn built_binaries() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--bins", "-p", "ingest", "-p", "presence"])
-        .args(["-p", "notifier", "-p", "simulator"])
-        .env("CARGO_TARGET_DIR", target_dir())
-        .current_dir(repo_dir());
-    // What cargo sets for this test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, …)
-    // is not the build's: build scripts that watch these variables (ring's)
-    // would rebuild everything on every run.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if is_test_runtime_var(&name) {
-            cmd.env_remove(&*name);
-        }
-    }
-    if bin_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build of the demo's binaries failed"
-    );
-    bin_dir
-}
-
-/// The variables cargo sets for a running test, not for builds.
-fn is_test_runtime_var(name: &str) -> bool {
-    name == "OUT_DIR"
-        || name == "CARGO_CRATE_NAME"
-        || name == "CARGO_PRIMARY_PACKAGE"
-        || name == "CARGO_TARGET_TMPDIR"
-        || name == "CARGO_RUSTC_CURRENT_DIR"
-        || ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_"]
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
 }
 
 /// One `scripts/run.sh --demo` in its own process group.
@@ -452,7 +407,7 @@ async fn readme_demo_shows_two_places_and_stops_on_ctrl_c_and_sigterm() {
     if chromium_binary().is_none() {
         return skip(TEST, NO_CHROMIUM);
     }
-    let bin_dir = built_binaries();
+    let bin_dir = cargo_build(&["ingest", "presence", "notifier", "simulator"]);
     let checkout = clean_checkout();
     run_demo(checkout.path(), &bin_dir, Stop::CtrlC, true).await;
     // A second run from the same checkout: the demo starts afresh again.

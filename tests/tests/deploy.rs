@@ -391,6 +391,19 @@ fn dockerfile_builds_what_compose_runs() {
             ".dockerignore must exclude {ignored}"
         );
     }
+    // The dependency stage copies every workspace member's manifest, or
+    // cargo cannot load the workspace there.
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).expect("Cargo.toml");
+    for member in manifest["workspace"]["members"]
+        .as_array()
+        .expect("members")
+    {
+        let member = member.as_str().expect("a member path");
+        assert!(
+            dockerfile.contains(&format!("COPY {member}/Cargo.toml {member}/")),
+            "the Dockerfile's dependency stage must copy {member}/Cargo.toml"
+        );
+    }
     // Logical lines (continuations joined).
     let lines: Vec<String> = dockerfile
         .replace("\\\n", " ")
@@ -502,26 +515,6 @@ fn promtool_accepts_the_prometheus_config() {
 
 // --- NATS authorization (deploy/nats-server.conf), through a real server ---
 
-/// Passwords for deploy/nats-server.conf's include, as first-run writes them.
-const NATS_PASSWORDS: &str = r#"
-INGEST_PASSWORD: "ingest-pw-0123456789"
-PRESENCE_PASSWORD: "presence-pw-0123456789"
-NOTIFIER_PASSWORD: "notifier-pw-0123456789"
-ADMIN_PASSWORD: "admin-pw-0123456789"
-READER_PASSWORD: "reader-pw-0123456789"
-"#;
-
-async fn authorized_nats() -> whereabouts_tests::NatsServer {
-    whereabouts_tests::NatsServer::start_with_config(
-        &[
-            ("nats-server.conf", &read("deploy/nats-server.conf")),
-            ("nats-passwords.conf", NATS_PASSWORDS),
-        ],
-        Some(("admin", "admin-pw-0123456789")),
-    )
-    .await
-}
-
 /// A client as `user` that records the server's error messages
 /// (permission violations arrive as `-ERR`, asynchronously).
 async fn watched_client(
@@ -580,7 +573,7 @@ async fn services_run_with_their_own_nats_users() {
     use std::time::Duration;
     use whereabouts_tests::{Mosquitto, MqttPublisher, MqttSubscriber, Service, eventually};
 
-    let nats = authorized_nats().await;
+    let nats = whereabouts_tests::NatsServer::start_deployed().await;
     let mosquitto = Mosquitto::start().await;
     let mqtt = mosquitto.url();
     let ingest = Service::start(

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shared::owntracks::{MessageType, Reason};
-use whereabouts_tests::{Pipeline, Prometheus, Service, eventually, read_repo_file as read};
+use whereabouts_tests::{Pipeline, Prometheus, eventually, read_repo_file as read};
 
 const DASHBOARD: &str = "deploy/grafana/whereabouts.json";
 const DATASOURCE: &str = "deploy/grafana/datasource.yml";
@@ -328,16 +328,6 @@ fn dashboard_is_valid_and_provisioned() {
     );
 }
 
-async fn metrics_text(service: &Service) -> String {
-    reqwest::get(format!("{}/metrics", service.url()))
-        .await
-        .and_then(|r| r.error_for_status())
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("/metrics body")
-}
-
 /// Sample names (`foo_bucket`, `foo_sum`, …) in a /metrics text.
 fn sample_names(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -360,7 +350,7 @@ async fn every_dashboard_query_runs_against_the_services() {
     // Before any traffic: every queried metric is already exposed.
     let mut exposed = BTreeSet::from(["up".to_string()]); // Prometheus' own
     for (_, service) in services {
-        exposed.extend(sample_names(&metrics_text(service).await));
+        exposed.extend(sample_names(&service.metrics_text().await));
     }
     let mut checked = 0;
     for query in &queries {
@@ -407,7 +397,7 @@ async fn every_dashboard_query_runs_against_the_services() {
     }
     let mut all_text = String::new();
     for (_, service) in services {
-        all_text.push_str(&metrics_text(service).await);
+        all_text.push_str(&service.metrics_text().await);
     }
     for series in &expected {
         assert!(

@@ -14,7 +14,7 @@ use shared::state::{DeviceState, PersonState};
 use shared::subjects::{REASON_HEADER, device_key, person_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use whereabouts_tests::{NatsServer, Service, eventually, stream_count, stream_messages};
+use whereabouts_tests::{NatsServer, Service, eventually, kv_state, stream_count, stream_messages};
 
 const SECRET: &str = "a-secret-for-the-payloads";
 
@@ -116,12 +116,6 @@ fn encrypted(payload: &Value) -> String {
     json!({"_type": "encrypted", "data": data}).to_string()
 }
 
-async fn device_state(js: &jetstream::Context, user: &str, device: &str) -> Option<DeviceState> {
-    let store = js.get_key_value("presence").await.ok()?;
-    let value = store.get(device_key("home", user, device)).await.ok()??;
-    serde_json::from_slice(&value).ok()
-}
-
 #[tokio::test]
 async fn bad_messages_get_2xx_land_on_rejected_and_the_next_fix_applies() {
     let s = stack(true).await;
@@ -201,7 +195,7 @@ async fn bad_messages_get_2xx_land_on_rejected_and_the_next_fix_applies() {
         "the next fix in jane's state",
         Duration::from_secs(10),
         async || {
-            device_state(&s.js, "jane", "phone")
+            kv_state::<DeviceState>(&s.js, &device_key("home", "jane", "phone"))
                 .await
                 .and_then(|d| d.last_fix)
                 .is_some_and(|f| f.tst == 1_700_000_100 && f.tid.as_deref() == Some("jd"))
@@ -285,7 +279,7 @@ async fn friends_are_paired_under_their_own_distinct_tids() {
             &format!("{user}'s fix stored"),
             Duration::from_secs(10),
             async || {
-                device_state(&s.js, user, "phone")
+                kv_state::<DeviceState>(&s.js, &device_key("home", user, "phone"))
                     .await
                     .and_then(|d| d.last_fix)
                     .is_some_and(|f| f.tid.as_deref() == Some("ne"))

@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Value, json};
 use whereabouts_tests::{
-    Mosquitto, MqttPublisher, NatsServer, Pipeline, Service, eventually, stream_count,
+    Mosquitto, MqttPublisher, NatsServer, Pipeline, Service, envelopes, eventually, stream_count,
     stream_messages,
 };
 
@@ -36,14 +36,6 @@ async fn rejected(js: &jetstream::Context) -> Vec<(String, String)> {
                 .unwrap_or_default();
             (m.subject.to_string(), reason)
         })
-        .collect()
-}
-
-async fn envelopes(js: &jetstream::Context, filter: &str) -> Vec<Value> {
-    stream_messages(js, "OWNTRACKS", filter)
-        .await
-        .into_iter()
-        .map(|m| serde_json::from_slice(&m.payload).expect("envelope JSON"))
         .collect()
 }
 
@@ -155,14 +147,14 @@ async fn a_300_kb_region_name_arrives_cut_to_the_limit() {
     })
     .await;
     let stored = envelopes(&js, ">").await;
-    let cut = stored[0]["message"]["desc"].as_str().unwrap();
+    let cut = stored[0].1["message"]["desc"].as_str().unwrap();
     assert_eq!(
         cut.len(),
         128,
         "cut to the limit (a character boundary here)"
     );
     assert!(desc.starts_with(cut));
-    let inregions = stored[1]["message"]["inregions"].as_array().unwrap();
+    let inregions = stored[1].1["message"]["inregions"].as_array().unwrap();
     assert_eq!(inregions.len(), 3);
     assert!(
         inregions
@@ -204,7 +196,7 @@ topic_pattern = "owntracks/{household}/{user}/{device}"
             "unknown_household".to_string()
         )]
     );
-    assert_eq!(envelopes(&js, ">").await[0]["household"], "weasleys");
+    assert_eq!(envelopes(&js, ">").await[0].1["household"], "weasleys");
     assert_eq!(
         ingest
             .metric("ingest_rejected_total", "unknown_household")
@@ -258,7 +250,7 @@ secret = "a shared secret"
     let kinds: Vec<(Value, Value)> = envelopes(&js, ">")
         .await
         .into_iter()
-        .map(|e| (e["message"]["_type"].clone(), e["encrypted"].clone()))
+        .map(|(_, e)| (e["message"]["_type"].clone(), e["encrypted"].clone()))
         .collect();
     assert_eq!(
         kinds,

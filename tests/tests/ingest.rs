@@ -9,7 +9,8 @@ use async_nats::jetstream;
 use base64::Engine;
 use serde_json::{Value, json};
 use whereabouts_tests::{
-    Mosquitto, MqttPublisher, NatsServer, Service, eventually, stream_count, stream_messages,
+    Mosquitto, MqttPublisher, NatsServer, Service, envelopes, eventually, stream_count,
+    stream_messages,
 };
 
 const CONFIG: &str = r#"
@@ -45,19 +46,6 @@ async fn stack() -> Stack {
         ingest,
         js,
     }
-}
-
-async fn envelopes(js: &jetstream::Context, filter: &str) -> Vec<(String, Value)> {
-    stream_messages(js, "OWNTRACKS", filter)
-        .await
-        .into_iter()
-        .map(|m| {
-            (
-                m.subject.to_string(),
-                serde_json::from_slice(&m.payload).expect("envelope JSON"),
-            )
-        })
-        .collect()
 }
 
 /// Waits for `n` messages in `stream` and checks that there are no more.

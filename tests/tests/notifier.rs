@@ -5,16 +5,15 @@
 //! presence published on the PRESENCE stream.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde_json::Value;
 use shared::state::{EventKind, PresenceEvent};
 use whereabouts_tests::{
-    MqttSubscriber, Phone, Pipeline, SseClient, SseItem, eventually, stream_messages,
+    Delivery, MqttSubscriber, Phone, Pipeline, Receiver, SseClient, SseItem, eventually,
+    quiet_presence_events, wait_place,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -69,63 +68,6 @@ type Stack = Pipeline;
 
 async fn stack(sinks: &str) -> Stack {
     Pipeline::start(&config(sinks)).await
-}
-
-/// The PRESENCE stream's events (of one household, or `>` for all), with
-/// their stream sequence (the SSE id).
-async fn stream_events(js: &jetstream::Context, household: &str) -> Vec<(u64, PresenceEvent)> {
-    let filter = if household == ">" {
-        ">".to_string()
-    } else {
-        shared::subjects::presence_household(household)
-    };
-    stream_messages(js, "PRESENCE", &filter)
-        .await
-        .iter()
-        .map(|m| {
-            let seq = m.info().expect("message info").stream_sequence;
-            (
-                seq,
-                serde_json::from_slice(&m.payload).expect("presence event JSON"),
-            )
-        })
-        .collect()
-}
-
-/// Waits until presence has published `person` reaching `place`, `nth`
-/// time (1-based) for that place; returns the stream sequence of it.
-async fn wait_place(js: &jetstream::Context, person: &str, place: &str, nth: usize) -> u64 {
-    eventually(
-        &format!("{person} at {place} (#{nth}) in PRESENCE"),
-        WAIT,
-        async || {
-            stream_events(js, ">")
-                .await
-                .into_iter()
-                .filter(|(_, e)| {
-                    e.person == person
-                        && e.kind == EventKind::Place
-                        && e.place.as_deref() == Some(place)
-                })
-                .nth(nth - 1)
-                .map(|(seq, _)| seq)
-        },
-    )
-    .await
-}
-
-/// Like [`stream_events`], once the stream has stopped growing (presence
-/// may publish several events for one change).
-async fn quiet_events(js: &jetstream::Context, household: &str) -> Vec<(u64, PresenceEvent)> {
-    let mut before = stream_events(js, household).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = stream_events(js, household).await;
-        if now.len() == before.len() {
-            return now;
-        }
-        before = now;
-    }
 }
 
 fn http() -> reqwest::Client {
@@ -203,7 +145,7 @@ async fn sse_snapshot_then_live_events_and_resume_with_last_event_id() {
     // Then a presence event for each change, as the stream has them.
     harry.transition("leave", "Home").await;
     wait_place(js, "Harry", "Away", 1).await;
-    let expected: Vec<_> = quiet_events(js, "alpha")
+    let expected: Vec<_> = quiet_presence_events(js, "alpha")
         .await
         .into_iter()
         .filter(|(seq, _)| *seq > snapshot_id)
@@ -240,7 +182,7 @@ async fn sse_snapshot_then_live_events_and_resume_with_last_event_id() {
     wait_place(js, "Harry", "Away", 2).await;
     harry.transition("enter", "School").await;
     wait_place(js, "Harry", "School", 1).await;
-    let missed: Vec<_> = quiet_events(js, "alpha")
+    let missed: Vec<_> = quiet_presence_events(js, "alpha")
         .await
         .into_iter()
         .filter(|(seq, _)| *seq > last_seen)
@@ -266,7 +208,7 @@ async fn sse_snapshot_then_live_events_and_resume_with_last_event_id() {
     // And the resumed stream is live again.
     harry.transition("leave", "School").await;
     wait_place(js, "Harry", "Away", 3).await;
-    let more: Vec<_> = quiet_events(js, "alpha")
+    let more: Vec<_> = quiet_presence_events(js, "alpha")
         .await
         .into_iter()
         .filter(|(seq, _)| *seq > *seqs.last().unwrap())
@@ -293,8 +235,8 @@ async fn sse_resume_beyond_the_stream_end_gets_a_snapshot_then_live_events() {
     let js = &stack.js;
     let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
     harry.transition("enter", "Home").await;
-    let home = wait_place(js, "Harry", "Home", 1).await;
-    let last = quiet_events(js, ">").await.last().unwrap().0;
+    let home = wait_place(js, "Harry", "Home", 1).await.0;
+    let last = quiet_presence_events(js, ">").await.last().unwrap().0;
 
     let mut sse = SseClient::connect(
         &stack.notifier,
@@ -316,7 +258,7 @@ async fn sse_resume_beyond_the_stream_end_gets_a_snapshot_then_live_events() {
     // And live from there.
     harry.transition("leave", "Home").await;
     wait_place(js, "Harry", "Away", 1).await;
-    let expected: Vec<_> = quiet_events(js, "alpha")
+    let expected: Vec<_> = quiet_presence_events(js, "alpha")
         .await
         .into_iter()
         .filter(|(seq, _)| *seq > last)
@@ -339,7 +281,7 @@ async fn sse_after_the_presence_stream_is_recreated_gets_a_snapshot_then_live_ev
         harry.transition(kind, place).await;
         wait_place(js, "Harry", now, nth).await;
     }
-    let old_last = quiet_events(js, ">").await.last().unwrap().0;
+    let old_last = quiet_presence_events(js, ">").await.last().unwrap().0;
     assert!(old_last >= 3, "{old_last}");
     let mut connected = SseClient::connect(&stack.notifier, "alpha", Some(TOKEN_A), "", None).await;
     let (event, _, _) = connected.next_event(WAIT).await;
@@ -367,7 +309,7 @@ async fn sse_after_the_presence_stream_is_recreated_gets_a_snapshot_then_live_ev
     // New events, with the new stream's low sequences, reach it.
     harry.transition("leave", "Work").await;
     wait_place(js, "Harry", "Away", 1).await;
-    let expected = quiet_events(js, "alpha").await;
+    let expected = quiet_presence_events(js, "alpha").await;
     assert!(
         expected.iter().all(|(seq, _)| *seq < old_last),
         "{expected:?}"
@@ -384,7 +326,7 @@ async fn sse_after_the_presence_stream_is_recreated_gets_a_snapshot_then_live_ev
     assert_eq!(snapshot_place(&snapshot, "Harry").as_deref(), Some("Away"));
     harry.transition("enter", "School").await;
     wait_place(js, "Harry", "School", 1).await;
-    let more: Vec<_> = quiet_events(js, "alpha")
+    let more: Vec<_> = quiet_presence_events(js, "alpha")
         .await
         .into_iter()
         .filter(|(seq, _)| *seq > expected.last().unwrap().0)
@@ -661,100 +603,6 @@ async fn a_token_grants_its_own_household_only() {
     assert_eq!(data["person"], "Harry");
 }
 
-// ----------------------------------------------------- a webhook receiver
-
-#[derive(Debug, Clone)]
-struct Delivery {
-    signature: Option<String>,
-    event_id: Option<String>,
-    body: bytes::Bytes,
-}
-
-impl Delivery {
-    fn event(&self) -> PresenceEvent {
-        serde_json::from_slice(&self.body).expect("webhook body is a presence event")
-    }
-}
-
-/// A local HTTP server standing in for a webhook receiver: answers
-/// `fail_status` to the first `fail_first` requests, then `status`. Records
-/// what it accepts (2xx) and what it refuses with a 4xx.
-#[derive(Clone)]
-struct Receiver {
-    url: String,
-    fail_first: Arc<AtomicUsize>,
-    fail_status: u16,
-    status: Arc<AtomicU16>,
-    hits: Arc<AtomicUsize>,
-    accepted: Arc<Mutex<Vec<Delivery>>>,
-    refused: Arc<Mutex<Vec<Delivery>>>,
-}
-
-impl Receiver {
-    async fn start(fail_first: usize, fail_status: u16, status: u16) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let receiver = Receiver {
-            url: format!("http://{}/hook", listener.local_addr().unwrap()),
-            fail_first: Arc::new(AtomicUsize::new(fail_first)),
-            fail_status,
-            status: Arc::new(AtomicU16::new(status)),
-            hits: Arc::default(),
-            accepted: Arc::default(),
-            refused: Arc::default(),
-        };
-        let state = receiver.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(
-                async move |headers: HeaderMap, body: bytes::Bytes| -> StatusCode {
-                    state.hits.fetch_add(1, Ordering::SeqCst);
-                    let failing = state
-                        .fail_first
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                    let header = |name: &str| {
-                        headers
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .map(String::from)
-                    };
-                    let delivery = Delivery {
-                        signature: header("x-whereabouts-signature"),
-                        event_id: header("x-whereabouts-event-id"),
-                        body,
-                    };
-                    let status = if failing {
-                        state.fail_status
-                    } else {
-                        state.status.load(Ordering::SeqCst)
-                    };
-                    let status = StatusCode::from_u16(status).expect("a status code");
-                    if status.is_success() {
-                        state.accepted.lock().unwrap().push(delivery);
-                    } else if status.is_client_error() {
-                        state.refused.lock().unwrap().push(delivery);
-                    }
-                    status
-                },
-            ),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        receiver
-    }
-
-    fn accepted(&self) -> Vec<Delivery> {
-        self.accepted.lock().unwrap().clone()
-    }
-
-    fn refused(&self) -> Vec<Delivery> {
-        self.refused.lock().unwrap().clone()
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
 fn webhook_sink(name: &str, url: &str, extra: &str) -> String {
     format!(
         "[[notifier.sinks]]\ntype = \"webhook\"\nname = \"{name}\"\nurl = \"{url}\"\ntimeout = \"2s\"\n{extra}\n"
@@ -810,7 +658,7 @@ async fn webhooks_retry_5xx_give_up_on_4xx_and_do_not_hold_each_other_up() {
     wait_place(js, "Harry", "Work", 1).await;
     wait_place(js, "Ginny", "Home", 1).await;
     wait_place(js, "Bill", "Home", 1).await;
-    let expected: Vec<PresenceEvent> = quiet_events(js, "alpha")
+    let expected: Vec<PresenceEvent> = quiet_presence_events(js, "alpha")
         .await
         .into_iter()
         .map(|(_, e)| e)
@@ -919,7 +767,7 @@ async fn no_event_lost_when_the_notifier_is_killed_while_the_receiver_is_down() 
     receiver.status.store(200, Ordering::SeqCst);
     ginny.transition("leave", "School").await;
     wait_place(&js, "Ginny", "Away", 1).await;
-    let expected: Vec<String> = quiet_events(&js, "alpha")
+    let expected: Vec<String> = quiet_presence_events(&js, "alpha")
         .await
         .into_iter()
         .map(|(_, e)| e.id)

@@ -8,7 +8,8 @@ use async_nats::jetstream;
 use serde_json::{Value, json};
 use shared::state::{PersonState, PresenceEvent};
 use whereabouts_tests::{
-    Mosquitto, MqttPublisher, NatsServer, Service, eventually, stream_count, stream_messages,
+    Mosquitto, MqttPublisher, NatsServer, Service, eventually, kv_state, stream_count,
+    stream_messages,
 };
 
 const DAY_CONFIG: &str = r#"
@@ -42,12 +43,6 @@ async fn events(js: &jetstream::Context, filter: &str) -> Vec<PresenceEvent> {
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).expect("presence event JSON"))
         .collect()
-}
-
-async fn person(js: &jetstream::Context, key: &str) -> Option<PersonState> {
-    let kv = js.get_key_value("presence").await.ok()?;
-    let bytes = kv.get(key).await.ok()??;
-    serde_json::from_slice(&bytes).ok()
 }
 
 /// What a person's story looks like: place changes and status changes.
@@ -146,14 +141,20 @@ async fn a_scripted_day_of_a_two_person_household() {
         ]
     );
     assert_eq!(story(&all, "Ginny"), ["status online", "place School"]);
-    let harry_state = person(&js, "weasleys.person.Harry").await.unwrap();
+    let harry_state = kv_state::<PersonState>(&js, "weasleys.person.Harry")
+        .await
+        .unwrap();
     assert_eq!(harry_state.place, "Home");
     assert_eq!(harry_state.status, shared::state::Status::Online);
     assert_eq!(harry_state.devices[0].regions, ["Home"]);
-    let ginny_state = person(&js, "weasleys.person.Ginny").await.unwrap();
+    let ginny_state = kv_state::<PersonState>(&js, "weasleys.person.Ginny")
+        .await
+        .unwrap();
     assert_eq!(ginny_state.place, "School");
     assert!(
-        person(&js, "weasleys.device.harry.phone").await.is_none(),
+        kv_state::<PersonState>(&js, "weasleys.device.harry.phone")
+            .await
+            .is_none(),
         "device keys hold device state"
     );
     let device = js
@@ -434,7 +435,7 @@ async fn a_thousand_garbage_messages_do_not_stop_it() {
     .await
     .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while person(&js, "home.person.jane")
+    while kv_state::<PersonState>(&js, "home.person.jane")
         .await
         .is_none_or(|p| p.place != "Home")
     {
@@ -491,7 +492,7 @@ password = "s3cret"
         "Harry's device state",
         Duration::from_secs(15),
         async || {
-            person(&js, "home.person.harry")
+            kv_state::<PersonState>(&js, "home.person.harry")
                 .await
                 .filter(|p| p.devices.iter().any(|d| d.last_fix.is_some()))
         },
@@ -570,7 +571,7 @@ async fn fix_applied(js: &jetstream::Context, key: &str, tst: i64, within: Durat
         &format!("the fix {tst} of {key} applied"),
         within,
         async || {
-            person(js, key)
+            kv_state::<PersonState>(js, key)
                 .await
                 .filter(|p| {
                     p.devices
@@ -639,7 +640,9 @@ debounce = "0s"
         published.elapsed() < Duration::from_secs(10),
         "both applied within seconds"
     );
-    let harry_state = person(&js, "home.person.harry").await.unwrap();
+    let harry_state = kv_state::<PersonState>(&js, "home.person.harry")
+        .await
+        .unwrap();
     assert_eq!(harry_state.place, "Home");
     // The long names were kept, cut to the limit, and left again.
     let region_events: Vec<PresenceEvent> = events(&js, "presence.home.harry")
@@ -695,7 +698,7 @@ debounce = "0s"
         .publish("owntracks/harry/phone", android(t, Some(&["Work"])))
         .await;
     eventually("Harry at Work", Duration::from_secs(10), async || {
-        person(&js, "home.person.harry")
+        kv_state::<PersonState>(&js, "home.person.harry")
             .await
             .filter(|p| p.place == "Work")
     })
@@ -704,7 +707,7 @@ debounce = "0s"
         .publish("owntracks/harry/phone", android(t + 60, None))
         .await;
     let state = eventually("Harry left Work", Duration::from_secs(10), async || {
-        person(&js, "home.person.harry")
+        kv_state::<PersonState>(&js, "home.person.harry")
             .await
             .filter(|p| p.place != "Work")
     })
@@ -830,7 +833,9 @@ duplicate_window = "1s"
     .await;
     // Longer than the grace: still online.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let state = person(&js, "home.person.harry").await.unwrap();
+    let state = kv_state::<PersonState>(&js, "home.person.harry")
+        .await
+        .unwrap();
     assert_eq!(
         state.status,
         shared::state::Status::Online,

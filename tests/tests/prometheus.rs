@@ -98,16 +98,6 @@ fn time_now() -> i64 {
         .as_secs() as i64
 }
 
-async fn metrics_text(service: &Service) -> String {
-    reqwest::get(format!("{}/metrics", service.url()))
-        .await
-        .and_then(|r| r.error_for_status())
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("/metrics body")
-}
-
 /// `# TYPE <name> <type>` lines.
 fn metric_types(text: &str) -> BTreeMap<String, String> {
     text.lines()
@@ -130,7 +120,7 @@ async fn metrics_follow_the_conventions_and_name_no_one() {
         ("notifier", "notifier_sse_clients"),
     ];
     for (kind, key) in key_metrics {
-        let text = metrics_text(stack.service(kind)).await;
+        let text = stack.service(kind).metrics_text().await;
         let types = metric_types(&text);
         assert!(
             types.contains_key(key),

@@ -4,14 +4,14 @@
 //! MMM-Remote-Control. What arrives there is compared with what presence
 //! published on the PRESENCE stream.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::Method;
 use serde_json::Value;
-use shared::state::{EventKind, PresenceEvent};
-use whereabouts_tests::{Phone, Pipeline, Service, eventually, stream_messages};
+use whereabouts_tests::{
+    Phone, Pipeline, Recorder, Request, Service, eventually, quiet_presence_events,
+    stream_messages, wait_place, wait_place_event,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -61,62 +61,6 @@ async fn stack(sinks: &str) -> Stack {
     Pipeline::start(&config(sinks)).await
 }
 
-/// The PRESENCE stream's events, in stream order.
-async fn stream_events(js: &jetstream::Context) -> Vec<PresenceEvent> {
-    stream_messages(js, "PRESENCE", ">")
-        .await
-        .iter()
-        .map(|m| serde_json::from_slice(&m.payload).expect("presence event JSON"))
-        .collect()
-}
-
-/// Waits until PRESENCE holds a place event of `person` matching `want`,
-/// the `nth` (1-based) such; returns it.
-async fn wait_place_event(
-    js: &jetstream::Context,
-    what: &str,
-    nth: usize,
-    want: impl Fn(&PresenceEvent) -> bool,
-) -> PresenceEvent {
-    eventually(what, WAIT, async || {
-        stream_events(js)
-            .await
-            .into_iter()
-            .filter(|e| e.kind == EventKind::Place && want(e))
-            .nth(nth - 1)
-    })
-    .await
-}
-
-async fn wait_place(
-    js: &jetstream::Context,
-    person: &str,
-    place: &str,
-    nth: usize,
-) -> PresenceEvent {
-    wait_place_event(
-        js,
-        &format!("{person} at {place} (#{nth}) in PRESENCE"),
-        nth,
-        |e| e.person == person && e.place.as_deref() == Some(place),
-    )
-    .await
-}
-
-/// PRESENCE's events once the stream has stopped growing (presence may
-/// publish several events for one change).
-async fn quiet_events(js: &jetstream::Context) -> Vec<PresenceEvent> {
-    let mut before = stream_events(js).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = stream_events(js).await;
-        if now.len() == before.len() {
-            return now;
-        }
-        before = now;
-    }
-}
-
 /// Waits until `sink` has settled `count` events (delivered, filtered out
 /// or given up): it then has nothing more to send for them.
 async fn wait_sink_settled(notifier: &Service, sink: &str, count: usize) {
@@ -146,74 +90,6 @@ async fn wait_sink_settled(notifier: &Service, sink: &str, count: usize) {
     .await
 }
 
-// ------------------------------------------------------ a recording server
-
-/// One request as the stand-in server saw it.
-#[derive(Debug, Clone)]
-struct Request {
-    method: Method,
-    path: String,
-    query: Option<String>,
-    headers: HeaderMap,
-    body: bytes::Bytes,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.body.to_vec()).expect("UTF-8 body")
-    }
-
-    fn query_param(&self, name: &str) -> Option<String> {
-        self.query
-            .as_deref()?
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
-    }
-}
-
-/// A local HTTP server standing in for ntfy or MMM-Remote-Control: answers
-/// 200 to anything, and records every request, whatever its path.
-#[derive(Clone)]
-struct Recorder {
-    url: String,
-    requests: Arc<Mutex<Vec<Request>>>,
-}
-
-impl Recorder {
-    async fn start() -> Recorder {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let recorder = Recorder {
-            url: format!("http://{}", listener.local_addr().unwrap()),
-            requests: Arc::default(),
-        };
-        let requests = recorder.requests.clone();
-        let app = axum::Router::new().fallback(
-            async move |method: Method, uri: Uri, headers: HeaderMap, body: bytes::Bytes| {
-                requests.lock().unwrap().push(Request {
-                    method,
-                    path: uri.path().to_string(),
-                    query: uri.query().map(String::from),
-                    headers,
-                    body,
-                });
-                StatusCode::OK
-            },
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        recorder
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
 // ------------------------------------------------------------------- 1. ntfy
 
 #[tokio::test]
@@ -241,9 +117,9 @@ places = ["School"]
 
     // Harry reaches School: one push.
     harry.transition("enter", "School").await;
-    let school = wait_place(js, "Harry", "School", 1).await;
+    let school = wait_place(js, "Harry", "School", 1).await.1;
     assert!(!school.late, "a fresh transition is news");
-    wait_sink_settled(notifier, "ntfy", quiet_events(js).await.len()).await;
+    wait_sink_settled(notifier, "ntfy", quiet_presence_events(js, ">").await.len()).await;
     let requests = ntfy.requests();
     assert_eq!(requests.len(), 1, "one push: {requests:?}");
     let push = &requests[0];
@@ -277,11 +153,11 @@ places = ["School"]
     .await;
     let mut watch = Phone::connect(&stack.mosquitto.url(), "harry", "watch").await;
     watch.old_location(3600, &["School"]).await;
-    let late = wait_place(js, "Harry", "School", 2).await;
+    let late = wait_place(js, "Harry", "School", 2).await.1;
     assert!(late.late, "an hour-old fix is late: {late:?}");
     assert_eq!(late.cause.device.as_deref(), Some("harry/watch"));
 
-    let events = quiet_events(js).await;
+    let events = quiet_presence_events(js, ">").await;
     wait_sink_settled(notifier, "ntfy", events.len()).await;
     let requests = ntfy.requests();
     assert_eq!(
@@ -337,7 +213,7 @@ notification = "WHEREABOUTS_PRESENCE"
     .await;
 
     let raw: Vec<Value> = {
-        quiet_events(js).await;
+        quiet_presence_events(js, ">").await;
         stream_messages(js, "PRESENCE", ">")
             .await
             .iter()
