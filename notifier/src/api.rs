@@ -6,11 +6,12 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -19,7 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::live::{Feed, Live, LiveEvent};
+use crate::live::{Feed, Live, LiveEvent, sse_frame};
 use crate::metrics::Metrics;
 use crate::people::People;
 use crate::tasks::Tasks;
@@ -201,26 +202,34 @@ async fn events(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let (tx, rx) = mpsc::channel(64);
     let rx_live = state.live.subscribe();
-    let heartbeat = state.config.notifier.heartbeat;
     let shutdown = state.shutdown.clone();
     state.tasks.clone().spawn(async move {
         stream_events(state, household, last_event_id, rx_live, tx).await;
         drop(slot);
     });
     // Streams end when shutdown starts, or the server would never stop.
-    let stream = ReceiverStream::new(rx).take_until(shutdown.cancelled_owned());
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
+    let stream = ReceiverStream::new(rx)
+        .map(Ok::<_, Infallible>)
+        .take_until(shutdown.cancelled_owned());
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
         .into_response()
 }
 
-type Tx = mpsc::Sender<Result<Event, Infallible>>;
+/// SSE frames, written to the client as they are: a live event's frame is
+/// the one [`LiveEvent`] shares with every client.
+type Tx = mpsc::Sender<Bytes>;
 
-fn presence_event(e: &LiveEvent) -> Event {
-    Event::default()
-        .event("presence")
-        .id(e.seq.to_string())
-        .data(&*e.json)
+/// What is sent after `heartbeat` without an event: an SSE comment.
+const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+fn presence_event(e: &LiveEvent) -> Bytes {
+    e.frame.clone()
 }
 
 /// Feeds one SSE client: snapshot or replay, then the live broadcast.
@@ -238,10 +247,20 @@ async fn stream_events(
         None => send_snapshot(&state, &household, state.live.last_seq(), &tx).await,
     };
     let Some(mut last_sent) = first else { return };
+    let heartbeat = state.config.notifier.heartbeat;
+    let idle = tokio::time::sleep(heartbeat);
+    tokio::pin!(idle);
     loop {
         let next = tokio::select! {
             // Gone: give the slot back now, not at the household's next event.
             _ = tx.closed() => return,
+            () = &mut idle => {
+                if tx.send(Bytes::from_static(HEARTBEAT)).await.is_err() {
+                    return;
+                }
+                idle.as_mut().reset(tokio::time::Instant::now() + heartbeat);
+                continue;
+            }
             next = live.recv() => next,
         };
         let sent = match next {
@@ -250,9 +269,10 @@ async fn stream_events(
                     if e.household != household || e.seq <= last_sent {
                         continue;
                     }
-                    if tx.send(Ok(presence_event(e))).await.is_err() {
+                    if tx.send(presence_event(e)).await.is_err() {
                         return;
                     }
+                    idle.as_mut().reset(tokio::time::Instant::now() + heartbeat);
                     Some(e.seq)
                 }
                 // The stream went back: the client's position means nothing now.
@@ -295,11 +315,8 @@ async fn resume(state: &ApiState, household: &str, after: u64, tx: &Tx) -> Optio
 /// at least as new, and events after `seq` are applied on top.
 async fn send_snapshot(state: &ApiState, household: &str, seq: u64, tx: &Tx) -> Option<u64> {
     let body = snapshot(state, household).to_string();
-    let event = Event::default()
-        .event("snapshot")
-        .id(seq.to_string())
-        .data(body);
-    tx.send(Ok(event)).await.ok()?;
+    let (frame, _) = sse_frame("snapshot", seq, &body);
+    tx.send(frame).await.ok()?;
     Some(seq)
 }
 
@@ -327,7 +344,7 @@ async fn replay(state: &ApiState, household: &str, after: u64, tx: &Tx) -> Optio
     let mut events = std::pin::pin!(events.take(pending as usize));
     while let Some(event) = events.next().await {
         let Ok(event) = event else { break };
-        if tx.send(Ok(presence_event(&event))).await.is_err() {
+        if tx.send(presence_event(&event)).await.is_err() {
             return None;
         }
         last = event.seq;

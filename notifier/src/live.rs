@@ -1,6 +1,7 @@
 //! The live feed of presence events: one ordered consumer on `PRESENCE`
 //! fanned out to every SSE client through a broadcast channel, and replay
-//! from the stream for clients that resume with `Last-Event-ID`.
+//! from the stream for clients that resume with `Last-Event-ID`. Each event
+//! is framed for SSE once, here; every client writes the same bytes.
 //!
 //! A stream that goes back (deleted and recreated, or restored from an
 //! older volume) restarts its sequences below what clients have seen: the
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::jetstream::{self, consumer};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use futures::StreamExt;
 use shared::state::PresenceEvent;
 use shared::subjects::{PRESENCE_STREAM, presence_household};
@@ -26,8 +28,36 @@ pub(crate) struct LiveEvent {
     /// The PRESENCE stream sequence: the SSE `id:`.
     pub(crate) seq: u64,
     pub(crate) household: String,
-    /// The event's JSON, sent to clients as it is.
-    pub(crate) json: Arc<str>,
+    /// The SSE frame (`event: presence`, `id:`, `data:`), shared by every
+    /// client: an event is framed once, however many clients read it.
+    pub(crate) frame: Bytes,
+    /// The event's JSON: a view into `frame` (no second copy).
+    pub(crate) json: Bytes,
+}
+
+/// An SSE frame with `event`, `id` and `data` (one `data:` line per line
+/// of it), and the range of `frame` that holds `data` when it is one line.
+pub(crate) fn sse_frame(
+    event: &str,
+    id: u64,
+    data: &str,
+) -> (Bytes, Option<std::ops::Range<usize>>) {
+    let mut frame = BytesMut::with_capacity(data.len() + event.len() + 40);
+    frame.put_slice(b"event: ");
+    frame.put_slice(event.as_bytes());
+    frame.put_slice(b"\nid: ");
+    frame.put_slice(id.to_string().as_bytes());
+    frame.put_slice(b"\n");
+    let start = frame.len() + b"data: ".len();
+    for line in data.split('\n') {
+        frame.put_slice(b"data: ");
+        frame.put_slice(line.strip_suffix('\r').unwrap_or(line).as_bytes());
+        frame.put_u8(b'\n');
+    }
+    let one_line = !data.contains('\n');
+    let range = one_line.then(|| start..start + data.len());
+    frame.put_u8(b'\n');
+    (frame.freeze(), range)
 }
 
 /// What the live broadcast carries.
@@ -142,7 +172,7 @@ impl Live {
                 };
                 match next {
                     Some(Ok(event)) => {
-                        if let Ok(state) = serde_json::from_str::<PresenceEvent>(&event.json) {
+                        if let Ok(state) = serde_json::from_slice::<PresenceEvent>(&event.json) {
                             people.set(state.state);
                         }
                         self.last_seq.store(event.seq, Ordering::Release);
@@ -217,10 +247,16 @@ impl Live {
                 .nth(1)
                 .and_then(shared::token::decode)
                 .unwrap_or_default();
-            let json: Arc<str> = String::from_utf8_lossy(&m.payload).into();
+            let text = String::from_utf8_lossy(&m.payload);
+            let (frame, range) = sse_frame("presence", seq, &text);
+            let json = match range {
+                Some(range) => frame.slice(range),
+                None => Bytes::copy_from_slice(text.as_bytes()),
+            };
             Ok(LiveEvent {
                 seq,
                 household,
+                frame,
                 json,
             })
         }))

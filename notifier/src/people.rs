@@ -1,5 +1,7 @@
 //! The current state of every person, kept from a watch on the `presence`
-//! KV bucket, for snapshots.
+//! KV bucket, for snapshots. A state from the bucket is kept as its bytes
+//! and read when a snapshot asks for it: presence writes a person on every
+//! fix, snapshots are rare.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -10,19 +12,44 @@ use shared::state::PersonState;
 use shared::token;
 use tokio_util::sync::CancellationToken;
 
+/// A person's state as last seen: read from an event, or the KV's bytes.
+#[derive(Clone)]
+enum Known {
+    State(PersonState),
+    Stored(bytes::Bytes),
+}
+
 /// household → person → state.
 #[derive(Clone, Default)]
 pub(crate) struct People {
-    inner: Arc<RwLock<BTreeMap<String, BTreeMap<String, PersonState>>>>,
+    inner: Arc<RwLock<BTreeMap<String, BTreeMap<String, Known>>>>,
 }
 
 impl People {
     pub(crate) fn household(&self, household: &str) -> Vec<PersonState> {
-        let inner = self.inner.read().unwrap();
-        inner
-            .get(household)
-            .map(|people| people.values().cloned().collect())
-            .unwrap_or_default()
+        let known: Vec<(String, Known)> = {
+            let inner = self.inner.read().unwrap();
+            inner
+                .get(household)
+                .map(|people| people.iter().map(|(p, k)| (p.clone(), k.clone())).collect())
+                .unwrap_or_default()
+        };
+        known
+            .into_iter()
+            .filter_map(|(person, known)| match known {
+                Known::State(state) => Some(state),
+                Known::Stored(bytes) => match serde_json::from_slice::<PersonState>(&bytes) {
+                    Ok(mut state) => {
+                        state.outbox.clear(); // presence's bookkeeping, not for clients
+                        Some(state)
+                    }
+                    Err(e) => {
+                        tracing::warn!(%household, %person, error = %e, "unreadable person state");
+                        None
+                    }
+                },
+            })
+            .collect()
     }
 
     pub(crate) fn set(&self, mut state: PersonState) {
@@ -31,7 +58,15 @@ impl People {
         inner
             .entry(state.household.clone())
             .or_default()
-            .insert(state.person.clone(), state);
+            .insert(state.person.clone(), Known::State(state));
+    }
+
+    fn set_stored(&self, household: String, person: String, bytes: bytes::Bytes) {
+        let mut inner = self.inner.write().unwrap();
+        inner
+            .entry(household)
+            .or_default()
+            .insert(person, Known::Stored(bytes));
     }
 
     fn remove(&self, household: &str, person: &str) {
@@ -52,7 +87,9 @@ impl People {
         let mut loaded = Some(loaded);
         let mut backoff = shared::retry::Backoff::default();
         while !shutdown.is_cancelled() {
-            let mut watch = match store.watch_with_history(">").await {
+            // Person keys only: device keys change with every fix and
+            // snapshots do not read them.
+            let mut watch = match store.watch_with_history("*.person.*").await {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the presence bucket; retrying");
@@ -92,16 +129,16 @@ impl People {
         else {
             return;
         };
+        let (Some(h), Some(p)) = (token::decode(h), token::decode(p)) else {
+            return;
+        };
         match entry.operation {
-            kv::Operation::Put => match serde_json::from_slice::<PersonState>(&entry.value) {
-                Ok(state) => self.set(state),
-                Err(e) => tracing::warn!(key = %entry.key, error = %e, "unreadable person state"),
-            },
-            kv::Operation::Delete | kv::Operation::Purge => {
-                if let (Some(h), Some(p)) = (token::decode(h), token::decode(p)) {
-                    self.remove(&h, &p);
-                }
+            // A copy: the value is a view into the client's read buffer,
+            // which it would keep alive.
+            kv::Operation::Put => {
+                self.set_stored(h, p, bytes::Bytes::copy_from_slice(&entry.value))
             }
+            kv::Operation::Delete | kv::Operation::Purge => self.remove(&h, &p),
         }
     }
 }

@@ -179,7 +179,9 @@ pub(super) async fn write_state(
     }
 }
 
-/// Device keys and events, all at once; each is idempotent.
+/// Device keys and events, all at once: each is idempotent and the
+/// person's state (with its outbox) is already stored, so nothing waits for
+/// another's round trip.
 pub(super) async fn store_side_effects(
     engine: &Engine,
     devices: &[DeviceState],
@@ -194,8 +196,8 @@ pub(super) async fn store_side_effects(
             .context("writing device state")?;
         anyhow::Ok(())
     });
-    try_join_all(devices).await?;
-    publish_events(engine, events).await
+    tokio::try_join!(try_join_all(devices), publish_events(engine, events))?;
+    Ok(())
 }
 
 /// Publishes events in order (the last one on a person's subject tells

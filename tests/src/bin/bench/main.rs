@@ -10,9 +10,13 @@
 //! - `bench presence`: presence alone over a pre-loaded OWNTRACKS stream,
 //!   against the KV's concurrent put rate measured in the same run.
 //! - `bench notifier`: MQTT publish → SSE event latency with many SSE clients.
+//! - `bench pipeline [--quick]`: the raw baselines, then the whole pipeline
+//!   on the simulator's world, two workloads; a table (`pipeline.rs`).
 //!
 //! Build everything first, release:
-//! `scripts/bench.sh ingest|ingest-flood|presence|notifier`.
+//! `scripts/bench.sh ingest|ingest-flood|presence|notifier|pipeline|all`.
+
+mod pipeline;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -569,14 +573,18 @@ debounce = "0s"
 
 #[tokio::main]
 async fn main() {
-    let which = std::env::args().nth(1).unwrap_or_default();
-    match which.as_str() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let which = args.iter().find(|a| !a.starts_with("--")).cloned();
+    let scale = pipeline::Scale::new(quick);
+    match which.as_deref().unwrap_or_default() {
         "ingest" => bench_ingest().await,
         "ingest-flood" => bench_ingest_flood().await,
         "presence" => bench_presence().await,
         "notifier" => bench_notifier().await,
+        "pipeline" => pipeline::bench(scale).await,
         _ => {
-            eprintln!("usage: bench ingest|ingest-flood|presence|notifier");
+            eprintln!("usage: bench ingest|ingest-flood|presence|notifier|pipeline [--quick]");
             std::process::exit(2);
         }
     }
