@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// A person's state as last seen: read from an event, or the KV's bytes.
 #[derive(Clone)]
 enum Known {
-    State(PersonState),
+    State(Box<PersonState>),
     Stored(bytes::Bytes),
 }
 
@@ -37,7 +37,7 @@ impl People {
         known
             .into_iter()
             .filter_map(|(person, known)| match known {
-                Known::State(state) => Some(state),
+                Known::State(state) => Some(*state),
                 Known::Stored(bytes) => match serde_json::from_slice::<PersonState>(&bytes) {
                     Ok(mut state) => {
                         state.outbox.clear(); // presence's bookkeeping, not for clients
@@ -58,7 +58,7 @@ impl People {
         inner
             .entry(state.household.clone())
             .or_default()
-            .insert(state.person.clone(), Known::State(state));
+            .insert(state.person.clone(), Known::State(Box::new(state)));
     }
 
     fn set_stored(&self, household: String, person: String, bytes: bytes::Bytes) {

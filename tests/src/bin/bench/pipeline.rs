@@ -89,8 +89,10 @@ struct Traffic {
     world: World,
     config: String,
     workload: Workload,
-    /// Fixes sent so far (unique longitude offsets, per-device fix counts).
+    /// Fixes sent so far (each has its own longitude offset).
     sent: u64,
+    /// Per (household, person index): how often the person moved so far.
+    moves: HashMap<(String, usize), usize>,
 }
 
 impl Traffic {
@@ -118,6 +120,7 @@ impl Traffic {
             config,
             workload,
             sent: 0,
+            moves: HashMap::new(),
         }
     }
 
@@ -126,7 +129,7 @@ impl Traffic {
         let i = self.sent;
         self.sent += 1;
         let devices = self.world.devices.len() as u64;
-        let (index, k) = ((i % devices) as usize, i / devices);
+        let index = (i % devices) as usize;
         let device = &self.world.devices[index];
         let household = self
             .world
@@ -134,11 +137,26 @@ impl Traffic {
             .iter()
             .find(|h| h.name == device.household)
             .expect("device's household");
-        let every = match self.workload {
+        let every: u64 = match self.workload {
             Workload::Realistic => 20,
             Workload::WorstCase => 1,
         };
-        let place = &household.places[((k / every) as usize + index) % household.places.len()];
+        // A person's devices agree on the place, or every fix of the other
+        // one would move the person.
+        let person = household
+            .people
+            .iter()
+            .position(|p| p.devices.contains(&index))
+            .unwrap_or(0);
+        // One fix in `every` moves its person (the first of each device
+        // only places it); the person's other device follows on its next.
+        let key_person = (household.name.clone(), person);
+        let first = self.sent <= devices;
+        let moves = self.moves.entry(key_person).or_insert(0);
+        if !first && i.is_multiple_of(every) {
+            *moves += 1;
+        }
+        let place = &household.places[(*moves + person) % household.places.len()];
         let key = i % 1_000_000;
         let lon = place.lon + key as f64 * 1e-10;
         let now = std::time::SystemTime::now()
@@ -374,9 +392,18 @@ impl SseClients {
             let household = households[c % households.len()].clone();
             let (addr, connected, arrivals) = (addr.clone(), connected.clone(), arrivals.clone());
             tokio::spawn(async move {
-                let Ok(mut tcp) = tokio::net::TcpStream::connect(&addr).await else {
-                    return;
-                };
+                // A thousand connects at once can overflow the listen backlog.
+                let mut tcp = None;
+                for _ in 0..100 {
+                    match tokio::net::TcpStream::connect(&addr).await {
+                        Ok(t) => {
+                            tcp = Some(t);
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                let Some(mut tcp) = tcp else { return };
                 let request = format!(
                     "GET /v1/households/{household}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
                 );
@@ -414,12 +441,17 @@ impl SseClients {
         }
     }
 
-    async fn wait_connected(&self, clients: usize) {
-        while (self.connected.load(Ordering::Relaxed) as usize) < clients {
+    /// Waits (at most 60 s) for the clients to connect; returns how many did.
+    async fn wait_connected(&self, clients: usize) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (self.connected.load(Ordering::Relaxed) as usize) < clients
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The request is written; give the notifier time to answer them all.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        self.connected.load(Ordering::Relaxed)
     }
 }
 
@@ -553,10 +585,10 @@ async fn run_workload(scale: Scale, workload: Workload, mqtt: f64, kv: f64) {
     let notifier_url = pipeline.services[2].url();
     let sample = 10;
     let clients = SseClients::open(&notifier_url, &households, scale.sse_clients, sample).await;
-    clients.wait_connected(scale.sse_clients).await;
+    let connected = clients.wait_connected(scale.sse_clients).await;
     row(
         &format!(
-            "{name}: notifier RSS with {} SSE clients",
+            "{name}: notifier RSS with {connected} of {} SSE clients",
             scale.sse_clients
         ),
         format!(
