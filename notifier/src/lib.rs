@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shared::config::Config;
-use shared::server::{Readiness, ops_router, serve};
+use shared::server::{Readiness, ops_router, serve_with_extra_connections};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +57,10 @@ pub async fn run(
     tasks.stop(TASK_GRACE).await;
     result
 }
+
+/// SSE connections held at most, whatever the households admit (each is a
+/// file descriptor and a task).
+const MAX_SSE_CONNECTIONS: usize = 16_384;
 
 /// How long the tasks may take to end once the server has stopped (they
 /// were cancelled with it): with the server's own drain before, still
@@ -152,7 +156,14 @@ async fn serve_until_shutdown(
     let app = ops_router(registry, readiness)
         .merge(api)
         .layer(cors(&config.notifier.cors_origins));
-    serve(listener, app, shutdown)
+    // Every SSE client the households admit holds a connection; the cap
+    // beyond them stays what every service has.
+    let sse_clients = config
+        .households
+        .len()
+        .saturating_mul(config.notifier.max_sse_clients_per_household)
+        .min(MAX_SSE_CONNECTIONS);
+    serve_with_extra_connections(listener, app, shutdown, sse_clients)
         .await
         .context("HTTP server")?;
     Ok(())

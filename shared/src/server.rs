@@ -151,6 +151,19 @@ pub async fn serve(
     serve_with(listener, router, shutdown, ServerLimits::default()).await
 }
 
+/// [`serve`] with room for `extra` long-lived connections (SSE clients)
+/// beyond the default cap, so that they cannot crowd out other requests.
+pub async fn serve_with_extra_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    extra: usize,
+) -> std::io::Result<()> {
+    let mut limits = ServerLimits::default();
+    limits.max_connections = limits.max_connections.saturating_add(extra);
+    serve_with(listener, router, shutdown, limits).await
+}
+
 /// [`serve`] with explicit limits.
 async fn serve_with(
     listener: tokio::net::TcpListener,
