@@ -4,7 +4,8 @@
 //!
 //! Layout:
 //! - `cli`: flags and environment, for the binary.
-//! - `api`: routes, per-household token auth, snapshot and SSE.
+//! - `api`: routes, per-household token auth, snapshot, SSE, history.
+//! - `history`: a person's places over a day, from the PRESENCE stream.
 //! - `board`: the web board's static files.
 //! - `people`: current person states, from a watch on the KV bucket.
 //! - `live`: the PRESENCE feed, broadcast to SSE clients; replay on resume.
@@ -16,6 +17,7 @@
 mod api;
 mod board;
 pub mod cli;
+mod history;
 mod live;
 mod metrics;
 mod people;
@@ -142,6 +144,7 @@ async fn serve_until_shutdown(
 
     let api = api::router(api::ApiState {
         config: config.clone(),
+        js: js.clone(),
         people,
         live,
         metrics,
