@@ -250,6 +250,8 @@
       this.handsLayer = el("svg:g", { class: "wb-hands" }, this.svg);
       el("svg:circle", { class: "wb-hub", r: 9 }, this.svg);
       el("svg:circle", { class: "wb-hub-dot", r: 3 }, this.svg);
+      // Labels above every hand, so no hand's line crosses a name.
+      this.labelsLayer = el("svg:g", { class: "wb-hand-labels" }, this.svg);
       this.hands = new Map(); // person id → { g, angle, ... }
       this.faceKey = null;
       this.waiting = el("div", { class: "wb-waiting" }, container);
@@ -336,6 +338,7 @@
       for (const [id, h] of this.hands) {
         if (!seen.has(id)) {
           h.g.remove();
+          h.lg.remove();
           this.hands.delete(id);
         }
       }
@@ -349,7 +352,7 @@
         const g = el("svg:g", { class: "hand", "data-person": p.person }, this.handsLayer);
         const line = el("svg:line", { class: "wb-hand-line", x1: 0, y1: 12, x2: 0, y2: 0 }, g);
         const tip = el("svg:circle", { class: "wb-hand-tip", cx: 0, cy: 0, r: 5 }, g);
-        const lg = el("svg:g", { class: "wb-hand-label" }, g);
+        const lg = el("svg:g", { class: "wb-hand-label", "data-person": p.person }, this.labelsLayer);
         const bg = el("svg:rect", { class: "wb-hand-label-bg", rx: 4, ry: 4 }, lg);
         const text = el("svg:text", { "text-anchor": "middle", dy: "0.35em" }, lg);
         h = { g, line, tip, lg, bg, text, angle: null, len: null, name: null, width: 0, measured: false };
@@ -399,14 +402,17 @@
       g.setAttribute("class", "hand wb-status-" + status);
       g.style.color = color;
       g.style.transform = "rotate(" + fmt(h.angle) + "deg)";
+      h.lg.setAttribute("class", "wb-hand-label wb-status-" + status);
+      h.lg.style.color = color;
       if (h.len !== len) {
         h.line.setAttribute("y2", -len);
         h.tip.setAttribute("cy", -len);
         h.len = len;
       }
-      // The label sits past the tip and counter-rotates so it stays upright
-      // during the transition too (both transforms interpolate together).
-      h.lg.style.transform = "translate(0px, " + -(len + LABEL_GAP) + "px) rotate(" + fmt(-h.angle) + "deg)";
+      // The label sits past the tip, turned with the hand and back again so
+      // it stays upright and follows the hand during the transition too.
+      h.lg.style.transform = "rotate(" + fmt(h.angle) + "deg) translate(0px, " + -(len + LABEL_GAP) +
+        "px) rotate(" + fmt(-h.angle) + "deg)";
       let title = g.querySelector("title");
       if (!title) title = el("svg:title", null, g);
       title.textContent = h.name + " — " + (p.place || "?") + (p.status_reason ? " (" + p.status_reason + ")" : "");

@@ -437,9 +437,9 @@ const LAYOUT: &str = r#"(() => {
   const box = (r) => ({ x0: r.left, y0: r.top, x1: r.right, y1: r.bottom });
   const labels = {};
   const colors = {};
-  for (const g of document.querySelectorAll("g.hand[data-person]")) {
-    labels[g.dataset.person] = box(g.querySelector(".wb-hand-label").getBoundingClientRect());
-    colors[g.dataset.person] = getComputedStyle(g).color;
+  for (const g of document.querySelectorAll("g.hand[data-person]")) colors[g.dataset.person] = getComputedStyle(g).color;
+  for (const g of document.querySelectorAll(".wb-hand-label[data-person]")) {
+    labels[g.dataset.person] = box(g.getBoundingClientRect());
   }
   const status = [...document.querySelectorAll("tr[data-person] td.status")].map((td) => {
     const style = getComputedStyle(td);
