@@ -250,7 +250,9 @@
       this.handsLayer = el("svg:g", { class: "wb-hands" }, this.svg);
       el("svg:circle", { class: "wb-hub", r: 9 }, this.svg);
       el("svg:circle", { class: "wb-hub-dot", r: 3 }, this.svg);
-      // Labels above every hand, so no hand's line crosses a name.
+      // Labels above every hand, so no hand's line crosses a name; under
+      // them the leaders of labels that had to leave their hand's tip.
+      this.leadersLayer = el("svg:g", { class: "wb-hand-leaders" }, this.svg);
       this.labelsLayer = el("svg:g", { class: "wb-hand-labels" }, this.svg);
       this.hands = new Map(); // person id → { g, angle, ... }
       this.faceKey = null;
@@ -331,7 +333,7 @@
           const offset = n > 1 ? -spread / 2 + (j * spread) / (n - 1) : 0;
           const spot = layLabel(placed, h.width, i * step, offset, step, j);
           placed.push(spot.box);
-          this.placeHand(labels, colors, p, h, segs[i], spot.angle, spot.len);
+          this.placeHand(labels, colors, p, h, segs[i], spot);
           seen.add(p.person);
         });
       }
@@ -339,6 +341,7 @@
         if (!seen.has(id)) {
           h.g.remove();
           h.lg.remove();
+          h.leader.remove();
           this.hands.delete(id);
         }
       }
@@ -353,9 +356,10 @@
         const line = el("svg:line", { class: "wb-hand-line", x1: 0, y1: 12, x2: 0, y2: 0 }, g);
         const tip = el("svg:circle", { class: "wb-hand-tip", cx: 0, cy: 0, r: 5 }, g);
         const lg = el("svg:g", { class: "wb-hand-label", "data-person": p.person }, this.labelsLayer);
+        const leader = el("svg:line", { class: "wb-hand-leader" }, this.leadersLayer);
         const bg = el("svg:rect", { class: "wb-hand-label-bg", rx: 4, ry: 4 }, lg);
         const text = el("svg:text", { "text-anchor": "middle", dy: "0.35em" }, lg);
-        h = { g, line, tip, lg, bg, text, angle: null, len: null, name: null, width: 0, measured: false };
+        h = { g, line, tip, lg, bg, text, leader, angle: null, labelAngle: null, len: null, name: null, width: 0, measured: false };
         this.hands.set(p.person, h);
       }
       const name = displayName(p);
@@ -384,15 +388,13 @@
       return h;
     }
 
-    placeHand(labels, colors, p, h, seg, target, len) {
-      if (h.angle === null) {
-        // Start at the target so a fresh page doesn't sweep every hand from 12.
-        h.angle = target;
-      } else {
-        // Turn the short way round: keep a cumulative angle.
-        const d = ((((target - h.angle) % 360) + 540) % 360) - 180;
-        h.angle += d;
-      }
+    placeHand(labels, colors, p, h, seg, spot) {
+      // Start at the target so a fresh page doesn't sweep every hand from 12;
+      // then turn the short way round (cumulative angles).
+      const turn = (from, to) => (from === null ? to : from + ((((to - from) % 360) + 540) % 360) - 180);
+      h.angle = turn(h.angle, spot.angle);
+      h.labelAngle = turn(h.labelAngle, spot.labelAngle);
+      const len = spot.len;
       const status = statusOf(p, labels);
       const color = status === "offline" || status === "lost" ? "#8a8f98" : colors.get(p.person);
       const g = h.g;
@@ -404,15 +406,26 @@
       g.style.transform = "rotate(" + fmt(h.angle) + "deg)";
       h.lg.setAttribute("class", "wb-hand-label wb-status-" + status);
       h.lg.style.color = color;
+      h.leader.setAttribute("class", "wb-hand-leader wb-status-" + status);
+      h.leader.style.color = color;
       if (h.len !== len) {
         h.line.setAttribute("y2", -len);
         h.tip.setAttribute("cy", -len);
         h.len = len;
       }
-      // The label sits past the tip, turned with the hand and back again so
-      // it stays upright and follows the hand during the transition too.
-      h.lg.style.transform = "rotate(" + fmt(h.angle) + "deg) translate(0px, " + -(len + LABEL_GAP) +
-        "px) rotate(" + fmt(-h.angle) + "deg)";
+      // The label sits past the tip (or where there was room), turned out
+      // and back again so it stays upright and follows the hand during the
+      // transition too.
+      h.lg.style.transform = "rotate(" + fmt(h.labelAngle) + "deg) translate(0px, " + -fmt(spot.labelR) +
+        "px) rotate(" + fmt(-h.labelAngle) + "deg)";
+      // A label away from its tip is tied to it by a leader.
+      const [tx, ty] = polar(len, spot.angle);
+      const [lx, ly] = polar(spot.labelR, spot.labelAngle);
+      h.leader.setAttribute("visibility", spot.away ? "visible" : "hidden");
+      h.leader.setAttribute("x1", fmt(tx));
+      h.leader.setAttribute("y1", fmt(ty));
+      h.leader.setAttribute("x2", fmt(lx));
+      h.leader.setAttribute("y2", fmt(ly));
       let title = g.querySelector("title");
       if (!title) title = el("svg:title", null, g);
       title.textContent = h.name + " — " + (p.place || "?") + (p.status_reason ? " (" + p.status_reason + ")" : "");
@@ -423,10 +436,11 @@
   const LABEL_GAP = 17; // from the hand's tip to its label's centre
   const HAND_LENGTHS = [122, 104, 86, 68, 50]; // longest first
   const TURN_STEP = 3; // degrees a hand may turn off its fan position, per try
+  const AWAY_RADII = [139, 117, 95, 73, 51]; // where labels away from their tip may go
 
-  /** The box a label of width `w` takes at the end of a hand (upright). */
-  function labelBox(angle, len, w) {
-    const [x, y] = polar(len + LABEL_GAP, angle);
+  /** The box a label of width `w` centred at radius `r` takes (upright). */
+  function labelBox(angle, r, w) {
+    const [x, y] = polar(r, angle);
     const pad = 2;
     return [x - w / 2 - pad, y - LABEL_H / 2 - pad, x + w / 2 + pad, y + LABEL_H / 2 + pad];
   }
@@ -437,10 +451,14 @@
     return w > 0 && h > 0 ? w * h : 0;
   }
 
-  /** Where the j-th hand of a segment centred at `centre` goes: its fan
-   *  position (`offset`) and staggered length if its label overlaps none
-   *  of `placed`, else the nearest turn within the segment and length that
-   *  is free; if none is, the one overlapping least. */
+  /** Where the j-th hand of a segment centred at `centre` goes, and its
+   *  label: at the tip, with the hand at its fan position (`offset`) and
+   *  staggered length if the label overlaps none of `placed`, else at the
+   *  nearest turn within the segment and length that is free. A crowded
+   *  place has no room left in its segment: the hand then keeps its fan
+   *  position and the label goes to the nearest free spot round the dial,
+   *  tied to the tip by a leader; only a dial with no free spot at all
+   *  takes the least overlap. */
   function layLabel(placed, w, centre, offset, step, j) {
     const lengths = HAND_LENGTHS.slice();
     const first = (j * 2) % lengths.length; // 122, 86, 50, 104, 68: staggered
@@ -449,15 +467,27 @@
     const turns = [0];
     for (let d = TURN_STEP; d <= 2 * room; d += TURN_STEP) turns.push(d, -d);
     let best = null;
+    const cost = (box) => placed.reduce((sum, b) => sum + overlap(b, box), 0);
     for (const d of turns) {
       const off = offset + d;
       if (Math.abs(off) > room && d !== 0) continue;
       for (const len of lengths) {
         const angle = centre + off;
-        const box = labelBox(angle, len, w);
-        const cost = placed.reduce((sum, b) => sum + overlap(b, box), 0);
-        if (cost === 0) return { angle, len, box };
-        if (!best || cost < best.cost) best = { angle, len, box, cost };
+        const spot = { angle, len, labelAngle: angle, labelR: len + LABEL_GAP, away: false };
+        spot.box = labelBox(angle, spot.labelR, w);
+        spot.cost = cost(spot.box);
+        if (spot.cost === 0) return spot;
+        if (!best || spot.cost < best.cost) best = spot;
+      }
+    }
+    const angle = centre + offset;
+    const len = lengths[0];
+    for (let d = TURN_STEP; d <= 180; d += TURN_STEP) {
+      for (const labelAngle of [angle + d, angle - d]) {
+        for (const labelR of AWAY_RADII) {
+          const box = labelBox(labelAngle, labelR, w);
+          if (cost(box) === 0) return { angle, len, labelAngle, labelR, away: true, box, cost: 0 };
+        }
       }
     }
     return best;

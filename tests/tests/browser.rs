@@ -604,21 +604,7 @@ async fn ten_people_read_well_on_a_phone_and_a_desktop() {
             .expect("board screenshot");
         eprintln!("{size} screenshot: {}", shot.display());
 
-        // No hand label over another.
-        let labels = layout["labels"].as_object().expect("labels");
-        assert_eq!(labels.len(), 10, "a label per person: {layout}");
-        let names: Vec<&String> = labels.keys().collect();
-        for (i, a) in names.iter().enumerate() {
-            for b in &names[i + 1..] {
-                let area = overlap(&labels[*a], &labels[*b]);
-                assert!(
-                    area < 1.0,
-                    "{size}: {a}'s label overlaps {b}'s by {area:.0} px²: {} / {}",
-                    labels[*a],
-                    labels[*b]
-                );
-            }
-        }
+        no_label_overlaps(size, &layout);
 
         // Ten colours, each clearly another; Harry keeps his own.
         let colors = layout["colors"].as_object().expect("colors");
@@ -680,6 +666,44 @@ async fn ten_people_read_well_on_a_phone_and_a_desktop() {
             assert_eq!(
                 last["place"], place,
                 "{size}: {person}'s day ends at {place}"
+            );
+        }
+
+        if size == "desktop" {
+            // Everyone home: more labels than one segment holds, still apart.
+            for (person, _) in TEN_PLACES {
+                transition(&person.to_lowercase(), "enter", "Home", now()).await;
+            }
+            let home: Vec<(&str, &str)> = TEN_PLACES.iter().map(|(p, _)| (*p, "Home")).collect();
+            chromium
+                .wait_for("the ten at Home", SHOW, &board, |v| shows(v, &home))
+                .await;
+            chromium.settle(Duration::from_secs(10)).await;
+            let layout = chromium.evaluate(LAYOUT).await.expect("the layout");
+            let shot = target_dir()
+                .join("screenshots")
+                .join("board-ten-at-home.png");
+            chromium.screenshot(&shot).await.expect("board screenshot");
+            eprintln!("all at home screenshot: {}", shot.display());
+            no_label_overlaps("desktop, all at Home", &layout);
+        }
+    }
+}
+
+/// Asserts that the ten hand labels of `layout` (see [`LAYOUT`]) are
+/// pairwise apart.
+fn no_label_overlaps(what: &str, layout: &Value) {
+    let labels = layout["labels"].as_object().expect("labels");
+    assert_eq!(labels.len(), 10, "{what}: a label per person: {layout}");
+    let names: Vec<&String> = labels.keys().collect();
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            let area = overlap(&labels[*a], &labels[*b]);
+            assert!(
+                area < 1.0,
+                "{what}: {a}'s label overlaps {b}'s by {area:.0} px²: {} / {}",
+                labels[*a],
+                labels[*b]
             );
         }
     }
