@@ -1,7 +1,8 @@
 //! The admin CLI `whereabouts`, run as a process against the real pipeline:
 //! `status` and `history` against what presence stored for a scripted
-//! trace, `what-if` on a recorded jittery trace, `check-config` on a
-//! crafted config, and an unreachable NATS.
+//! trace, `what-if` on a recorded jittery trace, `push-regions`, `locate`
+//! and `configure` reaching a household's phones through the commands
+//! service, `check-config` on a crafted config, and an unreachable NATS.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,8 +13,8 @@ use shared::state::{EventKind, PersonState, PresenceEvent};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use whereabouts_tests::{
-    MqttPublisher, Phone, Pipeline, cargo_build, free_port, kv_state, quiet_presence_events,
-    wait_place,
+    MqttPublisher, MqttSubscriber, Phone, Pipeline, cargo_build, free_port, kv_state,
+    quiet_presence_events, wait_place,
 };
 
 /// The `whereabouts` binary, built once per run.
@@ -302,6 +303,112 @@ async fn what_if_a_larger_margin_changes_place_less_on_a_jittery_trace() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("current:   10 place changes"), "{text}");
     assert!(text.contains("candidate: 1 place changes"), "{text}");
+}
+
+const TWO_HOUSEHOLDS: &str = r#"
+[ingest]
+default_household = "weasleys"
+user_households = { hermione = "grangers" }
+
+[households.weasleys]
+[[households.weasleys.people]]
+id = "harry"
+name = "Harry"
+devices = ["harry/phone"]
+[[households.weasleys.people]]
+name = "Ron"
+devices = ["ron/phone"]
+[[households.weasleys.regions]]
+name = "Home"
+lat = 51.5
+lon = -0.12
+radius = 100
+
+[households.grangers]
+[[households.grangers.people]]
+name = "Hermione"
+devices = ["hermione/phone"]
+"#;
+
+#[tokio::test]
+async fn commands_reach_the_household_s_phones_and_no_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "whereabouts.toml", TWO_HOUSEHOLDS);
+    let pipeline = Pipeline::start(TWO_HOUSEHOLDS).await;
+    let nats = pipeline.nats.url();
+    let mut phones = MqttSubscriber::connect(
+        &pipeline.mosquitto.url(),
+        "phones",
+        true,
+        &["owntracks/+/+/cmd"],
+    )
+    .await;
+    let wait = std::time::Duration::from_secs(10);
+
+    let pushed = json_of(&whereabouts(
+        &nats,
+        Some(&config),
+        &["--json", "push-regions", "weasleys"],
+    ));
+    let devices: Vec<&str> = pushed
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|r| assert_eq!(r["ok"], true, "{r}"))
+        .filter_map(|r| r["user"].as_str())
+        .collect();
+    assert_eq!(devices, ["harry", "ron"]);
+    let mut got = phones.recv_n(2, wait).await;
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let topics: Vec<&str> = got.iter().map(|r| r.topic.as_str()).collect();
+    assert_eq!(
+        topics,
+        ["owntracks/harry/phone/cmd", "owntracks/ron/phone/cmd"]
+    );
+    for message in &got {
+        let cmd: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(cmd["action"], "setWaypoints");
+        assert_eq!(cmd["waypoints"]["waypoints"][0]["desc"], "Home");
+    }
+
+    let located = whereabouts(&nats, Some(&config), &["locate", "harry"]);
+    assert!(located.status.success(), "{located:?}");
+    let cmd = phones.recv(wait).await.expect("harry's phone is asked");
+    assert_eq!(cmd.topic, "owntracks/harry/phone/cmd");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&cmd.payload).unwrap()["action"],
+        "reportLocation"
+    );
+
+    let moved = json_of(&whereabouts(
+        &nats,
+        Some(&config),
+        &[
+            "--json",
+            "configure",
+            "ron/phone",
+            "--household",
+            "weasleys",
+        ],
+    ));
+    assert_eq!(moved[0]["ok"], true, "{moved}");
+    let cmd = phones.recv(wait).await.expect("ron's phone is configured");
+    assert_eq!(cmd.topic, "owntracks/ron/phone/cmd");
+    let cmd: Value = serde_json::from_slice(&cmd.payload).unwrap();
+    assert_eq!(cmd["action"], "setConfiguration");
+    assert_eq!(
+        cmd["configuration"]["pubTopicBase"],
+        "owntracks/weasleys/%u/%d"
+    );
+
+    // Nothing reached the other household, and an unknown one is an error.
+    assert_eq!(phones.recv(std::time::Duration::from_secs(1)).await, None);
+    let nowhere = whereabouts(&nats, Some(&config), &["push-regions", "nowhere"]);
+    assert!(!nowhere.status.success());
+    assert!(
+        String::from_utf8_lossy(&nowhere.stderr).contains("no devices"),
+        "{nowhere:?}"
+    );
 }
 
 #[test]
