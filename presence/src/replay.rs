@@ -27,7 +27,10 @@ pub struct Replayed {
 }
 
 /// Replays `trace` (envelopes with their ids, in stream order) under
-/// `config`; timers run on until `until` (at least the last receive time).
+/// `config`. Timers run on until `until`, by default until what the last
+/// input left pending has settled (a debounced leave, a dwell, an LWT's
+/// grace) but not into stale or lost, which would say more about the end
+/// of the trace than about the person.
 /// Keyed by (household, person). Envelopes presence could not use (or
 /// would ignore) are skipped, as the service terminates or acks them.
 pub fn replay(
@@ -66,7 +69,10 @@ pub fn replay(
         record(entry, &mut people, key, outcome);
         last = Some(last.map_or(now, |l: OffsetDateTime| l.max(now)));
     }
-    if let Some(end) = until.max(last) {
+    let p = &config.presence;
+    let settle = p.debounce.max(p.geofence_dwell).max(p.lwt_grace);
+    let settled = last.and_then(|l: OffsetDateTime| l.checked_add(settle.try_into().ok()?));
+    if let Some(end) = until.or(settled) {
         fire_timers(config, &mut people, &mut out, end);
     }
     out
@@ -126,4 +132,66 @@ fn is_late_fix(input: &DeviceInput, config: &Config) -> bool {
     };
     let max_age = i64::try_from(config.presence.max_fix_age.as_secs()).unwrap_or(i64::MAX);
     input.received_at.unix_timestamp().saturating_sub(tst) > max_age
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::envelope::Transport;
+    use shared::state::EventKind;
+
+    const T0: i64 = 1_780_000_000;
+
+    fn transition(at: i64, event: &str) -> (String, Envelope) {
+        let message = serde_json::json!({"_type": "transition", "event": event, "desc": "Home",
+            "tst": at, "acc": 0, "lat": 51.5, "lon": -0.12, "t": "c"});
+        let envelope = Envelope {
+            schema_version: 1,
+            household: "home".into(),
+            user: "harry".into(),
+            device: "phone".into(),
+            topic: "owntracks/harry/phone/event".into(),
+            received_at: OffsetDateTime::from_unix_timestamp(at).unwrap(),
+            retained: false,
+            transport: Transport::Mqtt,
+            encrypted: false,
+            message: message.as_object().unwrap().clone(),
+        };
+        (format!("{at}-{event}"), envelope)
+    }
+
+    fn places(replayed: &Replayed) -> Vec<(String, i64)> {
+        replayed
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::Place)
+            .map(|e| (e.place.clone().unwrap(), e.at.unix_timestamp()))
+            .collect()
+    }
+
+    #[test]
+    fn debounced_leaves_fire_at_their_deadline_between_inputs_and_after_the_last() {
+        let config = Config::from_toml("[presence]\ndebounce = \"60s\"").unwrap();
+        let key = ("home".to_string(), "harry".to_string());
+        // A flap (back within 60 s), then a real leave an hour later.
+        let trace = [
+            transition(T0, "enter"),
+            transition(T0 + 100, "leave"),
+            transition(T0 + 130, "enter"),
+            transition(T0 + 3600, "leave"),
+        ];
+        let out = replay(&config, trace.clone(), None);
+        let harry = &out[&key];
+        assert_eq!(harry.flaps_suppressed, 1);
+        assert_eq!(
+            places(harry),
+            [("Home".to_string(), T0), ("Away".to_string(), T0 + 3600)],
+            "the last leave commits after the trace, at the leave's own time"
+        );
+        // Under a shorter debounce the flap is two changes.
+        let quick = Config::from_toml("[presence]\ndebounce = \"10s\"").unwrap();
+        let out = replay(&quick, trace, None);
+        assert_eq!(places(&out[&key]).len(), 4);
+        assert_eq!(out[&key].flaps_suppressed, 0);
+    }
 }
