@@ -157,6 +157,42 @@ async fn status_and_history_match_a_scripted_trace() {
     ));
     assert_eq!(yesterday["timeline"], json!([]));
 
+    // devices: the phone's state; tail: the same events, in order.
+    let devices = json_of(&whereabouts(&nats, None, &["--json", "devices"]));
+    let [phone] = devices.as_array().unwrap().as_slice() else {
+        panic!("one device: {devices}")
+    };
+    assert_eq!(
+        (&phone["user"], &phone["device"]),
+        (&json!("harry"), &json!("phone"))
+    );
+    assert_eq!(phone["person"], "harry");
+    assert_eq!(phone["last_fix"]["batt"], 80.0);
+    let tail = whereabouts(
+        &nats,
+        None,
+        &[
+            "--json",
+            "tail",
+            "weasleys",
+            "--since",
+            "1h",
+            "--count",
+            &events.len().to_string(),
+        ],
+    );
+    assert!(tail.status.success(), "{tail:?}");
+    let tailed: Vec<String> = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<PresenceEvent>(line)
+                .expect("an event")
+                .id
+        })
+        .collect();
+    let ids: Vec<String> = events.iter().map(|(_, e)| e.id.clone()).collect();
+    assert_eq!(tailed, ids);
+
     // The human forms read the same state.
     let text = whereabouts(&nats, None, &["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
