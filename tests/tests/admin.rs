@@ -17,10 +17,11 @@ use whereabouts_tests::{
     quiet_presence_events, wait_place,
 };
 
-/// The `whereabouts` binary, built once per run.
+/// The `whereabouts` binary (with `whereabouts-sim` beside it, for
+/// `simulate`), built once per run.
 fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| cargo_build(&["whereabouts-admin"]).join("whereabouts"))
+    BIN.get_or_init(|| cargo_build(&["whereabouts-admin", "simulator"]).join("whereabouts"))
 }
 
 /// Runs `whereabouts` with `args` against `nats_url`, with `config` (a
@@ -553,6 +554,25 @@ radius = 100
         &["--json", "check-config", example.to_str().unwrap()],
     ));
     assert_eq!(report["errors"], json!([]));
+}
+
+#[test]
+fn simulate_runs_the_simulator() {
+    let output = whereabouts(
+        "nats://127.0.0.1:1",
+        None,
+        &["simulate", "config", "--households", "2", "--people", "3"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let config = shared::config::Config::from_toml(&String::from_utf8_lossy(&output.stdout))
+        .expect("the simulator's generated config");
+    assert_eq!(config.households.len(), 2);
+    assert!(config.households.values().all(|h| h.people.len() == 3));
+    let bad = whereabouts("nats://127.0.0.1:1", None, &["simulate", "no-such-command"]);
+    assert!(
+        !bad.status.success(),
+        "the simulator's exit code is passed on"
+    );
 }
 
 #[test]
