@@ -282,6 +282,21 @@ async fn what_if_a_larger_margin_changes_place_less_on_a_jittery_trace() {
         10,
         "one line per envelope"
     );
+    // The range is of receive times: all of it arrived in the last hour.
+    let lines = |args: &[&str]| {
+        let output = whereabouts(&pipeline.nats.url(), Some(&current), args);
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).lines().count()
+    };
+    assert_eq!(
+        lines(&["export", "--household", "weasleys", "--since", "1h"]),
+        10
+    );
+    assert_eq!(
+        lines(&["export", "--household", "weasleys", "--until", "1h"]),
+        0
+    );
+    assert_eq!(lines(&["export", "--household", "grangers"]), 0);
     // Presence is not needed any more: what-if reads files only.
     drop(pipeline);
 
