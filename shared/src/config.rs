@@ -138,6 +138,9 @@ pub struct Household {
     pub regions: Vec<Region>,
     /// Whether a device no person claims becomes a person named after its user.
     pub unmapped_devices_are_people: bool,
+    /// IANA time zone (`Europe/London`) in which "today" is read, e.g. by
+    /// `whereabouts history --day`. Default: UTC.
+    pub time_zone: Option<String>,
 }
 
 impl Default for Household {
@@ -150,6 +153,7 @@ impl Default for Household {
             people: Vec::new(),
             regions: Vec::new(),
             unmapped_devices_are_people: true,
+            time_zone: None,
         }
     }
 }
@@ -190,6 +194,14 @@ impl Household {
     /// The configured person with this id.
     pub fn person(&self, id: &str) -> Option<&Person> {
         self.people.iter().find(|p| p.id() == id)
+    }
+
+    /// The household's time zone (`time_zone`, checked at load), else UTC.
+    pub fn tz(&self) -> jiff::tz::TimeZone {
+        self.time_zone
+            .as_deref()
+            .and_then(|name| jiff::tz::TimeZone::get(name).ok())
+            .unwrap_or(jiff::tz::TimeZone::UTC)
     }
 }
 
@@ -541,6 +553,11 @@ impl Config {
             if name.len() > MAX_TOPIC_LEVEL_BYTES {
                 bail!("households.{name}: the name is over {MAX_TOPIC_LEVEL_BYTES} bytes");
             }
+            if let Some(zone) = &household.time_zone {
+                jiff::tz::TimeZone::get(zone).with_context(|| {
+                    format!("households.{name}.time_zone {zone:?} is not an IANA time zone")
+                })?;
+            }
             if household.public && household.token.is_some() {
                 bail!("households.{name} has a token and public = true: choose one");
             }
@@ -643,6 +660,10 @@ mod tests {
         let config = Config::from_toml(text).expect("example config");
         assert!(config.households.contains_key("weasleys"));
         assert!(!config.notifier.sinks.is_empty());
+        assert_eq!(
+            config.households["weasleys"].tz().iana_name(),
+            Some("Europe/London")
+        );
     }
 
     #[test]
@@ -746,6 +767,7 @@ mod tests {
             "[ingest]\nuser_households = { bob = \"nowhere\" }",
             "[[ingest.devices]]\nuser = \"u\"\nhousehold = \"nowhere\"",
             "[[ingest.devices]]\nuser = \"u\"\nrequire_encryption = true",
+            "[households.home]\ntime_zone = \"Mars/Olympus_Mons\"",
         ];
         for text in bad {
             assert!(Config::from_toml(text).is_err(), "accepted: {text}");

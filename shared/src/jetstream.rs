@@ -260,6 +260,31 @@ pub async fn connect(
     Ok(client)
 }
 
+/// Connects once, without retrying, for a command-line tool: an
+/// unreachable server is an error naming the (redacted) URL, within `wait`.
+pub async fn connect_once(
+    url: &str,
+    auth: &NatsAuth,
+    name: &str,
+    wait: std::time::Duration,
+) -> anyhow::Result<async_nats::Client> {
+    let shown = crate::telemetry::redact_url(url);
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing NATS_URL {shown}"))?;
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .custom_inbox_prefix(inbox_prefix(name))
+        .connection_timeout(wait);
+    auth.apply(url, options)
+        .await?
+        .connect(servers)
+        .await
+        .with_context(|| format!("cannot reach NATS at {shown}"))
+}
+
 /// Runs `setup` until it succeeds, with jittered backoff between attempts
 /// (NATS may start after the service); `None` if `shutdown` comes first.
 pub async fn retry_setup<T, F, Fut>(
