@@ -215,7 +215,7 @@ async fn history(
     }
     let now = time::OffsetDateTime::now_utc();
     let since = match query.since.as_deref() {
-        None => history::day_start(now),
+        None => state.config.households[&household].day_start(now),
         Some(s) => {
             match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
                 Ok(t) => t,

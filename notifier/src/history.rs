@@ -46,13 +46,6 @@ pub(crate) struct History {
     pub(crate) truncated: bool,
 }
 
-/// The start of `now`'s day: midnight UTC. The household's own time zone
-/// would be the better "today"; the config names none yet.
-pub(crate) fn day_start(now: OffsetDateTime) -> OffsetDateTime {
-    now.to_offset(time::UtcOffset::UTC)
-        .replace_time(time::Time::MIDNIGHT)
-}
-
 /// The stays that `events` (a person's, in stream order) describe; the
 /// first place event also tells where the person was before it and since
 /// when. Without place events, the current state is the one stay.
@@ -257,13 +250,5 @@ mod tests {
         assert_eq!(many.len(), MAX_STAYS);
         assert_eq!(many[0].place, "P5");
         assert!(!bound(&mut many));
-    }
-
-    #[test]
-    fn the_day_starts_at_midnight_utc() {
-        assert_eq!(
-            day_start(datetime!(2026-12-01 23:59:59 +02:00)),
-            datetime!(2026-12-01 00:00 UTC)
-        );
     }
 }

@@ -203,6 +203,18 @@ impl Household {
             .and_then(|name| jiff::tz::TimeZone::get(name).ok())
             .unwrap_or(jiff::tz::TimeZone::UTC)
     }
+
+    /// The start of the household's day (midnight in its time zone) that
+    /// contains `t`: where "today" begins for its timeline.
+    pub fn day_start(&self, t: time::OffsetDateTime) -> time::OffsetDateTime {
+        jiff::Timestamp::from_second(t.unix_timestamp())
+            .and_then(|ts| ts.to_zoned(self.tz()).start_of_day())
+            .ok()
+            .and_then(|start| {
+                time::OffsetDateTime::from_unix_timestamp(start.timestamp().as_second()).ok()
+            })
+            .unwrap_or(t)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -663,6 +675,34 @@ mod tests {
         assert_eq!(
             config.households["weasleys"].tz().iana_name(),
             Some("Europe/London")
+        );
+    }
+
+    #[test]
+    fn a_household_day_starts_at_its_own_midnight() {
+        use time::macros::datetime;
+        let utc = Household::default();
+        assert_eq!(
+            utc.day_start(datetime!(2026-12-01 23:59:59 +02:00)),
+            datetime!(2026-12-01 00:00 UTC)
+        );
+        let tokyo = Household {
+            time_zone: Some("Asia/Tokyo".into()),
+            ..Household::default()
+        };
+        // 20:00 UTC is already the next day in Tokyo, which began at 15:00 UTC.
+        assert_eq!(
+            tokyo.day_start(datetime!(2026-12-01 20:00 UTC)),
+            datetime!(2026-12-01 15:00 UTC)
+        );
+        let london = Household {
+            time_zone: Some("Europe/London".into()),
+            ..Household::default()
+        };
+        // Summer time: midnight in London is 23:00 UTC the day before.
+        assert_eq!(
+            london.day_start(datetime!(2026-07-01 12:00 UTC)),
+            datetime!(2026-06-30 23:00 UTC)
         );
     }
 
