@@ -7,7 +7,7 @@ use shared::envelope::{Envelope, Transport, content_id};
 use shared::limits::MAX_TOPIC_LEVEL_BYTES;
 use shared::owntracks::{self, MessageType, Reason, Rejection};
 use shared::subjects;
-use shared::topic::{TopicMatch, TopicPattern};
+use shared::topic::{TopicMatch, TopicPattern, TopicPatterns};
 use time::OffsetDateTime;
 
 /// A payload as it arrived, before any judgement.
@@ -45,30 +45,37 @@ pub enum Verdict {
 /// How much of an oversized payload is kept on `rejected.>` for diagnosis.
 pub const MAX_REJECTED_BYTES: usize = 4096;
 
-/// Classifies payloads by the configured topic pattern, keys and limits.
+/// Classifies payloads by the configured topic patterns, keys and limits.
 #[derive(Debug, Clone)]
 pub struct Classifier {
-    pattern: TopicPattern,
+    patterns: TopicPatterns,
     config: Config,
 }
 
 impl Classifier {
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let pattern = TopicPattern::parse(&config.ingest.topic_pattern)?;
-        Ok(Classifier { pattern, config })
+        let patterns = TopicPatterns::parse(&config.ingest.topic_patterns())?;
+        Ok(Classifier { patterns, config })
     }
 
+    /// The first configured pattern: HTTP mode's topics are built with it.
     pub(crate) fn pattern(&self) -> &TopicPattern {
-        &self.pattern
+        self.patterns.primary()
+    }
+
+    pub(crate) fn patterns(&self) -> &TopicPatterns {
+        &self.patterns
     }
 
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
-    /// The household, user and device a topic names, if it fits the pattern.
+    /// The household, user and device a topic names, if it fits a pattern.
     fn identify(&self, topic: &str) -> Option<(String, TopicMatch)> {
-        let m = self.pattern.match_topic(topic)?;
+        let (_, m) = self
+            .patterns
+            .match_topic(topic, |h| self.config.accepts_household(h))?;
         let household = m
             .household
             .clone()
@@ -110,7 +117,16 @@ impl Classifier {
         let Some((household, m)) = who.clone() else {
             return reject(Rejection {
                 reason: Reason::TopicMismatch,
-                detail: format!("topic does not fit {:?}", self.config.ingest.topic_pattern),
+                detail: format!(
+                    "topic does not fit {}",
+                    self.config
+                        .ingest
+                        .topic_patterns()
+                        .iter()
+                        .map(|p| format!("{p:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
             });
         };
         // Rejected, never cut: a cut name could be someone else's.
