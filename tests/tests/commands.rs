@@ -177,7 +177,11 @@ async fn commands_reach_mqtt_and_http_mode_devices() {
     // harry's app is not known yet: sent, with a warning.
     let reply = served(&client, "send", json!({"household":"weasleys","user":"harry","device":"phone","command":{"_type":"cmd","action":"dump"}})).await;
     assert_eq!(reply["app"], Value::Null);
-    assert_eq!(reply["warnings"].as_array().map(Vec::len), Some(1), "{reply}");
+    assert_eq!(
+        reply["warnings"].as_array().map(Vec::len),
+        Some(1),
+        "{reply}"
+    );
 }
 
 /// A request may reach only a device of the household it names: a client
@@ -247,7 +251,11 @@ devices = ["hermione/phone"]
             "{body}: {}",
             String::from_utf8_lossy(&reply.payload)
         );
-        assert!(error_text(&reply).starts_with(why), "{body}: {}", error_text(&reply));
+        assert!(
+            error_text(&reply).starts_with(why),
+            "{body}: {}",
+            error_text(&reply)
+        );
     }
     assert!(
         phones.recv(Duration::from_secs(1)).await.is_none(),
@@ -278,7 +286,8 @@ fn corpus_dir() -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("OWNTRACKS_CORPUS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/owntracks-corpus")
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/owntracks-corpus")
         });
     if dir.join("INDEX.tsv").is_file() {
         Some(dir)
@@ -307,7 +316,12 @@ fn kind(v: &Value) -> &'static str {
 /// same JSON types, at the top, in `waypoints` and in each waypoint.
 fn assert_set_waypoints_shape(ours: &Value, corpus: &Value) {
     let keys = |v: &Value| -> Vec<(String, &'static str)> {
-        let mut k: Vec<_> = v.as_object().unwrap().iter().map(|(k, v)| (k.clone(), kind(v))).collect();
+        let mut k: Vec<_> = v
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), kind(v)))
+            .collect();
         k.sort();
         k
     };
@@ -361,7 +375,8 @@ devices = ["hermione/phone"]
 "#;
 
 const ANDROID_LOCATION: &str = r#"{"_type":"location","_id":"a1b2c3","lat":51.5,"lon":-0.12,"tst":1700000000,"created_at":1700000000,"tid":"hp"}"#;
-const IOS_STATUS: &str = r#"{"_type":"status","iOS":{"version":"18.3.2","deviceSystemName":"iOS"}}"#;
+const IOS_STATUS: &str =
+    r#"{"_type":"status","iOS":{"version":"18.3.2","deviceSystemName":"iOS"}}"#;
 
 /// Each action reaches the phone's `cmd` topic as exactly the expected
 /// JSON; what an app does not obey is refused; a phone moved to the
@@ -379,20 +394,44 @@ async fn each_action_reaches_the_phone_as_exactly_its_json() {
     publisher
         .publish("owntracks/weasleys/harry/phone", ANDROID_LOCATION)
         .await;
-    publisher.publish("owntracks/ginny/phone/status", IOS_STATUS).await;
-    let location = eventually("harry's location, with its household from the topic", Duration::from_secs(10), async || {
-        envelopes(&js, "owntracks.weasleys.harry.phone.location").await.pop()
-    })
+    publisher
+        .publish("owntracks/ginny/phone/status", IOS_STATUS)
+        .await;
+    let location = eventually(
+        "harry's location, with its household from the topic",
+        Duration::from_secs(10),
+        async || {
+            envelopes(&js, "owntracks.weasleys.harry.phone.location")
+                .await
+                .pop()
+        },
+    )
     .await;
     assert_eq!(location.1["topic"], "owntracks/weasleys/harry/phone");
     let phones = js.get_key_value("phones").await.expect("the phones bucket");
     eventually("ginny's status kept", Duration::from_secs(10), async || {
-        phones.get("weasleys.ginny.phone.status").await.ok().flatten()
+        phones
+            .get("weasleys.ginny.phone.status")
+            .await
+            .ok()
+            .flatten()
     })
     .await;
 
-    let mut harry = MqttSubscriber::connect(&mosquitto.url(), "harry-phone", true, &["owntracks/weasleys/harry/phone/cmd"]).await;
-    let mut ginny = MqttSubscriber::connect(&mosquitto.url(), "ginny-phone", true, &["owntracks/ginny/phone/cmd"]).await;
+    let mut harry = MqttSubscriber::connect(
+        &mosquitto.url(),
+        "harry-phone",
+        true,
+        &["owntracks/weasleys/harry/phone/cmd"],
+    )
+    .await;
+    let mut ginny = MqttSubscriber::connect(
+        &mosquitto.url(),
+        "ginny-phone",
+        true,
+        &["owntracks/ginny/phone/cmd"],
+    )
+    .await;
     let target = |user: &str| json!({"household":"weasleys","user":user,"device":"phone"});
     let with = |user: &str, key: &str, value: Value| {
         let mut t = target(user);
@@ -400,10 +439,26 @@ async fn each_action_reaches_the_phone_as_exactly_its_json() {
         t
     };
     let cases: Vec<(&str, Value, Value)> = vec![
-        ("report-location", target("harry"), json!({"_type":"cmd","action":"reportLocation"})),
-        ("clear-waypoints", target("harry"), json!({"_type":"cmd","action":"clearWaypoints"})),
-        ("waypoints", target("harry"), json!({"_type":"cmd","action":"waypoints"})),
-        ("status", target("harry"), json!({"_type":"cmd","action":"status"})),
+        (
+            "report-location",
+            target("harry"),
+            json!({"_type":"cmd","action":"reportLocation"}),
+        ),
+        (
+            "clear-waypoints",
+            target("harry"),
+            json!({"_type":"cmd","action":"clearWaypoints"}),
+        ),
+        (
+            "waypoints",
+            target("harry"),
+            json!({"_type":"cmd","action":"waypoints"}),
+        ),
+        (
+            "status",
+            target("harry"),
+            json!({"_type":"cmd","action":"status"}),
+        ),
         (
             "set-configuration",
             with("harry", "configuration", json!({"locked": true})),
@@ -411,7 +466,11 @@ async fn each_action_reaches_the_phone_as_exactly_its_json() {
         ),
         (
             "set-waypoints",
-            with("harry", "waypoints", json!([{"desc":"Burrow","lat":50.9,"lon":-1.4,"rad":200,"rid":"burrow-1","tst":1700000001}])),
+            with(
+                "harry",
+                "waypoints",
+                json!([{"desc":"Burrow","lat":50.9,"lon":-1.4,"rad":200,"rid":"burrow-1","tst":1700000001}]),
+            ),
             json!({"_type":"cmd","action":"setWaypoints","waypoints":{"_type":"waypoints","waypoints":[
                 {"_type":"waypoint","desc":"Burrow","lat":50.9,"lon":-1.4,"rad":200,"rid":"burrow-1","tst":1700000001}]}}),
         ),
@@ -422,46 +481,108 @@ async fn each_action_reaches_the_phone_as_exactly_its_json() {
                 "pubTopicBase":"owntracks/weasleys/ginny/phone",
                 "subTopic":"owntracks/weasleys/+/+ owntracks/weasleys/+/+/info owntracks/weasleys/+/+/event owntracks/weasleys/+/+/waypoint owntracks/weasleys/ginny/phone/cmd"}}),
         ),
-        ("dump", target("ginny"), json!({"_type":"cmd","action":"dump"})),
+        (
+            "dump",
+            target("ginny"),
+            json!({"_type":"cmd","action":"dump"}),
+        ),
     ];
     for (endpoint, body, expected) in cases {
         let user = body["user"].as_str().unwrap().to_string();
         let reply = served(&client, endpoint, body).await;
-        let phone = if user == "harry" { &mut harry } else { &mut ginny };
-        let got = phone.recv(Duration::from_secs(5)).await.unwrap_or_else(|| panic!("{endpoint}: nothing on {user}'s cmd topic"));
+        let phone = if user == "harry" {
+            &mut harry
+        } else {
+            &mut ginny
+        };
+        let got = phone
+            .recv(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{endpoint}: nothing on {user}'s cmd topic"));
         let got: Value = serde_json::from_slice(&got.payload).unwrap();
         assert_eq!(got, expected, "{endpoint}");
-        assert_eq!(reply["command"], expected, "{endpoint}: the reply says what was sent");
+        assert_eq!(
+            reply["command"], expected,
+            "{endpoint}: the reply says what was sent"
+        );
         assert_eq!(reply["warnings"], json!([]), "{endpoint}: the app is known");
-        assert_eq!(reply["app"], if user == "harry" { "android" } else { "ios" });
+        assert_eq!(
+            reply["app"],
+            if user == "harry" { "android" } else { "ios" }
+        );
     }
 
     // The household's regions, in the corpus's setWaypoints shape.
     let reply = served(&client, "set-waypoints", target("harry")).await;
-    let got: Value = serde_json::from_slice(&harry.recv(Duration::from_secs(5)).await.expect("setWaypoints").payload).unwrap();
+    let got: Value = serde_json::from_slice(
+        &harry
+            .recv(Duration::from_secs(5))
+            .await
+            .expect("setWaypoints")
+            .payload,
+    )
+    .unwrap();
     assert_eq!(got, reply["command"]);
-    let names: Vec<&str> = got["waypoints"]["waypoints"].as_array().unwrap().iter().map(|w| w["desc"].as_str().unwrap()).collect();
+    let names: Vec<&str> = got["waypoints"]["waypoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["desc"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["Home", "Work"]);
     if let Some(dir) = corpus_dir() {
         for file in ["cmd-booklet-1.json", "cmd-schema-test-15.json"] {
-            let corpus: Value = serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap();
+            let corpus: Value =
+                serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap();
             assert_set_waypoints_shape(&got, &corpus);
         }
     }
 
     // Android has no dump: refused, and nothing sent.
     let reply = request(&client, "dump", target("harry")).await;
-    assert!(error_text(&reply).starts_with("unsupported_action"), "{}", error_text(&reply));
-    let reply = request(&client, "send", with("harry", "command", json!({"_type":"cmd","action":"reportSteps"}))).await;
-    assert!(error_text(&reply).starts_with("unsupported_action"), "{}", error_text(&reply));
-    assert!(harry.recv(Duration::from_millis(500)).await.is_none(), "a refused command is not sent");
+    assert!(
+        error_text(&reply).starts_with("unsupported_action"),
+        "{}",
+        error_text(&reply)
+    );
+    let reply = request(
+        &client,
+        "send",
+        with(
+            "harry",
+            "command",
+            json!({"_type":"cmd","action":"reportSteps"}),
+        ),
+    )
+    .await;
+    assert!(
+        error_text(&reply).starts_with("unsupported_action"),
+        "{}",
+        error_text(&reply)
+    );
+    assert!(
+        harry.recv(Duration::from_millis(500)).await.is_none(),
+        "a refused command is not sent"
+    );
 
     // configure needs a pattern with {household}: ginny's reply said where
     // she will publish; once she does, her commands follow her there.
-    publisher.publish("owntracks/weasleys/ginny/phone", r#"{"_type":"location","lat":51.5,"lon":-0.12,"tst":1700000100}"#).await;
-    eventually("ginny on the household's topic", Duration::from_secs(10), async || {
-        envelopes(&js, "owntracks.weasleys.ginny.phone.location").await.into_iter().find(|(_, e)| e["topic"] == "owntracks/weasleys/ginny/phone")
-    })
+    publisher
+        .publish(
+            "owntracks/weasleys/ginny/phone",
+            r#"{"_type":"location","lat":51.5,"lon":-0.12,"tst":1700000100}"#,
+        )
+        .await;
+    eventually(
+        "ginny on the household's topic",
+        Duration::from_secs(10),
+        async || {
+            envelopes(&js, "owntracks.weasleys.ginny.phone.location")
+                .await
+                .into_iter()
+                .find(|(_, e)| e["topic"] == "owntracks/weasleys/ginny/phone")
+        },
+    )
     .await;
     let reply = served(&client, "report-location", target("ginny")).await;
     assert_eq!(reply["topic"], "owntracks/weasleys/ginny/phone/cmd");
@@ -474,7 +595,8 @@ async fn bad_requests_are_refused_with_a_reason_and_send_nothing() {
     let mosquitto = Mosquitto::start().await;
     let _ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), TWO_PATTERNS).await;
     let client = nats.client().await;
-    let mut phones = MqttSubscriber::connect(&mosquitto.url(), "cmd-watcher", true, &["owntracks/#"]).await;
+    let mut phones =
+        MqttSubscriber::connect(&mosquitto.url(), "cmd-watcher", true, &["owntracks/#"]).await;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("report-location", br#"{"household":"weasleys","user":"neville","device":"phone"}"#.to_vec(), "unknown_device"),
         ("report-location", br#"{"household":"weasleys","user":"hermione","device":"phone"}"#.to_vec(), "wrong_household"),
@@ -489,11 +611,22 @@ async fn bad_requests_are_refused_with_a_reason_and_send_nothing() {
     for (endpoint, body, why) in cases {
         let reply = request_raw(&client, endpoint, body.clone()).await;
         let error = error_text(&reply);
-        assert!(error.starts_with(&format!("{why}: ")), "{endpoint} {}: {error:?}", String::from_utf8_lossy(&body));
-        let code = reply.headers.as_ref().and_then(|h| h.get("Nats-Service-Error-Code")).map(|v| v.to_string());
+        assert!(
+            error.starts_with(&format!("{why}: ")),
+            "{endpoint} {}: {error:?}",
+            String::from_utf8_lossy(&body)
+        );
+        let code = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+            .map(|v| v.to_string());
         assert_eq!(code.as_deref(), Some("400"));
     }
-    assert!(phones.recv(Duration::from_secs(1)).await.is_none(), "a refused request sent nothing");
+    assert!(
+        phones.recv(Duration::from_secs(1)).await.is_none(),
+        "a refused request sent nothing"
+    );
 }
 
 /// `push-regions` reaches every device of the household and none of
@@ -505,20 +638,31 @@ async fn push_regions_reaches_the_household_and_drift_shows_a_missing_region() {
     let _ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), TWO_PATTERNS).await;
     let client = nats.client().await;
     let js = nats.jetstream().await;
-    let mut phones = MqttSubscriber::connect(&mosquitto.url(), "cmd-watcher", true, &["owntracks/#"]).await;
+    let mut phones =
+        MqttSubscriber::connect(&mosquitto.url(), "cmd-watcher", true, &["owntracks/#"]).await;
 
     let reply = served(&client, "push-regions", json!({"household":"weasleys"})).await;
     let got = phones.recv_n(3, Duration::from_secs(5)).await;
     let mut topics: Vec<&str> = got.iter().map(|m| m.topic.as_str()).collect();
     topics.sort();
-    assert_eq!(topics, ["owntracks/ginny/phone/cmd", "owntracks/harry/phone/cmd", "owntracks/ron/phone/cmd"]);
+    assert_eq!(
+        topics,
+        [
+            "owntracks/ginny/phone/cmd",
+            "owntracks/harry/phone/cmd",
+            "owntracks/ron/phone/cmd"
+        ]
+    );
     for m in &got {
         let cmd: Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(cmd, reply["command"]);
     }
     assert_eq!(reply["devices"].as_array().unwrap().len(), 3, "{reply}");
     // The copies ingest reads back are cmds on OWNTRACKS, not more commands.
-    assert!(phones.recv(Duration::from_secs(1)).await.is_none(), "nothing for the grangers");
+    assert!(
+        phones.recv(Duration::from_secs(1)).await.is_none(),
+        "nothing for the grangers"
+    );
 
     // Again: the same ids, so the phones update their regions.
     let again = served(&client, "push-regions", json!({"household":"weasleys"})).await;
@@ -530,20 +674,31 @@ async fn push_regions_reaches_the_household_and_drift_shows_a_missing_region() {
     publisher.publish("owntracks/harry/phone/waypoints", r#"{"_type":"waypoints","waypoints":[{"_type":"waypoint","desc":"Home","lat":51.5,"lon":-0.12,"rad":120,"tst":1598451372},{"_type":"waypoint","desc":"Quidditch","lat":51.6,"lon":-0.2,"rad":300,"tst":1598451373}]}"#).await;
     let phones_kv = js.get_key_value("phones").await.expect("the phones bucket");
     let kept = eventually("harry's export kept", Duration::from_secs(10), async || {
-        phones_kv.get("weasleys.harry.phone.waypoints").await.ok().flatten()
+        phones_kv
+            .get("weasleys.harry.phone.waypoints")
+            .await
+            .ok()
+            .flatten()
     })
     .await;
     let kept: Value = serde_json::from_slice(&kept).unwrap();
     assert_eq!(kept["message"]["waypoints"].as_array().unwrap().len(), 2);
     let drift = served(&client, "drift", json!({"household":"weasleys"})).await;
     let devices = drift["devices"].as_array().unwrap();
-    let harry = devices.iter().find(|d| d["user"] == "harry").expect("harry in the drift report");
+    let harry = devices
+        .iter()
+        .find(|d| d["user"] == "harry")
+        .expect("harry in the drift report");
     assert_eq!(harry["missing"], json!(["Work"]), "{drift}");
     assert_eq!(harry["extra"], json!(["Quidditch"]));
     assert_eq!(harry["moved"], json!([]));
     assert_eq!(harry["in_sync"], false);
     let ron = devices.iter().find(|d| d["user"] == "ron").unwrap();
-    assert_eq!(ron["exported_at"], Value::Null, "ron never exported his regions");
+    assert_eq!(
+        ron["exported_at"],
+        Value::Null,
+        "ron never exported his regions"
+    );
     assert!(devices.iter().all(|d| d["user"] != "hermione"));
 }
 
@@ -555,7 +710,12 @@ async fn a_queued_command_survives_an_ingest_restart_and_is_delivered_once() {
     let mosquitto = Mosquitto::start().await;
     let mut ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), CONFIG).await;
     let client = nats.client().await;
-    let reply = served(&client, "clear-waypoints", json!({"household":"weasleys","user":"jane","device":"phone"})).await;
+    let reply = served(
+        &client,
+        "clear-waypoints",
+        json!({"household":"weasleys","user":"jane","device":"phone"}),
+    )
+    .await;
     assert_eq!(reply["queued_for_http"], true);
 
     ingest.restart().await;
@@ -565,12 +725,17 @@ async fn a_queued_command_survives_an_ingest_restart_and_is_delivered_once() {
             .basic_auth("jane", Some("s3cret"))
             .header("X-Limit-U", "jane")
             .header("X-Limit-D", "phone")
-            .body(json!({"_type":"location","lat":51.5,"lon":-0.12,"tst":1_700_000_000}).to_string())
+            .body(
+                json!({"_type":"location","lat":51.5,"lon":-0.12,"tst":1_700_000_000}).to_string(),
+            )
             .send()
     };
     let body: Vec<Value> = post().await.unwrap().json().await.unwrap();
     let cmds: Vec<&Value> = body.iter().filter(|m| m["_type"] == "cmd").collect();
     assert_eq!(cmds, [&json!({"_type":"cmd","action":"clearWaypoints"})]);
     let again: Vec<Value> = post().await.unwrap().json().await.unwrap();
-    assert!(again.iter().all(|m| m["_type"] != "cmd"), "delivered once: {again:?}");
+    assert!(
+        again.iter().all(|m| m["_type"] != "cmd"),
+        "delivered once: {again:?}"
+    );
 }

@@ -636,6 +636,8 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
             "set-waypoints",
             json!({"household":"weasleys","user":"harry","device":"phone"}),
         ),
+        ("push-regions", json!({"household":"weasleys"})),
+        ("drift", json!({"household":"weasleys"})),
     ] {
         checker.check(
             "commands-request.json",
