@@ -703,7 +703,13 @@ async fn services_run_with_their_own_nats_users() {
     eventually(
         "jane's status in the phones bucket",
         Duration::from_secs(10),
-        async || phones.get("weasleys.jane.phone.status").await.ok().flatten(),
+        async || {
+            phones
+                .get("weasleys.jane.phone.status")
+                .await
+                .ok()
+                .flatten()
+        },
     )
     .await;
 
