@@ -278,6 +278,46 @@ mod tests {
         assert_eq!(subject, "owntracks.b.bob.d.location");
     }
 
+    #[test]
+    fn old_and_household_topics_side_by_side() {
+        let c = classifier(
+            r#"
+            [ingest]
+            topic_patterns = ["owntracks/{user}/{device}", "owntracks/{household}/{user}/{device}"]
+            default_household = "a"
+            [households.a]
+            [households.b]
+            "#,
+        );
+        let subject = |topic: &str, payload: &[u8]| match c.classify(&incoming(topic, payload)) {
+            Verdict::Accepted { subject, .. } => subject,
+            other => panic!("{topic}: {other:?}"),
+        };
+        assert_eq!(
+            subject("owntracks/bob/d", LOCATION),
+            "owntracks.a.bob.d.location"
+        );
+        assert_eq!(
+            subject("owntracks/b/bob/d", LOCATION),
+            "owntracks.b.bob.d.location"
+        );
+        let event = br#"{"_type":"transition","event":"enter","desc":"Home","tst":1700000000,"lat":1,"lon":2,"acc":5,"tid":"bd","wtst":1}"#;
+        assert_eq!(
+            subject("owntracks/bob/d/event", event),
+            "owntracks.a.bob.d.transition"
+        );
+        assert_eq!(
+            subject("owntracks/b/bob/d/event", event),
+            "owntracks.b.bob.d.transition"
+        );
+        // Neither fits plausibly (no household x, no suffix z): read by the
+        // first pattern, as with that pattern alone.
+        assert_eq!(
+            subject("owntracks/x/y/z", LOCATION),
+            "owntracks.a.x.y.location"
+        );
+    }
+
     fn rejection(c: &Classifier, topic: &str, payload: &[u8]) -> (Reason, String) {
         match c.classify(&incoming(topic, payload)) {
             Verdict::Rejected {
