@@ -708,7 +708,23 @@ async fn push_regions_reaches_the_household_and_drift_shows_a_missing_region() {
 async fn a_queued_command_survives_an_ingest_restart_and_is_delivered_once() {
     let nats = NatsServer::start().await;
     let mosquitto = Mosquitto::start().await;
+    // A bucket as earlier versions created it: commands dropped after 7 days.
+    let js = nats.jetstream().await;
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "commands".into(),
+        history: 1,
+        max_age: Duration::from_secs(7 * 86_400),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let mut ingest = Service::start("ingest", &nats.url(), &mosquitto.url(), CONFIG).await;
+    let mut stream = js.get_stream("KV_commands").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().config.max_age,
+        Duration::ZERO,
+        "queued commands are kept until delivered"
+    );
     let client = nats.client().await;
     let reply = served(
         &client,

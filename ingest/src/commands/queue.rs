@@ -2,6 +2,7 @@
 //! per device holding a JSON array, taken whole by the device's next
 //! `POST /pub`. Kept until delivered (no age limit), across restarts.
 
+use anyhow::Context;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use serde_json::Value;
@@ -15,6 +16,13 @@ pub(crate) const MAX_QUEUED: usize = 32;
 
 pub(crate) async fn bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
     if let Ok(store) = js.get_key_value(COMMANDS_BUCKET).await {
+        // Buckets created by earlier versions dropped commands after 7 days.
+        if let Err(e) = lift_age_limit(js).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "queued commands keep their age limit"
+            );
+        }
         return Ok(store);
     }
     Ok(js
@@ -24,6 +32,24 @@ pub(crate) async fn bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store>
             ..Default::default()
         })
         .await?)
+}
+
+async fn lift_age_limit(js: &jetstream::Context) -> anyhow::Result<()> {
+    let mut stream = js
+        .get_stream(format!("KV_{COMMANDS_BUCKET}"))
+        .await
+        .context("the commands bucket's stream")?;
+    let config = stream.info().await?.config.clone();
+    if !config.max_age.is_zero() {
+        js.update_stream(jetstream::stream::Config {
+            max_age: std::time::Duration::ZERO,
+            ..config
+        })
+        .await
+        .context("lifting the commands bucket's age limit")?;
+        tracing::info!("queued commands now kept until delivered");
+    }
+    Ok(())
 }
 
 pub(crate) fn key(household: &str, user: &str, device: &str) -> String {
