@@ -101,12 +101,12 @@ pub(crate) async fn run(
     let generation = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::unbounded_channel();
     let qos0_used = Arc::new(AtomicUsize::new(0));
-    let subscription = classifier.pattern().subscription();
+    let subscriptions = classifier.patterns().subscriptions();
     let stop = CancellationToken::new();
     let poller = tokio::spawn(event_loop(
         eventloop,
         client.clone(),
-        subscription,
+        subscriptions,
         tx,
         generation.clone(),
         qos0_used.clone(),
@@ -143,7 +143,7 @@ pub(crate) async fn run(
 async fn event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    subscription: String,
+    subscriptions: Vec<String>,
     tx: mpsc::UnboundedSender<Queued>,
     generation: Arc<AtomicU64>,
     qos0_used: Arc<AtomicUsize>,
@@ -196,9 +196,12 @@ async fn event_loop(
                 // Always subscribe again: a broker that lost the session has
                 // forgotten the subscription. Not awaited here: the request
                 // channel may be full of acks only this loop can drain.
-                let (client, filter) = (client.clone(), subscription.clone());
+                let (client, filters) = (client.clone(), subscriptions.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = client.subscribe(filter.as_str(), QoS::AtLeastOnce).await {
+                    let filters = filters
+                        .into_iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                    if let Err(e) = client.subscribe_many(filters).await {
                         tracing::error!(error = %e, "MQTT subscribe request failed");
                     }
                 });
@@ -210,10 +213,10 @@ async fn event_loop(
                     .iter()
                     .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 if !granted {
-                    tracing::error!(filter = %subscription, "the broker refused the subscription (ACL?)");
+                    tracing::error!(filters = ?subscriptions, "the broker refused a subscription (ACL?)");
                 }
                 ready.set(granted);
-                tracing::info!(return_codes = ?ack.return_codes, filter = %subscription, "MQTT subscribed");
+                tracing::info!(return_codes = ?ack.return_codes, filters = ?subscriptions, "MQTT subscribed");
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
             Ok(_) => {}

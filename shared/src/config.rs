@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::MAX_TOPIC_LEVEL_BYTES;
 use crate::state::EventKind;
-use crate::topic::TopicPattern;
+use crate::topic::TopicPatterns;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +57,10 @@ fn default_households() -> BTreeMap<String, Household> {
 pub struct IngestConfig {
     /// `owntracks/{user}/{device}` or `owntracks/{household}/{user}/{device}`.
     pub topic_pattern: String,
+    /// Several patterns at once, instead of `topic_pattern`: a household
+    /// moves its phones to `owntracks/{household}/{user}/{device}` one by
+    /// one while the others keep the old topics. Empty: `topic_pattern`.
+    pub topic_patterns: Vec<String>,
     /// The household of every user when the pattern has no `{household}`.
     pub default_household: String,
     /// Per-user households, overriding `default_household`.
@@ -78,10 +82,29 @@ pub struct IngestConfig {
     pub allow_unknown_households: bool,
 }
 
+const DEFAULT_TOPIC_PATTERN: &str = "owntracks/{user}/{device}";
+
+impl IngestConfig {
+    /// The accepted topic patterns: `topic_patterns`, else `topic_pattern`.
+    pub fn topic_patterns(&self) -> Vec<&str> {
+        if self.topic_patterns.is_empty() {
+            vec![self.topic_pattern.as_str()]
+        } else {
+            self.topic_patterns.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The accepted topic patterns, parsed (checked when the config loads).
+    pub fn patterns(&self) -> TopicPatterns {
+        TopicPatterns::parse(&self.topic_patterns()).expect("validated with the config")
+    }
+}
+
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            topic_pattern: "owntracks/{user}/{device}".into(),
+            topic_pattern: DEFAULT_TOPIC_PATTERN.into(),
+            topic_patterns: Vec::new(),
             default_household: DEFAULT_HOUSEHOLD.into(),
             user_households: BTreeMap::new(),
             client_id: "whereabouts-ingest".into(),
@@ -513,9 +536,21 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let pattern =
-            TopicPattern::parse(&self.ingest.topic_pattern).context("ingest.topic_pattern")?;
-        if !pattern.has_household() && !self.households.contains_key(&self.ingest.default_household)
+        if !self.ingest.topic_patterns.is_empty()
+            && self.ingest.topic_pattern != DEFAULT_TOPIC_PATTERN
+            && !self
+                .ingest
+                .topic_patterns
+                .contains(&self.ingest.topic_pattern)
+        {
+            bail!(
+                "ingest.topic_pattern and ingest.topic_patterns disagree: set topic_patterns only"
+            );
+        }
+        let patterns =
+            TopicPatterns::parse(&self.ingest.topic_patterns()).context("ingest.topic_patterns")?;
+        if !patterns.all_have_household()
+            && !self.households.contains_key(&self.ingest.default_household)
         {
             bail!(
                 "ingest.default_household {:?} is not among [households]",
@@ -719,6 +754,21 @@ mod tests {
     fn rejects_typos_and_bad_values() {
         assert!(Config::from_toml("[presence]\nstale_afer = \"1h\"").is_err());
         assert!(Config::from_toml("[ingest]\ntopic_pattern = \"owntracks/{device}\"").is_err());
+        assert!(
+            Config::from_toml("[ingest]\ntopic_patterns = []\ntopic_pattern = \"x/{device}\"")
+                .is_err()
+        );
+        assert!(Config::from_toml("[ingest]\ntopic_patterns = [\"owntracks/{user}\"]").is_err());
+        assert!(
+            Config::from_toml("[ingest]\ntopic_pattern = \"a/{user}/{device}\"\ntopic_patterns = [\"b/{user}/{device}\"]")
+                .is_err(),
+            "two keys that disagree"
+        );
+        let both = Config::from_toml(
+            "[ingest]\ntopic_patterns = [\"owntracks/{user}/{device}\", \"owntracks/{household}/{user}/{device}\"]",
+        )
+        .unwrap();
+        assert_eq!(both.ingest.patterns().iter().count(), 2);
         assert!(
             Config::from_toml("[households.a]\ntoken = \"short\"").is_err(),
             "short tokens are refused"

@@ -655,6 +655,8 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
             "set-waypoints",
             json!({"household":"weasleys","user":"harry","device":"phone"}),
         ),
+        ("push-regions", json!({"household":"weasleys"})),
+        ("drift", json!({"household":"weasleys"})),
     ] {
         checker.check(
             "commands-request.json",
@@ -815,7 +817,8 @@ fn each_schema_refuses_a_document_that_breaks_the_contract() {
         (
             "commands-reply.json",
             json!({"topic":"owntracks/harry/phone/cmd","mqtt":true,
-            "queued_for_http":false,"encrypted":false}),
+            "queued_for_http":false,"encrypted":false,"action":"reportLocation",
+            "command":{"_type":"cmd","action":"reportLocation"},"app":null,"warnings":[]}),
             &[
                 ("/mqtt", json!("yes")),
                 ("/topic", json!("owntracks/harry/phone")),
