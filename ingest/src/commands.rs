@@ -44,18 +44,21 @@ pub(crate) struct Commands {
     pub(crate) queue: kv::Store,
 }
 
-pub(crate) async fn queue_bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(COMMANDS_BUCKET).await {
-        return Ok(store);
-    }
-    Ok(js
-        .create_key_value(kv::Config {
+pub(crate) async fn queue_bucket(
+    js: &jetstream::Context,
+    streams: &shared::config::StreamsConfig,
+) -> anyhow::Result<kv::Store> {
+    shared::jetstream::ensure_bucket(
+        js,
+        kv::Config {
             bucket: COMMANDS_BUCKET.into(),
             history: 1,
             max_age: std::time::Duration::from_secs(7 * 86_400),
+            num_replicas: streams.replicas,
             ..Default::default()
-        })
-        .await?)
+        },
+    )
+    .await
 }
 
 fn queue_key(household: &str, user: &str, device: &str) -> String {
