@@ -190,7 +190,10 @@ pub async fn event_contents(js: &jetstream::Context) -> BTreeMap<String, usize> 
 
 /// The PRESENCE stream's events as (stream sequence, event id), with the
 /// ids that occur more than once.
-pub async fn presence_ids(js: &jetstream::Context, filter: &str) -> (Vec<(u64, String)>, Vec<String>) {
+pub async fn presence_ids(
+    js: &jetstream::Context,
+    filter: &str,
+) -> (Vec<(u64, String)>, Vec<String>) {
     let events: Vec<(u64, String)> = stream_messages(js, "PRESENCE", filter)
         .await
         .iter()
