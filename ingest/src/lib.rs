@@ -91,13 +91,8 @@ pub async fn run(
     }
     streams_ready.set(true);
 
-    let client_id = &classifier.config().ingest.client_id;
-    let subscription = settings
-        .mqtt
-        .as_ref()
-        .map(|m| m.subscription(client_id, &classifier.pattern().subscription()));
     let mqtt = match &settings.mqtt {
-        Some(m) => Some(mqtt::connect(m, client_id)?),
+        Some(m) => Some(mqtt::connect(m, &classifier.config().ingest.client_id)?),
         None => None,
     };
     let commands = commands::Commands {
@@ -115,7 +110,6 @@ pub async fn run(
         // would cross threads, which caps the message rate.
         let bridge = tokio::spawn(mqtt::run(
             connection,
-            subscription.expect("set with the MQTT settings"),
             classifier,
             js,
             metrics,

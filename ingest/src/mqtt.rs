@@ -65,8 +65,9 @@ pub struct MqttSettings {
     pub password: Option<String>,
     /// PEM CA for `mqtts://` brokers with a private CA.
     pub ca_file: Option<std::path::PathBuf>,
-    /// Set when several ingests run: its own client id and session, and a
-    /// shared subscription so that each message goes to one of them.
+    /// Set when several ingests run: its own client id and session. Each
+    /// instance receives every message; JetStream keeps one copy of each
+    /// (`Nats-Msg-Id`), and a phone's messages stay in their order.
     pub instance: Option<String>,
 }
 
@@ -74,17 +75,6 @@ impl MqttSettings {
     /// The client id: the configured one, `-<instance>` appended if set.
     pub(crate) fn client_id(&self, configured: &str) -> String {
         shared::cli::instance_client_id(configured, self.instance.as_deref())
-    }
-
-    /// What to subscribe to: `filter`, or for a named instance
-    /// `$share/<configured client id>/<filter>`, so that the broker gives
-    /// each message to one instance of the group (and queues an offline
-    /// member's share in its session until it is back).
-    pub(crate) fn subscription(&self, configured: &str, filter: &str) -> String {
-        match self.instance.as_deref().map(str::trim) {
-            Some(i) if !i.is_empty() => format!("$share/{configured}/{filter}"),
-            _ => filter.to_string(),
-        }
     }
 }
 
@@ -111,7 +101,6 @@ pub(crate) fn connect(
 /// those in flight, and disconnects.
 pub(crate) async fn run(
     (client, eventloop): (AsyncClient, EventLoop),
-    subscription: String,
     classifier: Arc<Classifier>,
     js: jetstream::Context,
     metrics: Metrics,
@@ -123,6 +112,7 @@ pub(crate) async fn run(
     let generation = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::unbounded_channel();
     let qos0_used = Arc::new(AtomicUsize::new(0));
+    let subscription = classifier.pattern().subscription();
     let stop = CancellationToken::new();
     let poller = tokio::spawn(event_loop(
         eventloop,
