@@ -97,7 +97,7 @@ pub async fn run(
         Some(m) => Some(mqtt::connect(m, &classifier.config().ingest.client_id)?),
         None => None,
     };
-    let phones = commands::replies::bucket(&js)
+    let phones = commands::replies::bucket(&js, streams)
         .await
         .context("creating the phones bucket")?;
     let replies = tokio::spawn(commands::replies::keep(
@@ -109,7 +109,7 @@ pub async fn run(
         classifier: classifier.clone(),
         mqtt: mqtt.as_ref().map(|(client, _)| client.clone()),
         js: js.clone(),
-        queue: commands::queue::bucket(&js)
+        queue: commands::queue::bucket(&js, streams)
             .await
             .context("creating the commands bucket")?,
         phones,

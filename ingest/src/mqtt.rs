@@ -65,17 +65,28 @@ pub struct MqttSettings {
     pub password: Option<String>,
     /// PEM CA for `mqtts://` brokers with a private CA.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Set when several ingests run: its own client id and session. Each
+    /// instance receives every message; JetStream keeps one copy of each
+    /// (`Nats-Msg-Id`), and a phone's messages stay in their order.
+    pub instance: Option<String>,
+}
+
+impl MqttSettings {
+    /// The client id: the configured one, `-<instance>` appended if set.
+    pub(crate) fn client_id(&self, configured: &str) -> String {
+        shared::cli::instance_client_id(configured, self.instance.as_deref())
+    }
 }
 
 /// The bridge's MQTT client and its event loop, not yet running. The client
 /// is also how commands go out to the phones.
 pub(crate) fn connect(
     settings: &MqttSettings,
-    client_id: &str,
+    configured_client_id: &str,
 ) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let mut options = shared::mqtt::options(
         &settings.url,
-        client_id,
+        &settings.client_id(configured_client_id),
         settings.username.as_deref(),
         settings.password.as_deref(),
         settings.ca_file.as_deref(),

@@ -44,6 +44,8 @@ pub struct Settings {
     pub mqtt_url: String,
     /// PEM CA for `mqtts://` sink brokers with a private CA.
     pub mqtt_ca_file: Option<std::path::PathBuf>,
+    /// This instance's name when several run: part of `mqtt` sinks' client ids.
+    pub instance: Option<String>,
     pub config: Config,
 }
 
@@ -134,6 +136,7 @@ async fn serve_until_shutdown(
     let context = sinks::Context {
         mqtt_url: &settings.mqtt_url,
         mqtt_ca_file: settings.mqtt_ca_file.as_deref(),
+        instance: settings.instance.as_deref(),
         households: &config.households,
         shutdown: &shutdown,
         tasks,

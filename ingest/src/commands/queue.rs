@@ -14,24 +14,28 @@ pub(crate) const COMMANDS_BUCKET: &str = "commands";
 /// must not grow its entry without bound.
 pub(crate) const MAX_QUEUED: usize = 32;
 
-pub(crate) async fn bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(COMMANDS_BUCKET).await {
-        // Buckets created by earlier versions dropped commands after 7 days.
-        if let Err(e) = lift_age_limit(js).await {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "queued commands keep their age limit"
-            );
-        }
-        return Ok(store);
-    }
-    Ok(js
-        .create_key_value(kv::Config {
+pub(crate) async fn bucket(
+    js: &jetstream::Context,
+    streams: &shared::config::StreamsConfig,
+) -> anyhow::Result<kv::Store> {
+    let store = shared::jetstream::ensure_bucket(
+        js,
+        kv::Config {
             bucket: COMMANDS_BUCKET.into(),
             history: 1,
+            num_replicas: streams.replicas,
             ..Default::default()
-        })
-        .await?)
+        },
+    )
+    .await?;
+    // Buckets created by earlier versions dropped commands after 7 days.
+    if let Err(e) = lift_age_limit(js).await {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "queued commands keep their age limit"
+        );
+    }
+    Ok(store)
 }
 
 async fn lift_age_limit(js: &jetstream::Context) -> anyhow::Result<()> {

@@ -19,17 +19,20 @@ pub(crate) const PHONES_BUCKET: &str = "phones";
 /// The message types a phone publishes when asked.
 const KINDS: [&str; 3] = ["waypoints", "status", "dump"];
 
-pub(crate) async fn bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(PHONES_BUCKET).await {
-        return Ok(store);
-    }
-    Ok(js
-        .create_key_value(kv::Config {
+pub(crate) async fn bucket(
+    js: &jetstream::Context,
+    streams: &shared::config::StreamsConfig,
+) -> anyhow::Result<kv::Store> {
+    shared::jetstream::ensure_bucket(
+        js,
+        kv::Config {
             bucket: PHONES_BUCKET.into(),
             history: 1,
+            num_replicas: streams.replicas,
             ..Default::default()
-        })
-        .await?)
+        },
+    )
+    .await
 }
 
 /// `<household>.<user>.<device>.<kind>`, names encoded as in subjects.
