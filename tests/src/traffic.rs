@@ -91,14 +91,41 @@ pub fn distinct_messages(recording: &std::path::Path, sent: &Sent) -> u64 {
     ids.len() as u64 + sealed
 }
 
-/// Waits (up to `within`) until OWNTRACKS holds `want` messages and
-/// PRESENCE stops growing (two reads 1 s apart agree); returns the
-/// PRESENCE count.
+/// Waits (up to `within`) until OWNTRACKS holds `want` messages, presence
+/// has taken and acknowledged every one of them (its durable consumer has
+/// nothing pending: a message is acked only after its events are
+/// published), and PRESENCE stops growing (two reads 1 s apart agree);
+/// returns the PRESENCE count. Waiting on the consumer, not only on the
+/// stream's growth, matters after a broker restart: presence may still be
+/// in a reconnect backoff while PRESENCE looks still.
 pub async fn settle(js: &jetstream::Context, want: u64, within: Duration) -> u64 {
     eventually(
         &format!("{want} messages on OWNTRACKS"),
         within,
         async || (stream_count(js, "OWNTRACKS").await >= want).then_some(()),
+    )
+    .await;
+    eventually(
+        "presence's consumer to have taken and acked everything",
+        within,
+        async || {
+            let mut consumer: jetstream::consumer::PullConsumer = js
+                .get_stream("OWNTRACKS")
+                .await
+                .map_err(|e| e.to_string())?
+                .get_consumer("presence")
+                .await
+                .map_err(|e| e.to_string())?;
+            let info = consumer.info().await.map_err(|e| e.to_string())?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} pending, {} unacked",
+                    info.num_pending, info.num_ack_pending
+                ))
+            }
+        },
     )
     .await;
     let mut before = stream_count(js, "PRESENCE").await;
