@@ -21,19 +21,21 @@ COPY ingest/Cargo.toml ingest/
 COPY presence/Cargo.toml presence/
 COPY notifier/Cargo.toml notifier/
 COPY simulator/Cargo.toml simulator/
+COPY admin/Cargo.toml admin/
 COPY tests/Cargo.toml tests/
 COPY examples/rust-consumer/Cargo.toml examples/rust-consumer/
 RUN set -eux; \
-    for crate in shared ingest presence notifier simulator tests; do \
+    for crate in shared ingest presence notifier simulator admin tests; do \
         mkdir -p "$crate/src"; echo '' > "$crate/src/lib.rs"; \
     done; \
     mkdir -p tests/src/bin examples/rust-consumer/src; \
     echo 'fn main() {}' > tests/src/bin/service.rs; \
     echo 'fn main() {}' > tests/src/bin/bench.rs; \
     echo 'fn main() {}' > simulator/src/main.rs; \
+    echo 'fn main() {}' > admin/src/main.rs; \
     echo 'fn main() {}' > examples/rust-consumer/src/main.rs; \
     cargo build --release --locked -p ingest -p presence -p notifier; \
-    rm -rf shared/src ingest/src presence/src notifier/src simulator/src tests/src \
+    rm -rf shared/src ingest/src presence/src notifier/src simulator/src admin/src tests/src \
         examples/rust-consumer/src
 
 # The real sources. `touch` makes them newer than the stubs' build so cargo

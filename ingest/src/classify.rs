@@ -7,7 +7,7 @@ use shared::envelope::{Envelope, Transport, content_id};
 use shared::limits::MAX_TOPIC_LEVEL_BYTES;
 use shared::owntracks::{self, MessageType, Reason, Rejection};
 use shared::subjects;
-use shared::topic::{TopicMatch, TopicPattern};
+use shared::topic::{TopicMatch, TopicPattern, TopicPatterns};
 use time::OffsetDateTime;
 
 /// A payload as it arrived, before any judgement.
@@ -45,30 +45,37 @@ pub enum Verdict {
 /// How much of an oversized payload is kept on `rejected.>` for diagnosis.
 pub const MAX_REJECTED_BYTES: usize = 4096;
 
-/// Classifies payloads by the configured topic pattern, keys and limits.
+/// Classifies payloads by the configured topic patterns, keys and limits.
 #[derive(Debug, Clone)]
 pub struct Classifier {
-    pattern: TopicPattern,
+    patterns: TopicPatterns,
     config: Config,
 }
 
 impl Classifier {
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let pattern = TopicPattern::parse(&config.ingest.topic_pattern)?;
-        Ok(Classifier { pattern, config })
+        let patterns = TopicPatterns::parse(&config.ingest.topic_patterns())?;
+        Ok(Classifier { patterns, config })
     }
 
+    /// The first configured pattern: HTTP mode's topics are built with it.
     pub(crate) fn pattern(&self) -> &TopicPattern {
-        &self.pattern
+        self.patterns.primary()
+    }
+
+    pub(crate) fn patterns(&self) -> &TopicPatterns {
+        &self.patterns
     }
 
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
-    /// The household, user and device a topic names, if it fits the pattern.
+    /// The household, user and device a topic names, if it fits a pattern.
     fn identify(&self, topic: &str) -> Option<(String, TopicMatch)> {
-        let m = self.pattern.match_topic(topic)?;
+        let (_, m) = self
+            .patterns
+            .match_topic(topic, |h| self.config.accepts_household(h))?;
         let household = m
             .household
             .clone()
@@ -110,7 +117,16 @@ impl Classifier {
         let Some((household, m)) = who.clone() else {
             return reject(Rejection {
                 reason: Reason::TopicMismatch,
-                detail: format!("topic does not fit {:?}", self.config.ingest.topic_pattern),
+                detail: format!(
+                    "topic does not fit {}",
+                    self.config
+                        .ingest
+                        .topic_patterns()
+                        .iter()
+                        .map(|p| format!("{p:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
             });
         };
         // Rejected, never cut: a cut name could be someone else's.
@@ -260,6 +276,46 @@ mod tests {
             panic!()
         };
         assert_eq!(subject, "owntracks.b.bob.d.location");
+    }
+
+    #[test]
+    fn old_and_household_topics_side_by_side() {
+        let c = classifier(
+            r#"
+            [ingest]
+            topic_patterns = ["owntracks/{user}/{device}", "owntracks/{household}/{user}/{device}"]
+            default_household = "a"
+            [households.a]
+            [households.b]
+            "#,
+        );
+        let subject = |topic: &str, payload: &[u8]| match c.classify(&incoming(topic, payload)) {
+            Verdict::Accepted { subject, .. } => subject,
+            other => panic!("{topic}: {other:?}"),
+        };
+        assert_eq!(
+            subject("owntracks/bob/d", LOCATION),
+            "owntracks.a.bob.d.location"
+        );
+        assert_eq!(
+            subject("owntracks/b/bob/d", LOCATION),
+            "owntracks.b.bob.d.location"
+        );
+        let event = br#"{"_type":"transition","event":"enter","desc":"Home","tst":1700000000,"lat":1,"lon":2,"acc":5,"tid":"bd","wtst":1}"#;
+        assert_eq!(
+            subject("owntracks/bob/d/event", event),
+            "owntracks.a.bob.d.transition"
+        );
+        assert_eq!(
+            subject("owntracks/b/bob/d/event", event),
+            "owntracks.b.bob.d.transition"
+        );
+        // Neither fits plausibly (no household x, no suffix z): read by the
+        // first pattern, as with that pattern alone.
+        assert_eq!(
+            subject("owntracks/x/y/z", LOCATION),
+            "owntracks.a.x.y.location"
+        );
     }
 
     fn rejection(c: &Classifier, topic: &str, payload: &[u8]) -> (Reason, String) {

@@ -66,6 +66,7 @@ pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()>
             username: args.mqtt_username,
             password: args.mqtt_password,
             ca_file: args.mqtt_ca_file,
+            instance: args.common.instance.clone(),
         }),
         config,
     };

@@ -158,7 +158,10 @@ fn assign_tids(own: &str, devices: &[(String, String)]) -> Vec<String> {
 }
 
 /// Every device state of a household (`<household>.device.*.*`).
-async fn household_devices(store: &kv::Store, household: &str) -> anyhow::Result<Vec<DeviceState>> {
+pub(crate) async fn household_devices(
+    store: &kv::Store,
+    household: &str,
+) -> anyhow::Result<Vec<DeviceState>> {
     let filter = format!("{}.device.*.*", token::encode(household));
     let mut watch = store.watch_with_history(&filter).await?;
     let mut out = Vec::new();

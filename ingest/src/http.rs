@@ -259,7 +259,7 @@ async fn handle(
     if let Some(device) = &identified {
         let pattern = state.classifier.pattern();
         // Queued commands first (the apps act on them), then the family.
-        answer = crate::commands::take_pending(&state.js, &household, &user, device).await;
+        answer = crate::commands::queue::take_pending(&state.js, &household, &user, device).await;
         answer.extend(
             crate::friends::friends(
                 &state.js,

@@ -13,7 +13,9 @@
 //! - `publish`: JetStream publishing with retries until stored.
 //! - `mqtt`: the persistent MQTT session, ordered manual acks.
 //! - `http`: OwnTracks HTTP mode, `POST /pub`.
-//! - `commands`: the `whereabouts-commands` service: `cmd`s to the phones.
+//! - `commands`: the `whereabouts-commands` service: `cmd`s to the phones,
+//!   queued for HTTP-mode ones, shared regions and their drift; the phones'
+//!   replies (`waypoints`, `status`, `dump`) kept in the `phones` bucket.
 //! - `friends`: the household's other members, the answer to `POST /pub`.
 //! - `metrics`: ingest's Prometheus metrics and their closed label sets.
 
@@ -95,12 +97,22 @@ pub async fn run(
         Some(m) => Some(mqtt::connect(m, &classifier.config().ingest.client_id)?),
         None => None,
     };
+    let phones = commands::replies::bucket(&js, streams)
+        .await
+        .context("creating the phones bucket")?;
+    let replies = tokio::spawn(commands::replies::keep(
+        js.clone(),
+        phones.clone(),
+        shutdown.clone(),
+    ));
     let commands = commands::Commands {
         classifier: classifier.clone(),
         mqtt: mqtt.as_ref().map(|(client, _)| client.clone()),
-        queue: commands::queue_bucket(&js)
+        js: js.clone(),
+        queue: commands::queue::bucket(&js, streams)
             .await
             .context("creating the commands bucket")?,
+        phones,
     };
     let commands = tokio::spawn(commands.serve(nats, shutdown.clone()));
 
@@ -124,6 +136,9 @@ pub async fn run(
                 tracing::warn!("MQTT bridge did not drain in time; the broker keeps unacked messages");
             }
         }
+    }
+    if let Err(e) = replies.await {
+        tracing::warn!(error = %e, "phones' replies task failed");
     }
     match commands.await {
         Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "commands service ended"),

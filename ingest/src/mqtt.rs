@@ -65,17 +65,28 @@ pub struct MqttSettings {
     pub password: Option<String>,
     /// PEM CA for `mqtts://` brokers with a private CA.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Set when several ingests run: its own client id and session. Each
+    /// instance receives every message; JetStream keeps one copy of each
+    /// (`Nats-Msg-Id`), and a phone's messages stay in their order.
+    pub instance: Option<String>,
+}
+
+impl MqttSettings {
+    /// The client id: the configured one, `-<instance>` appended if set.
+    pub(crate) fn client_id(&self, configured: &str) -> String {
+        shared::cli::instance_client_id(configured, self.instance.as_deref())
+    }
 }
 
 /// The bridge's MQTT client and its event loop, not yet running. The client
 /// is also how commands go out to the phones.
 pub(crate) fn connect(
     settings: &MqttSettings,
-    client_id: &str,
+    configured_client_id: &str,
 ) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let mut options = shared::mqtt::options(
         &settings.url,
-        client_id,
+        &settings.client_id(configured_client_id),
         settings.username.as_deref(),
         settings.password.as_deref(),
         settings.ca_file.as_deref(),
@@ -101,12 +112,12 @@ pub(crate) async fn run(
     let generation = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::unbounded_channel();
     let qos0_used = Arc::new(AtomicUsize::new(0));
-    let subscription = classifier.pattern().subscription();
+    let subscriptions = classifier.patterns().subscriptions();
     let stop = CancellationToken::new();
     let poller = tokio::spawn(event_loop(
         eventloop,
         client.clone(),
-        subscription,
+        subscriptions,
         tx,
         generation.clone(),
         qos0_used.clone(),
@@ -143,7 +154,7 @@ pub(crate) async fn run(
 async fn event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    subscription: String,
+    subscriptions: Vec<String>,
     tx: mpsc::UnboundedSender<Queued>,
     generation: Arc<AtomicU64>,
     qos0_used: Arc<AtomicUsize>,
@@ -196,9 +207,12 @@ async fn event_loop(
                 // Always subscribe again: a broker that lost the session has
                 // forgotten the subscription. Not awaited here: the request
                 // channel may be full of acks only this loop can drain.
-                let (client, filter) = (client.clone(), subscription.clone());
+                let (client, filters) = (client.clone(), subscriptions.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = client.subscribe(filter.as_str(), QoS::AtLeastOnce).await {
+                    let filters = filters
+                        .into_iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                    if let Err(e) = client.subscribe_many(filters).await {
                         tracing::error!(error = %e, "MQTT subscribe request failed");
                     }
                 });
@@ -210,10 +224,10 @@ async fn event_loop(
                     .iter()
                     .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 if !granted {
-                    tracing::error!(filter = %subscription, "the broker refused the subscription (ACL?)");
+                    tracing::error!(filters = ?subscriptions, "the broker refused a subscription (ACL?)");
                 }
                 ready.set(granted);
-                tracing::info!(return_codes = ?ack.return_codes, filter = %subscription, "MQTT subscribed");
+                tracing::info!(return_codes = ?ack.return_codes, filters = ?subscriptions, "MQTT subscribed");
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
             Ok(_) => {}

@@ -134,7 +134,9 @@ pub(crate) fn classify_error(error: &PublishError) -> Failure {
                 ErrorCode::CLUSTER_INCOMPLETE,
                 ErrorCode::RAFT_GENERAL,
             ];
-            if shortage.contains(&code) {
+            // "duplicate message id is in process": on a cluster another
+            // ingest is storing the same message; a retry gets its ack.
+            if shortage.contains(&code) || code == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT {
                 Failure::Transient
             } else {
                 Failure::Permanent(Refusal::Refused)
@@ -298,6 +300,8 @@ mod tests {
             (api_error(10003), Permanent(Refusal::Refused)),
             // "insufficient resources": the server may recover.
             (api_error(10023), Transient),
+            // The same message being stored by another ingest.
+            (api_error(10158), Transient),
         ];
         for (error, want) in cases {
             assert_eq!(classify_error(&error), want, "{error}");

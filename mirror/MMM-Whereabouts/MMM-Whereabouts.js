@@ -22,6 +22,7 @@ Module.register("MMM-Whereabouts", {
     broadcast: true, // sendNotification("WHEREABOUTS_PRESENCE", event) on each change
     idleTimeout: 90000, // ms without a byte (heartbeats included) before reconnecting
     showConnection: true, // small dot when the notifier is unreachable
+    timeline: false, // each person's places today, under the clock
   },
 
   getScripts() {
@@ -35,6 +36,7 @@ Module.register("MMM-Whereabouts", {
   start() {
     this.key = String(this.config.url || "").replace(/\/+$/, "") + "|" + this.config.household;
     this.model = null; // the last snapshot with events applied; never cleared
+    this.histories = {}; // person id → the notifier's history answer
     this.wrapper = null;
     this.connection = { state: "connecting" };
     this.sendSocketNotification("WHEREABOUTS_START", {
@@ -43,6 +45,7 @@ Module.register("MMM-Whereabouts", {
       token: this.config.token,
       idleTimeout: this.config.idleTimeout,
       compatWeasleyClock: this.config.compatWeasleyClock,
+      timeline: !!this.config.timeline,
     });
   },
 
@@ -62,6 +65,12 @@ Module.register("MMM-Whereabouts", {
       w.appendChild(box);
       this.clock = new WhereaboutsRender.Clock(box);
     }
+    if (this.config.timeline) {
+      const box = document.createElement("div");
+      box.className = "wb-timeline-box";
+      w.appendChild(box);
+      this.timeline = new WhereaboutsRender.Timeline(box);
+    }
     if (this.config.mode !== "clock") {
       const box = document.createElement("div");
       box.className = "wb-table-box";
@@ -71,8 +80,8 @@ Module.register("MMM-Whereabouts", {
     this.wrapper = w;
     this.render();
     this.showConnection();
-    // Relative times in the table move on without events.
-    if (this.table) setInterval(() => this.render(), 30000);
+    // Relative times in the table (and the timeline's day) move on without events.
+    if (this.table || this.timeline) setInterval(() => this.render(), 30000);
     return w;
   },
 
@@ -91,6 +100,7 @@ Module.register("MMM-Whereabouts", {
     try {
       const v = this.view();
       if (this.clock) this.clock.update(v);
+      if (this.timeline) this.timeline.update(v, this.histories, Date.now());
       if (this.table) this.table.update(v, Date.now());
       this.wrapper.dataset.state = "live";
     } catch (e) {
@@ -126,6 +136,9 @@ Module.register("MMM-Whereabouts", {
       if (this.config.broadcast) this.sendNotification("WHEREABOUTS_PRESENCE", ev);
       const moved = ev.kind === "place" && (!before || before.place !== ev.state.place);
       if (this.config.chime && moved && !ev.late) this.chime();
+    } else if (notification === "WHEREABOUTS_HISTORY") {
+      this.histories[payload.person] = payload.history;
+      this.render();
     } else if (notification === "WHEREABOUTS_CONNECTION") {
       this.connection = payload.connection || { state: "unknown" };
       this.showConnection();

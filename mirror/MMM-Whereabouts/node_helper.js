@@ -10,10 +10,11 @@
  * logged, reconnection uses exponential backoff with jitter (1 s → 60 s).
  *
  * Socket notifications (front end → helper):
- *   WHEREABOUTS_START   {url, household, token, idleTimeout?, compatWeasleyClock?}
+ *   WHEREABOUTS_START   {url, household, token, idleTimeout?, compatWeasleyClock?, timeline?}
  * (helper → front end; every payload carries `key` = "<url>|<household>"):
  *   WHEREABOUTS_SNAPSHOT   {key, snapshot, connection}
  *   WHEREABOUTS_PRESENCE   {key, event}
+ *   WHEREABOUTS_HISTORY    {key, person, history} (timeline only: a person's day)
  *   WHEREABOUTS_CONNECTION {key, connection: {state, since, error?, retryInMs?, lastEventId?}}
  *   MMM-WeasleyClock-UPDATE | -TRAVELING | -LOST  {key, ...} (compat mode only)
  */
@@ -67,13 +68,19 @@ module.exports = NodeHelper.create({
         s = new Stream(payload, (n, p) => this.send(n, p));
         this.streams.set(key, s);
         s.compat = !!payload.compatWeasleyClock;
+        s.timeline = !!payload.timeline;
         s.start();
-      } else if (payload.compatWeasleyClock) {
-        s.compat = true;
+      } else {
+        if (payload.compatWeasleyClock) s.compat = true;
+        if (payload.timeline && !s.timeline) {
+          s.timeline = true;
+          s.loadHistories();
+        }
       }
       // Replay: a (re)loaded browser is right at once, even while the notifier is down.
       if (s.snapshot) this.send("WHEREABOUTS_SNAPSHOT", { key, snapshot: s.snapshot, connection: s.connection });
       else this.send("WHEREABOUTS_CONNECTION", { key, connection: s.connection });
+      for (const [person, history] of s.histories) this.send("WHEREABOUTS_HISTORY", { key, person, history });
     } catch (e) {
       Log.error("[MMM-Whereabouts] " + (e && e.stack ? e.stack : e));
     }

@@ -1,5 +1,6 @@
-/* Whereabouts board renderer: a Weasley clock and a table, drawn from a
- * snapshot model. It knows nothing about where the data comes from.
+/* Whereabouts board renderer: a Weasley clock, a table and a day's
+ * timeline, drawn from a snapshot model. It knows nothing about where the
+ * data comes from.
  *
  * Plain ES2020, no build step. Used by the web board (board.js: fetch, SSE,
  * page wiring) and by the MagicMirror² module, whose
@@ -10,6 +11,8 @@
  * Model given to the renderer (the notifier's snapshot JSON):
  *   { household, places: [..], labels: {traveling, away, lost},
  *     colors: {name|person: "#rrggbb"}, people: [PersonState, ..] }
+ * The timeline takes, besides the model, the notifier's history answers
+ * by person id ({timeline: [{place, from, to}], ..}).
  * A configured person the notifier has no state for yet comes as
  * { person, name, status: "unknown" } with no place: listed as "not heard
  * from yet", without a hand on the clock (no place to point at).
@@ -76,28 +79,83 @@
     return specialOf(place, labels) || norm(place);
   }
 
-  // Stable colour from a name: FNV-1a hash, avalanched (so similar names
-  // land far apart), picks one of 16 well-separated hues.
-  function hashColor(name) {
-    let h = 0x811c9dc5;
-    const s = String(name);
-    for (let i = 0; i < s.length; i++) {
-      h ^= s.charCodeAt(i);
-      h = Math.imul(h, 0x01000193) >>> 0;
-    }
-    h ^= h >>> 16;
-    h = Math.imul(h, 0x85ebca6b) >>> 0;
-    h ^= h >>> 13;
-    h = Math.imul(h, 0xc2b2ae35) >>> 0;
-    h ^= h >>> 16;
-    const hue = ((h % 16) * 22.5 + 8) % 360;
-    const light = (h >>> 8) % 2 ? 62 : 70;
-    return "hsl(" + hue + ", 72%, " + light + "%)";
+  // Ten colours far apart from each other (CIE76 ΔE ≥ 40) and from the
+  // dark dial, for people without a configured colour; beyond ten, hues
+  // step by the golden angle, which never lands near the previous ones.
+  const PALETTE = [
+    "#4e9bff", "#ff8a1f", "#4cc94c", "#ff4d4d", "#b77cff",
+    "#29e0e0", "#ffe347", "#ff80c8", "#a8744a", "#f5f5f5",
+  ];
+  // A colour closer than this to one already given is skipped.
+  const MIN_DELTA_E = 30;
+
+  function hslHex(h, s, l) {
+    const k = (n) => (n + h / 30) % 12;
+    const a = s * Math.min(l, 1 - l);
+    const f = (n) => l - a * Math.max(-1, Math.min(k(n) - 3, 9 - k(n), 1));
+    return "#" + [0, 8, 4].map((n) => Math.round(f(n) * 255).toString(16).padStart(2, "0")).join("");
   }
 
-  function colorOf(model, p) {
-    const c = (model && model.colors) || {};
-    return c[p.name] || c[p.person] || hashColor(p.person || p.name);
+  /** The i-th automatic colour: the palette, then golden-angle hues. */
+  function autoColor(i) {
+    if (i < PALETTE.length) return PALETTE[i];
+    return hslHex((i - PALETTE.length) * 137.508 % 360, 0.75, 0.62);
+  }
+
+  /** CIE L*a*b* of a `#rgb`/`#rrggbb` colour; null for any other CSS colour. */
+  function lab(color) {
+    let m = /^#([0-9a-f]{6}|[0-9a-f]{3})$/i.exec(String(color).trim());
+    if (!m) return null;
+    let hex = m[1];
+    if (hex.length === 3) hex = hex.replace(/./g, "$&$&");
+    const lin = [0, 2, 4].map((i) => {
+      const c = parseInt(hex.slice(i, i + 2), 16) / 255;
+      return c <= 0.04045 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4);
+    });
+    const [r, g, b] = lin;
+    const t = (v) => (v > 0.008856 ? Math.cbrt(v) : 7.787 * v + 16 / 116);
+    const x = t((r * 0.4124 + g * 0.3576 + b * 0.1805) / 0.95047);
+    const y = t(r * 0.2126 + g * 0.7152 + b * 0.0722);
+    const z = t((r * 0.0193 + g * 0.1192 + b * 0.9505) / 1.08883);
+    return [116 * y - 16, 500 * (x - y), 200 * (y - z)];
+  }
+
+  function deltaE(a, b) {
+    return Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]);
+  }
+
+  /** person id → colour: the configured ones (by name or id), then the
+   *  automatic ones in the order of person ids, skipping any too close to
+   *  a colour already given — so the same household always gets the same. */
+  function colorsFor(model) {
+    const given = (model && model.colors) || {};
+    const people = ((model && model.people) || [])
+      .filter((p) => p && p.person)
+      .map((p) => p.person)
+      .sort();
+    const byId = new Map(((model && model.people) || []).filter((p) => p && p.person).map((p) => [p.person, p]));
+    const out = new Map();
+    const taken = [];
+    for (const id of people) {
+      const p = byId.get(id);
+      const c = given[p.name] || given[id];
+      if (!c) continue;
+      out.set(id, c);
+      const l = lab(c);
+      if (l) taken.push(l);
+    }
+    let next = 0;
+    for (const id of people) {
+      if (out.has(id)) continue;
+      let color = autoColor(next++);
+      // Bounded: far enough is always found within a few golden steps.
+      for (let tries = 0; tries < 32 && taken.some((t) => deltaE(t, lab(color)) < MIN_DELTA_E); tries++) {
+        color = autoColor(next++);
+      }
+      out.set(id, color);
+      taken.push(lab(color));
+    }
+    return out;
   }
 
   function displayName(p) {
@@ -151,7 +209,6 @@
   const R_OUTER = 200; // dial edge
   const R_RING = 160; // inner edge of the label ring
   const R_TEXT = 180; // label baseline radius (centre of the ring)
-  const HAND_TIERS = [122, 94, 66]; // hand lengths for people sharing a place
 
   function polar(r, deg) {
     const a = ((deg - 90) * Math.PI) / 180; // 0° = 12 o'clock, clockwise
@@ -193,6 +250,10 @@
       this.handsLayer = el("svg:g", { class: "wb-hands" }, this.svg);
       el("svg:circle", { class: "wb-hub", r: 9 }, this.svg);
       el("svg:circle", { class: "wb-hub-dot", r: 3 }, this.svg);
+      // Labels above every hand, so no hand's line crosses a name; under
+      // them the leaders of labels that had to leave their hand's tip.
+      this.leadersLayer = el("svg:g", { class: "wb-hand-leaders" }, this.svg);
+      this.labelsLayer = el("svg:g", { class: "wb-hand-labels" }, this.svg);
       this.hands = new Map(); // person id → { g, angle, ... }
       this.faceKey = null;
       this.waiting = el("div", { class: "wb-waiting" }, container);
@@ -250,8 +311,10 @@
       const waiting = everyone.filter(unheard).map(displayName);
       this.waiting.textContent = waiting.length ? "Not heard from yet: " + waiting.join(", ") : "";
       this.waiting.hidden = !waiting.length;
+      const colors = colorsFor(model);
 
-      // Group people by segment, then fan each group around the centre.
+      // Group people by segment, in dial order, so the layout is the same
+      // on every update and on every screen.
       const groups = new Map();
       for (const p of people) {
         const k = segmentKey(p.place, labels);
@@ -259,44 +322,81 @@
         if (!groups.has(i)) groups.set(i, []);
         groups.get(i).push(p);
       }
+      const placed = [];
       const seen = new Set();
-      for (const [i, group] of groups) {
+      for (const i of [...groups.keys()].sort((x, y) => x - y)) {
+        const group = groups.get(i);
         const n = group.length;
         const spread = n > 1 ? Math.min(step * 0.62, (n - 1) * 15) : 0;
         group.forEach((p, j) => {
+          const h = this.handFor(p);
           const offset = n > 1 ? -spread / 2 + (j * spread) / (n - 1) : 0;
-          const len = HAND_TIERS[j % HAND_TIERS.length];
-          this.placeHand(model, labels, p, segs[i], i * step + offset, len);
+          const spot = layLabel(placed, h.width, i * step, offset, step, j);
+          placed.push(spot.box);
+          this.placeHand(labels, colors, p, h, segs[i], spot);
           seen.add(p.person);
         });
       }
       for (const [id, h] of this.hands) {
         if (!seen.has(id)) {
           h.g.remove();
+          h.lg.remove();
+          h.leader.remove();
           this.hands.delete(id);
         }
       }
     }
 
-    placeHand(model, labels, p, seg, target, len) {
+    /** The person's hand, created on first sight, with its label's text
+     *  and width (measured once the page has laid it out, else estimated). */
+    handFor(p) {
       let h = this.hands.get(p.person);
       if (!h) {
         const g = el("svg:g", { class: "hand", "data-person": p.person }, this.handsLayer);
-        const line = el("svg:line", { class: "wb-hand-line", x1: 0, y1: 12, x2: 0, y2: -len }, g);
-        const tip = el("svg:circle", { class: "wb-hand-tip", cx: 0, cy: -len, r: 5 }, g);
-        const lg = el("svg:g", { class: "wb-hand-label" }, g);
+        const line = el("svg:line", { class: "wb-hand-line", x1: 0, y1: 12, x2: 0, y2: 0 }, g);
+        const tip = el("svg:circle", { class: "wb-hand-tip", cx: 0, cy: 0, r: 5 }, g);
+        const lg = el("svg:g", { class: "wb-hand-label", "data-person": p.person }, this.labelsLayer);
+        const leader = el("svg:line", { class: "wb-hand-leader" }, this.leadersLayer);
         const bg = el("svg:rect", { class: "wb-hand-label-bg", rx: 4, ry: 4 }, lg);
         const text = el("svg:text", { "text-anchor": "middle", dy: "0.35em" }, lg);
-        // Start at the target so a fresh page doesn't sweep every hand from 12.
-        h = { g, line, tip, lg, bg, text, angle: target, len: null, name: null };
+        h = { g, line, tip, lg, bg, text, leader, angle: null, labelAngle: null, len: null, name: null, width: 0, measured: false };
         this.hands.set(p.person, h);
-      } else {
-        // Turn the short way round: keep a cumulative angle.
-        const d = ((((target - h.angle) % 360) + 540) % 360) - 180;
-        h.angle += d;
       }
+      const name = displayName(p);
+      if (h.name !== name) {
+        h.text.textContent = name;
+        h.name = name;
+        h.measured = false;
+      }
+      if (!h.measured) {
+        let measured = 0;
+        try {
+          measured = h.text.getComputedTextLength();
+        } catch (e) {
+          /* not in a laid-out document yet */
+        }
+        // The estimate is generous so that an unmeasured label is never
+        // wider than the room kept for it.
+        const w = Math.max(28, measured > 0 ? measured + 14 : name.length * 9 + 14);
+        h.bg.setAttribute("x", fmt(-w / 2));
+        h.bg.setAttribute("y", -LABEL_H / 2);
+        h.bg.setAttribute("width", fmt(w));
+        h.bg.setAttribute("height", LABEL_H);
+        h.width = w;
+        h.measured = measured > 0; // else measure again next time
+      }
+      return h;
+    }
+
+    placeHand(labels, colors, p, h, seg, spot) {
+      // Start at the target so a fresh page doesn't sweep every hand from 12;
+      // then turn the short way round (cumulative angles).
+      const turn = (from, to) => (from === null ? to : from + ((((to - from) % 360) + 540) % 360) - 180);
+      h.angle = turn(h.angle, spot.angle);
+      h.labelAngle = turn(h.labelAngle, spot.labelAngle);
+      const len = spot.len;
       const status = statusOf(p, labels);
-      const color = status === "offline" || status === "lost" ? "#8a8f98" : colorOf(model, p);
+      const color = status === "offline" || status === "lost" ? "#8a8f98" : colors.get(p.person);
       const g = h.g;
       g.setAttribute("data-place", p.place || "");
       g.setAttribute("data-segment", seg ? seg.key : "");
@@ -304,29 +404,93 @@
       g.setAttribute("class", "hand wb-status-" + status);
       g.style.color = color;
       g.style.transform = "rotate(" + fmt(h.angle) + "deg)";
+      h.lg.setAttribute("class", "wb-hand-label wb-status-" + status);
+      h.lg.style.color = color;
+      h.leader.setAttribute("class", "wb-hand-leader wb-status-" + status);
+      h.leader.style.color = color;
       if (h.len !== len) {
         h.line.setAttribute("y2", -len);
         h.tip.setAttribute("cy", -len);
         h.len = len;
       }
-      // The label sits past the tip and counter-rotates so it stays upright
-      // during the transition too (both transforms interpolate together).
-      h.lg.style.transform = "translate(0px, " + -(len + 17) + "px) rotate(" + fmt(-h.angle) + "deg)";
-      const name = displayName(p);
-      if (h.name !== name) {
-        h.text.textContent = name;
-        h.name = name;
-        // Size the label's backing pill to the text (estimate: no layout needed).
-        const w = Math.max(28, name.length * 8.6 + 12);
-        h.bg.setAttribute("x", fmt(-w / 2));
-        h.bg.setAttribute("y", -11);
-        h.bg.setAttribute("width", fmt(w));
-        h.bg.setAttribute("height", 22);
-      }
+      // The label sits past the tip (or where there was room), turned out
+      // and back again so it stays upright and follows the hand during the
+      // transition too.
+      h.lg.style.transform = "rotate(" + fmt(h.labelAngle) + "deg) translate(0px, " + -fmt(spot.labelR) +
+        "px) rotate(" + fmt(-h.labelAngle) + "deg)";
+      // A label away from its tip is tied to it by a leader.
+      const [tx, ty] = polar(len, spot.angle);
+      const [lx, ly] = polar(spot.labelR, spot.labelAngle);
+      h.leader.setAttribute("visibility", spot.away ? "visible" : "hidden");
+      h.leader.setAttribute("x1", fmt(tx));
+      h.leader.setAttribute("y1", fmt(ty));
+      h.leader.setAttribute("x2", fmt(lx));
+      h.leader.setAttribute("y2", fmt(ly));
       let title = g.querySelector("title");
       if (!title) title = el("svg:title", null, g);
-      title.textContent = name + " — " + (p.place || "?") + (p.status_reason ? " (" + p.status_reason + ")" : "");
+      title.textContent = h.name + " — " + (p.place || "?") + (p.status_reason ? " (" + p.status_reason + ")" : "");
     }
+  }
+
+  const LABEL_H = 22; // a hand label's height
+  const LABEL_GAP = 17; // from the hand's tip to its label's centre
+  const HAND_LENGTHS = [122, 104, 86, 68, 50]; // longest first
+  const TURN_STEP = 3; // degrees a hand may turn off its fan position, per try
+  const AWAY_RADII = [139, 117, 95, 73, 51]; // where labels away from their tip may go
+
+  /** The box a label of width `w` centred at radius `r` takes (upright). */
+  function labelBox(angle, r, w) {
+    const [x, y] = polar(r, angle);
+    const pad = 2;
+    return [x - w / 2 - pad, y - LABEL_H / 2 - pad, x + w / 2 + pad, y + LABEL_H / 2 + pad];
+  }
+
+  function overlap(a, b) {
+    const w = Math.min(a[2], b[2]) - Math.max(a[0], b[0]);
+    const h = Math.min(a[3], b[3]) - Math.max(a[1], b[1]);
+    return w > 0 && h > 0 ? w * h : 0;
+  }
+
+  /** Where the j-th hand of a segment centred at `centre` goes, and its
+   *  label: at the tip, with the hand at its fan position (`offset`) and
+   *  staggered length if the label overlaps none of `placed`, else at the
+   *  nearest turn within the segment and length that is free. A crowded
+   *  place has no room left in its segment: the hand then keeps its fan
+   *  position and the label goes to the nearest free spot round the dial,
+   *  tied to the tip by a leader; only a dial with no free spot at all
+   *  takes the least overlap. */
+  function layLabel(placed, w, centre, offset, step, j) {
+    const lengths = HAND_LENGTHS.slice();
+    const first = (j * 2) % lengths.length; // 122, 86, 50, 104, 68: staggered
+    lengths.unshift(lengths.splice(first, 1)[0]);
+    const room = step / 2 - 4; // a hand stays inside its segment
+    const turns = [0];
+    for (let d = TURN_STEP; d <= 2 * room; d += TURN_STEP) turns.push(d, -d);
+    let best = null;
+    const cost = (box) => placed.reduce((sum, b) => sum + overlap(b, box), 0);
+    for (const d of turns) {
+      const off = offset + d;
+      if (Math.abs(off) > room && d !== 0) continue;
+      for (const len of lengths) {
+        const angle = centre + off;
+        const spot = { angle, len, labelAngle: angle, labelR: len + LABEL_GAP, away: false };
+        spot.box = labelBox(angle, spot.labelR, w);
+        spot.cost = cost(spot.box);
+        if (spot.cost === 0) return spot;
+        if (!best || spot.cost < best.cost) best = spot;
+      }
+    }
+    const angle = centre + offset;
+    const len = lengths[0];
+    for (let d = TURN_STEP; d <= 180; d += TURN_STEP) {
+      for (const labelAngle of [angle + d, angle - d]) {
+        for (const labelR of AWAY_RADII) {
+          const box = labelBox(labelAngle, labelR, w);
+          if (cost(box) === 0) return { angle, len, labelAngle, labelR, away: true, box, cost: 0 };
+        }
+      }
+    }
+    return best;
   }
 
   // ---------------------------------------------------------------- table
@@ -345,6 +509,7 @@
     update(model, now) {
       const labels = labelsOf(model);
       const people = sortedPeople(model);
+      const colors = colorsFor(model);
       const seen = new Set();
       people.forEach((p, idx) => {
         let r = this.rows.get(p.person);
@@ -369,7 +534,7 @@
         r.tr.className = "wb-status-" + status;
         r.tr.setAttribute("data-status", status);
         r.tr.setAttribute("data-place", p.place || "");
-        r.swatch.style.background = colorOf(model, p);
+        r.swatch.style.background = colors.get(p.person);
         r.nameText.textContent = displayName(p);
         r.place.textContent = unheard(p) ? "not heard from yet" : p.place;
         r.since.textContent = since(p.place_since, now);
@@ -398,6 +563,70 @@
     }
   }
 
+  // ------------------------------------------------------------- timeline
+
+  /** "07:12" today, "Tue 22:40" on another day, in the viewer's time. */
+  function clockTime(iso, now) {
+    const t = new Date(Date.parse(iso));
+    if (isNaN(t)) return "";
+    const hm = t.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const today = new Date(now || Date.now());
+    return t.toDateString() === today.toDateString()
+      ? hm
+      : t.toLocaleDateString([], { weekday: "short" }) + " " + hm;
+  }
+
+  /** Each person's places today with arrival times, one row a person.
+   *  `histories` maps person id → the notifier's history answer. */
+  class Timeline {
+    constructor(container) {
+      this.box = el("div", { class: "wb-timeline" }, container);
+      this.rows = new Map();
+    }
+
+    update(model, histories, now) {
+      const people = sortedPeople(model).filter((p) => !unheard(p));
+      const colors = colorsFor(model);
+      const seen = new Set();
+      people.forEach((p, idx) => {
+        let r = this.rows.get(p.person);
+        if (!r) {
+          const row = el("div", { class: "wb-tl-row", "data-person": p.person });
+          const name = el("span", { class: "wb-tl-name" }, row);
+          const swatch = el("span", { class: "wb-swatch" }, name);
+          const nameText = el("span", null, name);
+          const stays = el("ol", { class: "wb-tl-stays" }, row);
+          r = { row, swatch, nameText, stays, key: null };
+          this.rows.set(p.person, r);
+        }
+        if (this.box.children[idx] !== r.row) this.box.insertBefore(r.row, this.box.children[idx] || null);
+        seen.add(p.person);
+        r.swatch.style.background = colors.get(p.person);
+        r.nameText.textContent = displayName(p);
+        const h = histories && histories[p.person];
+        const timeline = (h && h.timeline) || [];
+        const key = JSON.stringify(timeline) + "|" + new Date(now || Date.now()).toDateString();
+        if (key === r.key) return;
+        r.key = key;
+        while (r.stays.firstChild) r.stays.removeChild(r.stays.firstChild);
+        for (const stay of timeline) {
+          const li = el("li", { class: "wb-tl-stay", "data-place": stay.place }, r.stays);
+          const at = el("time", { datetime: stay.from }, li);
+          at.textContent = clockTime(stay.from, now);
+          at.title = localTime(stay.from) + (stay.to ? " – " + localTime(stay.to) : "");
+          el("span", { class: "wb-tl-place" }, li).textContent = stay.place;
+        }
+        if (!timeline.length) el("li", { class: "wb-tl-stay wb-tl-none" }, r.stays).textContent = "—";
+      });
+      for (const [id, r] of this.rows) {
+        if (!seen.has(id)) {
+          r.row.remove();
+          this.rows.delete(id);
+        }
+      }
+    }
+  }
+
   // ---------------------------------------------------------------- state
 
   /** Replace one person's state in a snapshot model (in place); returns the
@@ -413,7 +642,7 @@
   }
 
   const api = {
-    Clock, Table, applyEvent, segmentsFor, hashColor, since, ago, norm, statusOf, labelsOf, specialOf, unheard,
+    Clock, Table, Timeline, applyEvent, segmentsFor, colorsFor, lab, deltaE, clockTime, since, ago, norm, statusOf, labelsOf, specialOf, unheard,
   };
   root.WhereaboutsRender = api;
   if (typeof module === "object" && module.exports) module.exports = api;

@@ -5,7 +5,9 @@
  *   Stream    — one SSE connection to a notifier for one household, with
  *               reconnect (exponential backoff with jitter, 1 s → 60 s),
  *               Last-Event-ID, idle watchdog, and the latest snapshot kept
- *               current by applying presence events.
+ *               current by applying presence events; with `timeline`, each
+ *               person's day from the history endpoint, fetched again when
+ *               their place changes.
  */
 "use strict";
 
@@ -93,6 +95,9 @@ class Stream {
     this.stopped = false;
     this.connection = { state: "connecting", since: new Date().toISOString() };
     this.compat = false;
+    this.timeline = false;
+    this.histories = new Map(); // person id → the notifier's history answer
+    this.historyLoading = new Map(); // person id → "busy" | "again"
   }
 
   static keyOf(opts) {
@@ -249,6 +254,7 @@ class Stream {
       this.attempt = 0; // a good connection resets the backoff
       this.setConnection("open");
       this.emit("WHEREABOUTS_SNAPSHOT", { key: this.key, snapshot: this.snapshot, connection: this.connection });
+      this.loadHistories();
     } else if (ev.event === "presence") {
       if (!data || !data.state || !data.state.person) return;
       if (this.snapshot) {
@@ -259,6 +265,72 @@ class Stream {
       }
       this.emit("WHEREABOUTS_PRESENCE", { key: this.key, event: data });
       if (this.compat) this.emitCompat(data);
+      if (data.kind === "place") this.loadHistory(data.state.person);
+    }
+  }
+
+  /** Fetches the day of everyone in the snapshot who has a place. */
+  loadHistories() {
+    if (!this.timeline || !this.snapshot) return;
+    for (const p of this.snapshot.people) if (p && p.place) this.loadHistory(p.person);
+  }
+
+  /** GET …/people/{person}/history, then WHEREABOUTS_HISTORY. One request
+   *  per person at a time; a change meanwhile fetches again after it. */
+  loadHistory(person) {
+    if (!this.timeline || this.stopped) return;
+    if (this.historyLoading.has(person)) {
+      this.historyLoading.set(person, "again");
+      return;
+    }
+    this.historyLoading.set(person, "busy");
+    let finished = false;
+    const done = () => {
+      if (finished) return;
+      finished = true;
+      const again = this.historyLoading.get(person) === "again";
+      this.historyLoading.delete(person);
+      if (again) this.loadHistory(person);
+    };
+    let target;
+    try {
+      target = new URL(this.url + "/v1/households/" + encodeURIComponent(this.household) + "/people/" + encodeURIComponent(person) + "/history");
+    } catch (e) {
+      done();
+      return; // a bad url is reported by the stream
+    }
+    const lib = target.protocol === "https:" ? https : http;
+    const headers = { Accept: "application/json" };
+    if (this.token) headers.Authorization = "Bearer " + this.token;
+    const fail = (why) => {
+      Log.warn("[MMM-Whereabouts] history of " + person + ": " + why);
+      done();
+    };
+    try {
+      const req = lib.request(target, { method: "GET", headers, timeout: 15000 }, (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (chunk) => {
+          if (body.length < 4 * 1024 * 1024) body += chunk;
+        });
+        res.on("error", (e) => fail(e.message));
+        res.on("end", () => {
+          if (res.statusCode !== 200) return fail("HTTP " + res.statusCode);
+          try {
+            const history = JSON.parse(body);
+            this.histories.set(person, history);
+            this.emit("WHEREABOUTS_HISTORY", { key: this.key, person, history });
+            done();
+          } catch (e) {
+            fail("bad JSON: " + e.message);
+          }
+        });
+      });
+      req.on("timeout", () => req.destroy(new Error("timeout")));
+      req.on("error", (e) => fail(e.code || e.message));
+      req.end();
+    } catch (e) {
+      fail(e.message);
     }
   }
 

@@ -1,7 +1,7 @@
 /* Whereabouts board app: the page (board.html) around the renderer
  * (board-render.js, loaded first): fetches the snapshot, follows the SSE
- * stream, keeps the connection indicator. Runs only when the page has
- * `#whereabouts-board`.
+ * stream, fetches each person's day for the timeline, keeps the
+ * connection indicator. Runs only when the page has `#whereabouts-board`.
  *
  * Plain ES2020, no build step, no network beyond the notifier itself.
  */
@@ -17,6 +17,8 @@
     // stream=0: one snapshot, no SSE. For static captures (headless
     // Chromium's --virtual-time-budget never settles on an open stream).
     const stream = q.get("stream") !== "0";
+    // timeline=0: the clock and table alone.
+    const showTimeline = q.get("timeline") !== "0" && mode !== "table";
     const body = document.body;
     body.dataset.state = "loading";
     body.dataset.connection = "connecting";
@@ -27,6 +29,7 @@
     const connText = document.getElementById("wb-conn-text");
     const clockBox = document.getElementById("wb-clock");
     const tableBox = document.getElementById("wb-table");
+    const timelineBox = document.getElementById("wb-timeline");
     const message = document.getElementById("wb-message");
 
     function setConnection(state, text) {
@@ -50,17 +53,22 @@
 
     const clock = mode === "table" ? null : new WhereaboutsRender.Clock(clockBox);
     const table = mode === "clock" ? null : new WhereaboutsRender.Table(tableBox);
+    const timeline = showTimeline ? new WhereaboutsRender.Timeline(timelineBox) : null;
     if (!clock) clockBox.hidden = true;
     if (!table) tableBox.hidden = true;
+    if (!timeline) timelineBox.hidden = true;
 
     // The last known state. Never cleared: a broken stream keeps showing it.
     let model = null;
     let lastEventId = null;
+    // person id → the notifier's history answer (today's places).
+    const histories = {};
 
     function render() {
       if (!model) return;
       try {
         if (clock) clock.update(model);
+        if (timeline) timeline.update(model, histories, Date.now());
         if (table) table.update(model, Date.now());
       } catch (e) {
         console.error("whereabouts: render failed", e);
@@ -72,17 +80,46 @@
       body.dataset.state = "live";
       showMessage("");
       render();
+      for (const p of snap.people) if (p.place) loadHistory(p.person);
     }
     window.whereaboutsBoard = {
       get model() { return model; },
       get lastEventId() { return lastEventId; },
+      get histories() { return histories; },
     };
 
     const base = new URL("v1/households/" + encodeURIComponent(household) + "/", location.href);
+    const auth = token ? { Authorization: "Bearer " + token } : {};
+
+    // One fetch per person at a time; a change meanwhile fetches again after.
+    const loading = new Map(); // person → "busy" | "again"
+    function loadHistory(person) {
+      if (!timeline) return;
+      if (loading.has(person)) {
+        loading.set(person, "again");
+        return;
+      }
+      loading.set(person, "busy");
+      fetch(new URL("people/" + encodeURIComponent(person) + "/history", base), { headers: auth, cache: "no-store" })
+        .then((r) => {
+          if (!r.ok) throw new Error("HTTP " + r.status);
+          return r.json();
+        })
+        .then((h) => {
+          histories[person] = h;
+          render();
+        })
+        .catch((e) => console.warn("whereabouts: history of " + person + " failed:", e.message))
+        .finally(() => {
+          const again = loading.get(person) === "again";
+          loading.delete(person);
+          if (again) loadHistory(person);
+        });
+    }
 
     // A first snapshot over plain HTTP: shows the right state even if the
     // stream is slow to open (proxies that buffer SSE, for one).
-    fetch(new URL("people", base), { headers: token ? { Authorization: "Bearer " + token } : {}, cache: "no-store" })
+    fetch(new URL("people", base), { headers: auth, cache: "no-store" })
       .then((r) => {
         if (!r.ok) throw new Error("HTTP " + r.status);
         return r.json();
@@ -132,6 +169,7 @@
           if (!model) return; // the snapshot will follow or has the change
           WhereaboutsRender.applyEvent(model, ev);
           render();
+          if (ev.kind === "place") loadHistory(ev.person);
         } catch (err) {
           console.error("whereabouts: bad presence event", err);
         }
@@ -160,6 +198,8 @@
 
     // Relative times ("12 min") move on without events.
     setInterval(() => { if (table && model) table.update(model, Date.now()); }, 20000);
+    // A new day starts a new timeline.
+    setInterval(() => { if (model) for (const p of model.people) if (p.place) loadHistory(p.person); }, 600000);
   }
 
   if (typeof document !== "undefined") {

@@ -1,5 +1,5 @@
-//! The HTTP API: snapshot and SSE per household, behind a per-household
-//! bearer token (`?token=` for EventSource), plus the web board.
+//! The HTTP API: snapshot, SSE and a person's day per household, behind a
+//! per-household bearer token (`?token=` for EventSource), plus the web board.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::history;
 use crate::live::{Feed, Live, LiveEvent, sse_frame};
 use crate::metrics::Metrics;
 use crate::people::People;
@@ -28,6 +29,7 @@ use crate::tasks::Tasks;
 #[derive(Clone)]
 pub(crate) struct ApiState {
     pub(crate) config: Arc<Config>,
+    pub(crate) js: async_nats::jetstream::Context,
     pub(crate) people: People,
     pub(crate) live: Live,
     pub(crate) metrics: Metrics,
@@ -80,6 +82,10 @@ pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/households/{household}/people", get(people))
         .route("/v1/households/{household}/events", get(events))
+        .route(
+            "/v1/households/{household}/people/{person}/history",
+            get(history),
+        )
         .merge(crate::board::router())
         .with_state(state)
 }
@@ -175,6 +181,69 @@ async fn people(
         return denied.into_response();
     }
     axum::Json(snapshot(&state, &household)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    token: Option<String>,
+    /// RFC 3339; default: the start of today (`history::day_start`).
+    since: Option<String>,
+}
+
+/// A person's places since `since` (at most a day back), from PRESENCE.
+async fn history(
+    State(state): State<ApiState>,
+    Path((household, person)): Path<(String, String)>,
+    Query(query): Query<HistoryQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let token = TokenQuery {
+        token: query.token.clone(),
+    };
+    if let Err(denied) = authorise(&state, &household, &headers, &token) {
+        return denied.into_response();
+    }
+    let current = state
+        .people
+        .household(&household)
+        .into_iter()
+        .find(|s| s.person == person);
+    let configured = state.config.households[&household]
+        .person(&person)
+        .is_some();
+    if current.is_none() && !configured {
+        return error(StatusCode::NOT_FOUND, "unknown_person");
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let since = match query.since.as_deref() {
+        None => state.config.households[&household].day_start(now),
+        Some(s) => {
+            match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+                Ok(t) => t,
+                Err(_) => return error(StatusCode::BAD_REQUEST, "bad_since"),
+            }
+        }
+    };
+    let since = since
+        .max(now - history::MAX_WINDOW)
+        .to_offset(time::UtcOffset::UTC);
+    let (events, more) = match history::read(&state.js, &household, &person, since).await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::warn!(%household, %person, error = format!("{e:#}"), "cannot read a person's history");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "history_unavailable");
+        }
+    };
+    let mut timeline = history::stays(&events, current.as_ref());
+    let cut = history::bound(&mut timeline);
+    axum::Json(history::History {
+        household,
+        person,
+        since,
+        timeline,
+        truncated: more || cut,
+    })
+    .into_response()
 }
 
 async fn events(

@@ -36,6 +36,7 @@ pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()>
         nats_url: args.common.nats_url,
         mqtt_url: args.mqtt_url,
         mqtt_ca_file: args.mqtt_ca_file,
+        instance: args.common.instance.clone(),
         config,
     };
     crate::run(settings, listener, shared::server::shutdown_on_signals()).await

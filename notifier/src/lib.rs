@@ -4,7 +4,8 @@
 //!
 //! Layout:
 //! - `cli`: flags and environment, for the binary.
-//! - `api`: routes, per-household token auth, snapshot and SSE.
+//! - `api`: routes, per-household token auth, snapshot, SSE, history.
+//! - `history`: a person's places over a day, from the PRESENCE stream.
 //! - `board`: the web board's static files.
 //! - `people`: current person states, from a watch on the KV bucket.
 //! - `live`: the PRESENCE feed, broadcast to SSE clients; replay on resume.
@@ -16,6 +17,7 @@
 mod api;
 mod board;
 pub mod cli;
+mod history;
 mod live;
 mod metrics;
 mod people;
@@ -42,6 +44,8 @@ pub struct Settings {
     pub mqtt_url: String,
     /// PEM CA for `mqtts://` sink brokers with a private CA.
     pub mqtt_ca_file: Option<std::path::PathBuf>,
+    /// This instance's name when several run: part of `mqtt` sinks' client ids.
+    pub instance: Option<String>,
     pub config: Config,
 }
 
@@ -136,6 +140,7 @@ async fn serve_until_shutdown(
     let context = sinks::Context {
         mqtt_url: &settings.mqtt_url,
         mqtt_ca_file: settings.mqtt_ca_file.as_deref(),
+        instance: settings.instance.as_deref(),
         households: &config.households,
         shutdown: &shutdown,
         tasks,
@@ -146,6 +151,7 @@ async fn serve_until_shutdown(
 
     let api = api::router(api::ApiState {
         config: config.clone(),
+        js: js.clone(),
         people,
         live,
         metrics,

@@ -19,6 +19,10 @@ enum Known {
     Stored(bytes::Bytes),
 }
 
+/// How long the watch may stay quiet before it is made again (replaying
+/// the latest value of every key: cheap next to a lull of this length).
+const REWATCH_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// household → person → state.
 #[derive(Clone, Default)]
 pub(crate) struct People {
@@ -101,8 +105,13 @@ impl People {
             loop {
                 let entry = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    entry = watch.next() => entry,
+                    entry = tokio::time::timeout(REWATCH_IDLE, watch.next()) => entry,
                 };
+                // Quiet for a while: watch afresh. A watch is pushed over
+                // core NATS; when a cluster node goes away the last updates
+                // before a lull can be lost, and the watch notices a gap
+                // only with the next update (seen in tests/cluster.rs).
+                let Ok(entry) = entry else { break };
                 let Some(entry) = entry else { break };
                 let entry = match entry {
                     Ok(e) => e,

@@ -10,14 +10,16 @@
 //!   out with accuracy-aware hysteresis, speed between fixes.
 //! - `place`: region-name identity and place resolution.
 //! - `input`: envelopes from OWNTRACKS into machine inputs.
+//! - `replay`: the machine run offline over recorded envelopes, timers
+//!   fired at their deadlines (for `whereabouts what-if`).
 //! - `service`: the consumer, per-person queues and batches, the KV state
 //!   with compare-and-set and its outbox, timers. Its own map is in
 //!   `service/mod.rs`.
 //! - `metrics`: presence's Prometheus metrics.
 //! - `cli`: flags and environment, for the binary.
 //!
-//! Only `cli`, [`run`] and [`Settings`] are public: the rest is used by
-//! this crate alone.
+//! Only `cli`, `replay`, [`run`] and [`Settings`] are public: the rest is
+//! used by this crate alone.
 //!
 //! The rules are documented for users and consumers in docs/presence.md.
 
@@ -27,6 +29,7 @@ mod input;
 mod machine;
 mod metrics;
 mod place;
+pub mod replay;
 mod service;
 
 use std::sync::Arc;

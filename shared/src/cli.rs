@@ -27,6 +27,12 @@ pub struct CommonArgs {
     /// (on loopback only).
     #[arg(long, env = "WHEREABOUTS_CONFIG")]
     pub config: Option<PathBuf>,
+    /// This instance's name, when several run side by side: appended to the
+    /// MQTT client ids (`<client_id>-<instance>`), so each keeps its own
+    /// persistent session; keep it stable across restarts. Unset: the ids
+    /// as configured (one instance).
+    #[arg(long, env = "WHEREABOUTS_INSTANCE")]
+    pub instance: Option<String>,
     /// Log format (filter with RUST_LOG, e.g. `info,ingest=debug`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -43,11 +49,46 @@ impl CommonArgs {
         }
     }
 
+    /// `base`, or `<base>-<instance>` when an instance name is set.
+    pub fn client_id(&self, base: &str) -> String {
+        instance_client_id(base, self.instance.as_deref())
+    }
+
     /// Loads the config and refuses it when serving it on `http_addr` would
     /// be unsafe (`crate::exposure`).
     pub fn load_config(&self, http_addr: &str) -> anyhow::Result<crate::config::Config> {
         let config = crate::config::Config::load(self.config.as_deref())?;
         crate::exposure::check(&config, self.config.is_some(), http_addr)?;
         Ok(config)
+    }
+}
+
+/// `base`, or `<base>-<instance>` for a named instance (an MQTT client id
+/// per instance: a shared one would knock the other instance off the broker).
+pub fn instance_client_id(base: &str, instance: Option<&str>) -> String {
+    match instance.map(str::trim).filter(|i| !i.is_empty()) {
+        Some(instance) => format!("{base}-{instance}"),
+        None => base.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_client_id;
+
+    #[test]
+    fn an_instance_gets_its_own_client_id() {
+        assert_eq!(
+            instance_client_id("whereabouts-ingest", None),
+            "whereabouts-ingest"
+        );
+        assert_eq!(
+            instance_client_id("whereabouts-ingest", Some(" ")),
+            "whereabouts-ingest"
+        );
+        assert_eq!(
+            instance_client_id("whereabouts-ingest", Some("b")),
+            "whereabouts-ingest-b"
+        );
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::MAX_TOPIC_LEVEL_BYTES;
 use crate::state::EventKind;
-use crate::topic::TopicPattern;
+use crate::topic::TopicPatterns;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +57,10 @@ fn default_households() -> BTreeMap<String, Household> {
 pub struct IngestConfig {
     /// `owntracks/{user}/{device}` or `owntracks/{household}/{user}/{device}`.
     pub topic_pattern: String,
+    /// Several patterns at once, instead of `topic_pattern`: a household
+    /// moves its phones to `owntracks/{household}/{user}/{device}` one by
+    /// one while the others keep the old topics. Empty: `topic_pattern`.
+    pub topic_patterns: Vec<String>,
     /// The household of every user when the pattern has no `{household}`.
     pub default_household: String,
     /// Per-user households, overriding `default_household`.
@@ -78,10 +82,29 @@ pub struct IngestConfig {
     pub allow_unknown_households: bool,
 }
 
+const DEFAULT_TOPIC_PATTERN: &str = "owntracks/{user}/{device}";
+
+impl IngestConfig {
+    /// The accepted topic patterns: `topic_patterns`, else `topic_pattern`.
+    pub fn topic_patterns(&self) -> Vec<&str> {
+        if self.topic_patterns.is_empty() {
+            vec![self.topic_pattern.as_str()]
+        } else {
+            self.topic_patterns.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The accepted topic patterns, parsed (checked when the config loads).
+    pub fn patterns(&self) -> TopicPatterns {
+        TopicPatterns::parse(&self.topic_patterns()).expect("validated with the config")
+    }
+}
+
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            topic_pattern: "owntracks/{user}/{device}".into(),
+            topic_pattern: DEFAULT_TOPIC_PATTERN.into(),
+            topic_patterns: Vec::new(),
             default_household: DEFAULT_HOUSEHOLD.into(),
             user_households: BTreeMap::new(),
             client_id: "whereabouts-ingest".into(),
@@ -138,6 +161,9 @@ pub struct Household {
     pub regions: Vec<Region>,
     /// Whether a device no person claims becomes a person named after its user.
     pub unmapped_devices_are_people: bool,
+    /// IANA time zone (`Europe/London`) in which "today" is read, e.g. by
+    /// `whereabouts history --day`. Default: UTC.
+    pub time_zone: Option<String>,
 }
 
 impl Default for Household {
@@ -150,6 +176,7 @@ impl Default for Household {
             people: Vec::new(),
             regions: Vec::new(),
             unmapped_devices_are_people: true,
+            time_zone: None,
         }
     }
 }
@@ -190,6 +217,26 @@ impl Household {
     /// The configured person with this id.
     pub fn person(&self, id: &str) -> Option<&Person> {
         self.people.iter().find(|p| p.id() == id)
+    }
+
+    /// The household's time zone (`time_zone`, checked at load), else UTC.
+    pub fn tz(&self) -> jiff::tz::TimeZone {
+        self.time_zone
+            .as_deref()
+            .and_then(|name| jiff::tz::TimeZone::get(name).ok())
+            .unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+
+    /// The start of the household's day (midnight in its time zone) that
+    /// contains `t`: where "today" begins for its timeline.
+    pub fn day_start(&self, t: time::OffsetDateTime) -> time::OffsetDateTime {
+        jiff::Timestamp::from_second(t.unix_timestamp())
+            .and_then(|ts| ts.to_zoned(self.tz()).start_of_day())
+            .ok()
+            .and_then(|start| {
+                time::OffsetDateTime::from_unix_timestamp(start.timestamp().as_second()).ok()
+            })
+            .unwrap_or(t)
     }
 }
 
@@ -489,9 +536,21 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let pattern =
-            TopicPattern::parse(&self.ingest.topic_pattern).context("ingest.topic_pattern")?;
-        if !pattern.has_household() && !self.households.contains_key(&self.ingest.default_household)
+        if !self.ingest.topic_patterns.is_empty()
+            && self.ingest.topic_pattern != DEFAULT_TOPIC_PATTERN
+            && !self
+                .ingest
+                .topic_patterns
+                .contains(&self.ingest.topic_pattern)
+        {
+            bail!(
+                "ingest.topic_pattern and ingest.topic_patterns disagree: set topic_patterns only"
+            );
+        }
+        let patterns =
+            TopicPatterns::parse(&self.ingest.topic_patterns()).context("ingest.topic_patterns")?;
+        if !patterns.all_have_household()
+            && !self.households.contains_key(&self.ingest.default_household)
         {
             bail!(
                 "ingest.default_household {:?} is not among [households]",
@@ -540,6 +599,11 @@ impl Config {
         for (name, household) in &self.households {
             if name.len() > MAX_TOPIC_LEVEL_BYTES {
                 bail!("households.{name}: the name is over {MAX_TOPIC_LEVEL_BYTES} bytes");
+            }
+            if let Some(zone) = &household.time_zone {
+                jiff::tz::TimeZone::get(zone).with_context(|| {
+                    format!("households.{name}.time_zone {zone:?} is not an IANA time zone")
+                })?;
             }
             if household.public && household.token.is_some() {
                 bail!("households.{name} has a token and public = true: choose one");
@@ -643,6 +707,38 @@ mod tests {
         let config = Config::from_toml(text).expect("example config");
         assert!(config.households.contains_key("weasleys"));
         assert!(!config.notifier.sinks.is_empty());
+        assert_eq!(
+            config.households["weasleys"].tz().iana_name(),
+            Some("Europe/London")
+        );
+    }
+
+    #[test]
+    fn a_household_day_starts_at_its_own_midnight() {
+        use time::macros::datetime;
+        let utc = Household::default();
+        assert_eq!(
+            utc.day_start(datetime!(2026-12-01 23:59:59 +02:00)),
+            datetime!(2026-12-01 00:00 UTC)
+        );
+        let tokyo = Household {
+            time_zone: Some("Asia/Tokyo".into()),
+            ..Household::default()
+        };
+        // 20:00 UTC is already the next day in Tokyo, which began at 15:00 UTC.
+        assert_eq!(
+            tokyo.day_start(datetime!(2026-12-01 20:00 UTC)),
+            datetime!(2026-12-01 15:00 UTC)
+        );
+        let london = Household {
+            time_zone: Some("Europe/London".into()),
+            ..Household::default()
+        };
+        // Summer time: midnight in London is 23:00 UTC the day before.
+        assert_eq!(
+            london.day_start(datetime!(2026-07-01 12:00 UTC)),
+            datetime!(2026-06-30 23:00 UTC)
+        );
     }
 
     #[test]
@@ -658,6 +754,21 @@ mod tests {
     fn rejects_typos_and_bad_values() {
         assert!(Config::from_toml("[presence]\nstale_afer = \"1h\"").is_err());
         assert!(Config::from_toml("[ingest]\ntopic_pattern = \"owntracks/{device}\"").is_err());
+        assert!(
+            Config::from_toml("[ingest]\ntopic_patterns = []\ntopic_pattern = \"x/{device}\"")
+                .is_err()
+        );
+        assert!(Config::from_toml("[ingest]\ntopic_patterns = [\"owntracks/{user}\"]").is_err());
+        assert!(
+            Config::from_toml("[ingest]\ntopic_pattern = \"a/{user}/{device}\"\ntopic_patterns = [\"b/{user}/{device}\"]")
+                .is_err(),
+            "two keys that disagree"
+        );
+        let both = Config::from_toml(
+            "[ingest]\ntopic_patterns = [\"owntracks/{user}/{device}\", \"owntracks/{household}/{user}/{device}\"]",
+        )
+        .unwrap();
+        assert_eq!(both.ingest.patterns().iter().count(), 2);
         assert!(
             Config::from_toml("[households.a]\ntoken = \"short\"").is_err(),
             "short tokens are refused"
@@ -746,6 +857,7 @@ mod tests {
             "[ingest]\nuser_households = { bob = \"nowhere\" }",
             "[[ingest.devices]]\nuser = \"u\"\nhousehold = \"nowhere\"",
             "[[ingest.devices]]\nuser = \"u\"\nrequire_encryption = true",
+            "[households.home]\ntime_zone = \"Mars/Olympus_Mons\"",
         ];
         for text in bad {
             assert!(Config::from_toml(text).is_err(), "accepted: {text}");

@@ -1,4 +1,5 @@
-//! Idempotent creation of the streams and the KV bucket of the contract.
+//! Idempotent creation of the streams and the KV buckets of the contract
+//! (replicas from the config), and the NATS connection.
 
 use anyhow::Context;
 use async_nats::jetstream::{self, kv, stream};
@@ -97,18 +98,52 @@ pub async fn ensure_presence_bucket(
     js: &jetstream::Context,
     c: &StreamsConfig,
 ) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(PRESENCE_BUCKET).await {
+    ensure_bucket(
+        js,
+        kv::Config {
+            bucket: PRESENCE_BUCKET.into(),
+            history: 5,
+            storage: stream::StorageType::File,
+            num_replicas: c.replicas,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Creates a KV bucket, or opens it and brings its replica count to
+/// `config`'s (its other settings are left as they are).
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> anyhow::Result<kv::Store> {
+    let bucket = config.bucket.clone();
+    if let Ok(store) = js.get_key_value(&bucket).await {
+        let current = store.stream.cached_info().config.clone();
+        if current.num_replicas != config.num_replicas {
+            set_replicas(js, current, config.num_replicas).await?;
+        }
         return Ok(store);
     }
-    js.create_key_value(kv::Config {
-        bucket: PRESENCE_BUCKET.into(),
-        history: 5,
-        storage: stream::StorageType::File,
-        num_replicas: c.replicas,
-        ..Default::default()
-    })
-    .await
-    .context("creating KV bucket presence")
+    js.create_key_value(config)
+        .await
+        .with_context(|| format!("creating KV bucket {bucket}"))
+}
+
+/// Updates a stream's replica count: JetStream copies the data to the new
+/// peers (a single server refuses more than one replica, and says so).
+async fn set_replicas(
+    js: &jetstream::Context,
+    mut config: stream::Config,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    let name = config.name.clone();
+    config.num_replicas = replicas;
+    js.update_stream(config)
+        .await
+        .with_context(|| format!("setting the replicas of stream {name} to {replicas}"))?;
+    tracing::info!(stream = %name, replicas, "stream replicas updated");
+    Ok(())
 }
 
 /// NATS credentials besides those a URL may carry (`nats://user:pass@host`,
@@ -218,13 +253,16 @@ pub async fn connect(
     name: &str,
     ready: crate::server::ReadyFlag,
 ) -> anyhow::Result<async_nats::Client> {
+    let servers = server_addrs(url)?;
+    let redacted = crate::telemetry::redact_url(url);
     let flag = ready.clone();
+    let named = redacted.clone();
     let options = async_nats::ConnectOptions::new()
         .name(name)
         .custom_inbox_prefix(inbox_prefix(name))
         .retry_on_initial_connect()
         .event_callback(move |event| {
-            let flag = flag.clone();
+            let (flag, servers) = (flag.clone(), named.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => {
@@ -232,32 +270,66 @@ pub async fn connect(
                         flag.set(true);
                     }
                     async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS disconnected");
+                        tracing::warn!(%servers, "NATS disconnected");
                         flag.set(false);
                     }
-                    other => tracing::warn!(event = %other, "NATS event"),
+                    // async-nats reports a failed attempt by its kind only
+                    // ("IO error"): the servers say where to look.
+                    other => tracing::warn!(event = %other, %servers, "NATS event"),
                 }
             }
         });
-    // A comma-separated list (a cluster): the client picks among them and
-    // fails over; async-nats parses one address per `&str`, so split here.
-    let servers = url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing NATS_URL {}", crate::telemetry::redact_url(url)))?;
     let client = auth
         .apply(url, options)
         .await?
         .connect(servers)
         .await
-        .with_context(|| {
-            format!(
-                "connecting to NATS at {}",
-                crate::telemetry::redact_url(url)
-            )
-        })?;
+        .with_context(|| format!("connecting to NATS at {redacted}"))?;
     Ok(client)
+}
+
+/// Connects once, without retrying, for a command-line tool: an
+/// unreachable server is an error naming the (redacted) URL, within `wait`.
+pub async fn connect_once(
+    url: &str,
+    auth: &NatsAuth,
+    name: &str,
+    wait: std::time::Duration,
+) -> anyhow::Result<async_nats::Client> {
+    let shown = crate::telemetry::redact_url(url);
+    let servers = server_addrs(url)?;
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .custom_inbox_prefix(inbox_prefix(name))
+        .connection_timeout(wait);
+    auth.apply(url, options)
+        .await?
+        .connect(servers)
+        .await
+        .with_context(|| format!("cannot reach NATS at {shown}"))
+}
+
+/// The servers of `NATS_URL`, a comma-separated list (a cluster): the client
+/// picks among them and fails over. async-nats parses one address per
+/// string, so the list is split here, and a bad entry is named.
+fn server_addrs(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    let entries: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    anyhow::ensure!(!entries.is_empty(), "NATS_URL names no server");
+    entries
+        .iter()
+        .map(|entry| {
+            entry.parse::<async_nats::ServerAddr>().with_context(|| {
+                format!(
+                    "parsing NATS_URL entry {}",
+                    crate::telemetry::redact_url(entry)
+                )
+            })
+        })
+        .collect()
 }
 
 /// Runs `setup` until it succeeds, with jittered backoff between attempts
@@ -292,7 +364,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::url_credentials;
+    use super::{server_addrs, url_credentials};
     use crate::telemetry::redact_url;
 
     #[test]
@@ -306,6 +378,22 @@ mod tests {
             Some(("tok".into(), None))
         );
         assert_eq!(url_credentials("nats://nats:4222"), None);
+    }
+
+    #[test]
+    fn a_list_is_split_and_a_bad_entry_named() {
+        let servers = server_addrs("nats://n1:4222, nats://u:p@n2:4222,n3:4222,").unwrap();
+        let hosts: Vec<String> = servers
+            .iter()
+            .map(|s| format!("{}:{}", s.host(), s.port()))
+            .collect();
+        assert_eq!(hosts, ["n1:4222", "n2:4222", "n3:4222"]);
+        let error = server_addrs("nats://n1:4222,nats://u:secret@n2:x").unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("entry nats://u:***@n2:x"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+        assert!(!message.trim_end().ends_with(':'), "{message}");
+        assert!(server_addrs(" , ").is_err());
     }
 
     #[test]

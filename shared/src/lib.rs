@@ -4,8 +4,8 @@
 //! Layout:
 //! - `owntracks`: OwnTracks payloads parsed tolerantly, with reject reasons.
 //! - `crypto`: decryption (and encryption) of `encrypted` payloads.
-//! - `topic`: MQTT topic patterns (`owntracks/{user}/{device}`), and which
-//!   message type each suffix takes.
+//! - `topic`: MQTT topic patterns (`owntracks/{user}/{device}`, one or
+//!   several at once), and which message type each suffix takes.
 //! - `token`: the reversible encoding of names into subject tokens.
 //! - `limits`: size limits on names that become subjects, keys or state.
 //! - `subjects`: stream, subject, bucket and key names of the contract.

@@ -1,7 +1,8 @@
 //! MQTT topic patterns: `owntracks/{user}/{device}` (default) or
-//! `owntracks/{household}/{user}/{device}`. Levels after the pattern are the
-//! suffix (`event`, `info`, `cmd`, …), and which message type each suffix
-//! takes.
+//! `owntracks/{household}/{user}/{device}`, one or several at once (so a
+//! household can move its phones to its own namespace one by one). Levels
+//! after the pattern are the suffix (`event`, `info`, `cmd`, …), and which
+//! message type each suffix takes.
 
 use thiserror::Error;
 
@@ -26,6 +27,8 @@ pub enum PatternError {
     MissingPlaceholder,
     #[error("level {0:?} is neither a literal nor a single placeholder")]
     BadLevel(String),
+    #[error("no topic pattern")]
+    Empty,
 }
 
 /// The names a topic carries.
@@ -119,6 +122,127 @@ impl TopicPattern {
     }
 }
 
+/// Several patterns accepted at once, in the configured order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPatterns {
+    patterns: Vec<TopicPattern>,
+}
+
+impl TopicPatterns {
+    /// Parses a non-empty list of patterns.
+    pub fn parse<S: AsRef<str>>(list: &[S]) -> Result<Self, PatternError> {
+        let patterns = list
+            .iter()
+            .map(|p| TopicPattern::parse(p.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if patterns.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        Ok(TopicPatterns { patterns })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TopicPattern> {
+        self.patterns.iter()
+    }
+
+    /// The first pattern: the one HTTP mode builds its topics with, and
+    /// where a device not seen yet gets its commands.
+    pub fn primary(&self) -> &TopicPattern {
+        &self.patterns[0]
+    }
+
+    /// The first pattern with a `{household}` level.
+    pub fn household_pattern(&self) -> Option<&TopicPattern> {
+        self.patterns.iter().find(|p| p.has_household())
+    }
+
+    /// Whether every pattern names the household.
+    pub fn all_have_household(&self) -> bool {
+        self.patterns.iter().all(TopicPattern::has_household)
+    }
+
+    /// The MQTT subscriptions covering every pattern, without one that
+    /// another covers (`owntracks/+/+/#` covers `owntracks/+/+/+/#`): with
+    /// overlapping subscriptions a broker may deliver a message twice.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let all: Vec<String> = self
+            .patterns
+            .iter()
+            .map(TopicPattern::subscription)
+            .collect();
+        let mut out: Vec<String> = Vec::new();
+        for (i, filter) in all.iter().enumerate() {
+            let covered = all.iter().enumerate().any(|(j, other)| {
+                j != i && filter_covers(other, filter) && (!filter_covers(filter, other) || j < i)
+            });
+            if !covered && !out.contains(filter) {
+                out.push(filter.clone());
+            }
+        }
+        out
+    }
+
+    /// Splits a topic by the first pattern that fits it plausibly: its
+    /// household (if the topic names one) is accepted by `accepts_household`
+    /// and its suffix is none or a known one. Without a plausible fit, the
+    /// first pattern that fits at all (the classifier then says what is
+    /// wrong). Returns the pattern too.
+    pub fn match_topic(
+        &self,
+        topic: &str,
+        accepts_household: impl Fn(&str) -> bool,
+    ) -> Option<(&TopicPattern, TopicMatch)> {
+        let mut fits = self
+            .patterns
+            .iter()
+            .filter_map(|p| p.match_topic(topic).map(|m| (p, m)));
+        let first = fits.next()?;
+        let plausible = |m: &TopicMatch| {
+            m.household.as_deref().is_none_or(&accepts_household)
+                && m.suffix.as_deref().is_none_or(is_known_suffix)
+        };
+        if plausible(&first.1) {
+            return Some(first);
+        }
+        Some(fits.find(|(_, m)| plausible(m)).unwrap_or(first))
+    }
+}
+
+/// Whether MQTT filter `a` matches every topic filter `b` matches.
+fn filter_covers(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('/'), b.split('/'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(l)) if l != "#" => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The suffixes the apps publish on (see [`fits_suffix`]).
+pub fn is_known_suffix(suffix: &str) -> bool {
+    expected_kind(suffix).is_some()
+}
+
+fn expected_kind(suffix: &str) -> Option<MessageType> {
+    Some(match suffix {
+        "event" => MessageType::Transition,
+        "info" => MessageType::Card,
+        "waypoint" => MessageType::Waypoint,
+        "waypoints" => MessageType::Waypoints,
+        "status" => MessageType::Status,
+        "cmd" => MessageType::Cmd,
+        "dump" => MessageType::Dump,
+        "step" => MessageType::Steps,
+        "beacon" => MessageType::Beacon,
+        "request" => MessageType::Request,
+        _ => return None,
+    })
+}
+
 /// Whether a message of `kind` belongs on a topic with `suffix` (`None`: the
 /// base topic). Known suffixes take one type; the base topic takes anything
 /// but `cmd` (iOS publishes cards there too); unknown suffixes take anything.
@@ -130,20 +254,7 @@ pub fn fits_suffix(suffix: Option<&str>, kind: MessageType) -> bool {
     let Some(suffix) = suffix else {
         return kind != MessageType::Cmd;
     };
-    let expected = match suffix {
-        "event" => MessageType::Transition,
-        "info" => MessageType::Card,
-        "waypoint" => MessageType::Waypoint,
-        "waypoints" => MessageType::Waypoints,
-        "status" => MessageType::Status,
-        "cmd" => MessageType::Cmd,
-        "dump" => MessageType::Dump,
-        "step" => MessageType::Steps,
-        "beacon" => MessageType::Beacon,
-        "request" => MessageType::Request,
-        _ => return true,
-    };
-    kind == expected
+    expected_kind(suffix).is_none_or(|expected| kind == expected)
 }
 
 #[cfg(test)]
@@ -183,6 +294,53 @@ mod tests {
         assert!(TopicPattern::parse("owntracks/{user}/{user}/{device}").is_err());
         assert!(TopicPattern::parse("owntracks/+/{user}/{device}").is_err());
         assert!(TopicPattern::parse("owntracks/x{user}/{device}").is_err());
+    }
+
+    #[test]
+    fn several_patterns_old_and_household() {
+        let p = TopicPatterns::parse(&[
+            "owntracks/{user}/{device}",
+            "owntracks/{household}/{user}/{device}",
+        ])
+        .unwrap();
+        // One subscription covers both: no duplicate deliveries.
+        assert_eq!(p.subscriptions(), ["owntracks/+/+/#"]);
+        let known = |h: &str| h == "weasleys";
+        let (pattern, m) = p.match_topic("owntracks/harry/phone", known).unwrap();
+        assert!(!pattern.has_household());
+        assert_eq!((m.user.as_str(), m.device.as_str()), ("harry", "phone"));
+        let (_, m) = p.match_topic("owntracks/harry/phone/event", known).unwrap();
+        assert_eq!(m.suffix.as_deref(), Some("event"));
+        // A household's namespace: the old pattern would read an unknown
+        // suffix, so the household pattern wins.
+        let (pattern, m) = p
+            .match_topic("owntracks/weasleys/harry/phone", known)
+            .unwrap();
+        assert!(pattern.has_household());
+        assert_eq!(m.household.as_deref(), Some("weasleys"));
+        assert_eq!((m.user.as_str(), m.device.as_str()), ("harry", "phone"));
+        let (_, m) = p
+            .match_topic("owntracks/weasleys/harry/phone/event", known)
+            .unwrap();
+        assert_eq!(m.suffix.as_deref(), Some("event"));
+        // Neither fits plausibly: the first fit, as with one pattern.
+        let (pattern, m) = p.match_topic("owntracks/nobody/x/y", known).unwrap();
+        assert!(!pattern.has_household());
+        assert_eq!(m.suffix.as_deref(), Some("y"));
+        assert!(p.match_topic("elsewhere/a/b", known).is_none());
+        assert!(TopicPatterns::parse::<&str>(&[]).is_err());
+    }
+
+    #[test]
+    fn disjoint_patterns_keep_their_subscriptions() {
+        let p =
+            TopicPatterns::parse(&["a/{user}/{device}", "b/{household}/{user}/{device}"]).unwrap();
+        assert_eq!(p.subscriptions(), ["a/+/+/#", "b/+/+/+/#"]);
+        let p =
+            TopicPatterns::parse(&["a/{household}/{user}/{device}", "a/{user}/{device}"]).unwrap();
+        assert_eq!(p.subscriptions(), ["a/+/+/#"]);
+        assert!(filter_covers("a/+/#", "a/b/c/#"));
+        assert!(!filter_covers("a/b/#", "a/+/#"));
     }
 
     #[test]

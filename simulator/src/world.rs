@@ -122,8 +122,9 @@ impl World {
     /// without one is put a few kilometres from home (the phones define it
     /// themselves then, as the apps do).
     pub fn from_config(config: &Config, seed: u64) -> anyhow::Result<World> {
-        let pattern =
-            TopicPattern::parse(&config.ingest.topic_pattern).context("ingest.topic_pattern")?;
+        // The first pattern: where a phone not moved yet publishes.
+        let pattern = TopicPattern::parse(config.ingest.topic_patterns()[0])
+            .context("ingest.topic_patterns")?;
         let mut world = World {
             seed,
             households: Vec::new(),

@@ -362,6 +362,38 @@ impl Chromium {
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Saves a PNG of the whole page, below the fold too, to `path`: a
+    /// phone-sized viewport holds only part of a ten-person board.
+    pub async fn screenshot_full_page(&self, path: &Path) -> anyhow::Result<()> {
+        let metrics = self.call("Page.getLayoutMetrics", json!({})).await?;
+        let size = metrics
+            .get("cssContentSize")
+            .context("layout metrics without cssContentSize")?;
+        let (width, height) = (size["width"].as_f64(), size["height"].as_f64());
+        let (Some(width), Some(height)) = (width, height) else {
+            bail!("layout metrics without a content size: {size}");
+        };
+        let result = self
+            .call(
+                "Page.captureScreenshot",
+                json!({
+                    "format": "png",
+                    "captureBeyondViewport": true,
+                    "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+                }),
+            )
+            .await?;
+        let data = result
+            .get("data")
+            .and_then(Value::as_str)
+            .context("screenshot without data")?;
+        let png = base64::engine::general_purpose::STANDARD.decode(data)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
+    }
+
     /// The page's console and uncaught exceptions, and Chromium's own log.
     pub fn log(&self) -> String {
         let console = self.console.lock().unwrap().join("\n");

@@ -7,6 +7,13 @@
 //!   `deploy/nats-server.conf` with [`DEPLOY_PASSWORDS`], see
 //!   [`deploy_password`]) and the JetStream
 //!   readers [`stream_messages`] and [`stream_count`].
+//! - `cluster` — [`NatsCluster`]: three nats-servers with JetStream routed
+//!   into one cluster (the comma-separated URL list, kill and restart a
+//!   node on its ports and store).
+//! - `traffic` — seeded simulator traffic and what it left:
+//!   `traffic::world_config`, recorded runs, `traffic::distinct_messages`,
+//!   `traffic::settle`, and KV states, events and event ids in a form two
+//!   runs of the same input compare by.
 //! - `mosquitto` — [`Mosquitto`] (broker per test, configured from
 //!   `deploy/mosquitto.conf`: start, stop, kill, restart with persistence).
 //! - `mqtt` — [`MqttPublisher`] (QoS 1, waits for PUBACKs) and
@@ -51,6 +58,7 @@
 
 mod browser;
 mod cargo;
+mod cluster;
 mod eventually;
 mod http_stand_in;
 mod mosquitto;
@@ -63,12 +71,14 @@ mod prometheus;
 mod published;
 mod service;
 mod sse;
+pub mod traffic;
 
 pub use browser::{
     Chromium, MAGICMIRROR_VERSION, MagicMirror, chromium_binary, read_repo_file, repo_dir, skip,
     target_dir,
 };
 pub use cargo::cargo_build;
+pub use cluster::NatsCluster;
 pub use eventually::{Outcome, eventually};
 pub use http_stand_in::{Delivery, Receiver, Recorder, Request};
 pub use mosquitto::Mosquitto;

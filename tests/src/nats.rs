@@ -280,7 +280,7 @@ fn read_ports_file(dir: &Path, pid: u32) -> Option<u16> {
 }
 
 /// The nats-server binary to run; checks its version once per process.
-fn nats_server_bin() -> PathBuf {
+pub(crate) fn nats_server_bin() -> PathBuf {
     static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     CHECKED
         .get_or_init(|| {

@@ -686,6 +686,32 @@ async fn services_run_with_their_own_nats_users() {
     cmds.recv(Duration::from_secs(5))
         .await
         .expect("the command reaches the phone");
+    // What a phone publishes when asked is kept in the `phones` bucket by
+    // ingest's user (an ordered consumer on OWNTRACKS).
+    phone
+        .publish(
+            "owntracks/jane/phone/status",
+            r#"{"_type":"status","android":{"hib":1}}"#,
+        )
+        .await;
+    let phones = nats
+        .jetstream()
+        .await
+        .get_key_value("phones")
+        .await
+        .expect("ingest created the phones bucket");
+    eventually(
+        "jane's status in the phones bucket",
+        Duration::from_secs(10),
+        async || {
+            phones
+                .get("weasleys.jane.phone.status")
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
 
     // The notifier's user can neither write to OWNTRACKS nor command phones.
     let js = nats.jetstream().await;

@@ -28,14 +28,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream;
-use futures::StreamExt;
-use serde_json::{Value, json};
-use shared::config::Config;
-use shared::state::{DeviceState, PersonState, PresenceEvent};
-use simulator::send::{Endpoints, Sent};
-use simulator::world::{Generate, World};
+use shared::state::PresenceEvent;
+use simulator::send::Endpoints;
+use simulator::world::World;
 use simulator::{Pace, ReplayTimes, RunOptions};
+use whereabouts_tests::traffic::{
+    distinct_messages, event_contents, kv_states, presence_ids, recorded_traffic, settle, total,
+    world_config,
+};
 use whereabouts_tests::{
     Pipeline, SseClient, SseItem, eventually, free_port, stream_count, stream_messages,
 };
@@ -60,203 +60,12 @@ fn traffic() -> (Duration, f64) {
     }
 }
 
-/// The simulator's rate mode from 06:00 for `duration`, recording what it
-/// sends to `recording` (the disturbed runs replay or count from it).
-fn recorded_traffic(duration: Duration, rate: f64, recording: &std::path::Path) -> RunOptions {
-    RunOptions {
-        pace: Pace::Rate(rate),
-        start_at: 6.0 * 3600.0,
-        duration: Some(duration),
-        days: None,
-        record: Some(recording.to_path_buf()),
-    }
-}
-
-/// The generated world, with timers longer than the run and no debounce.
-fn world_config() -> (Config, String) {
-    let mut config = simulator::world::generate_config(Generate {
-        households: 40,
-        people: 5,
-        devices_per_person: 1,
-        seed: SEED,
-    });
-    let hour = Duration::from_secs(3600);
-    config.presence.stale_after = hour;
-    config.presence.lost_after = 2 * hour;
-    config.presence.lwt_grace = hour;
-    config.presence.max_fix_age = hour;
-    config.presence.debounce = Duration::ZERO;
-    let toml = toml::to_string(&config).expect("config as TOML");
-    (config, toml)
-}
-
 fn endpoints(stack: &Pipeline, client_id: &str) -> Endpoints {
     Endpoints {
         mqtt_url: stack.mosquitto.url(),
         http_url: stack.ingest.url(),
         client_id: client_id.into(),
     }
-}
-
-fn total(sent: &Sent) -> u64 {
-    assert_eq!(sent.http_failed, 0, "HTTP-mode posts failed: {sent:?}");
-    sent.mqtt + sent.http
-}
-
-/// How many of a recording's messages OWNTRACKS holds once all are in:
-/// ingest publishes each with `Nats-Msg-Id` = `content_id(topic, bytes)`,
-/// and JetStream drops a repeat within its duplicate window (longer than
-/// these runs). The simulator does send some repeats in rate mode: one
-/// simulated day lasts about two minutes at 100 msg/s, so when a phone
-/// flushes its queue after a gap in signal (at 21:00), its last queued fix
-/// and the fresh one (same spot, same battery, a few simulated minutes
-/// apart) fall in the same wall-clock second of `tst` and are the same
-/// bytes (7 in the first 11,997 messages of this world when paced
-/// exactly; how many depends on where the seconds fall). Encrypted
-/// payloads are sealed under a fresh nonce, so they never repeat. For
-/// MQTT the id is ingest's own; in HTTP mode ingest's topic follows from
-/// the device and the body from the recorded topic and message, so the
-/// recorded topic and message tell repeats apart just the same.
-fn distinct_messages(recording: &std::path::Path, sent: &Sent) -> u64 {
-    let text = std::fs::read_to_string(recording).unwrap();
-    let (header, lines) = simulator::read_recording(&text).unwrap();
-    assert_eq!(
-        lines.len() as u64,
-        total(sent),
-        "every message sent is recorded"
-    );
-    let mut ids = BTreeSet::new();
-    let mut sealed = 0u64;
-    for line in &lines {
-        let out = &line.outgoing;
-        if header.devices[out.device].secret.is_some() {
-            sealed += 1;
-        } else {
-            ids.insert(shared::envelope::content_id(&[
-                out.topic.as_bytes(),
-                out.message.to_string().as_bytes(),
-            ]));
-        }
-    }
-    ids.len() as u64 + sealed
-}
-
-/// Waits until OWNTRACKS holds `want` messages and PRESENCE stops growing
-/// (two reads 1 s apart agree); returns the PRESENCE count.
-async fn settle(js: &jetstream::Context, want: u64) -> u64 {
-    eventually(
-        &format!("{want} messages on OWNTRACKS"),
-        settle_time(),
-        async || (stream_count(js, "OWNTRACKS").await >= want).then_some(()),
-    )
-    .await;
-    let mut before = stream_count(js, "PRESENCE").await;
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = stream_count(js, "PRESENCE").await;
-        if now == before {
-            return now;
-        }
-        before = now;
-    }
-}
-
-/// What of a KV state follows from the input alone: for a person the
-/// place and status and their devices', for a device its regions, place,
-/// status and last fix.
-fn comparable_device(d: &DeviceState) -> Value {
-    let mut regions = d.regions.clone();
-    regions.sort();
-    json!({
-        "device": format!("{}/{}", d.user, d.device),
-        "regions": regions,
-        "place": d.place,
-        "status": d.status,
-        "last_fix": d.last_fix,
-    })
-}
-
-/// Every key of the presence bucket with the comparable part of its state.
-async fn kv_states(js: &jetstream::Context) -> BTreeMap<String, Value> {
-    let kv = js
-        .get_key_value(shared::subjects::PRESENCE_BUCKET)
-        .await
-        .expect("the presence bucket");
-    let keys: Vec<String> = kv
-        .keys()
-        .await
-        .expect("list keys")
-        .filter_map(|k| async move { k.ok() })
-        .collect()
-        .await;
-    let mut out = BTreeMap::new();
-    for key in keys {
-        let Some(bytes) = kv.get(&key).await.expect("get a key") else {
-            continue;
-        };
-        let value = if key.contains(".device.") {
-            let state: DeviceState = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|e| panic!("{key}: a device state: {e}"));
-            comparable_device(&state)
-        } else {
-            let state: PersonState = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|e| panic!("{key}: a person state: {e}"));
-            let mut devices: Vec<Value> = state.devices.iter().map(comparable_device).collect();
-            devices.sort_by_key(|d| d["device"].to_string());
-            json!({
-                "place": state.place,
-                "status": state.status,
-                "place_device": state.place_device,
-                "devices": devices,
-            })
-        };
-        out.insert(key, value);
-    }
-    out
-}
-
-/// The PRESENCE stream's events as what they say (person, kind, place,
-/// status, region, device) with how often each occurs. Not by id: ids
-/// derive from the input message's id, which differs between runs for
-/// encrypted payloads (sealed afresh). Not by `at`: status events' `at` is
-/// the receive time, and a leave can be dated by either of two messages a
-/// phone sends within a second (its leave transition, or a location without
-/// `inregions`), whichever presence applies first; runs of the same
-/// recording were seen to differ so by one second (why the order differs
-/// is not yet established).
-async fn event_contents(js: &jetstream::Context) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for m in stream_messages(js, "PRESENCE", ">").await {
-        let e: PresenceEvent = serde_json::from_slice(&m.payload).expect("event JSON");
-        let content = format!(
-            "{}/{} {:?} place {:?} status {:?} region {:?} {:?} device {:?}",
-            e.household, e.person, e.kind, e.place, e.status, e.region, e.event, e.device
-        );
-        *out.entry(content).or_default() += 1;
-    }
-    out
-}
-
-/// The PRESENCE stream's events as (stream sequence, event id), with the
-/// ids that occur more than once.
-async fn presence_ids(js: &jetstream::Context, filter: &str) -> (Vec<(u64, String)>, Vec<String>) {
-    let events: Vec<(u64, String)> = stream_messages(js, "PRESENCE", filter)
-        .await
-        .iter()
-        .map(|m| {
-            let seq = m.info().expect("message info").stream_sequence;
-            let event: PresenceEvent =
-                serde_json::from_slice(&m.payload).expect("presence event JSON");
-            (seq, event.id)
-        })
-        .collect();
-    let mut seen = BTreeSet::new();
-    let duplicates = events
-        .iter()
-        .filter(|(_, id)| !seen.insert(id.clone()))
-        .map(|(_, id)| id.clone())
-        .collect();
-    (events, duplicates)
 }
 
 /// An SSE client that stays on one household through notifier restarts:
@@ -320,7 +129,7 @@ impl Drop for StayingClient {
 /// its household exactly once.
 #[tokio::test]
 async fn each_service_killed_in_turn_loses_nothing_and_ends_as_an_undisturbed_run() {
-    let (config, toml) = world_config();
+    let (config, toml) = world_config(SEED);
     let world = World::from_config(&config, SEED).unwrap();
     assert_eq!(world.devices.len(), 200);
     let (duration, rate) = traffic();
@@ -335,7 +144,7 @@ async fn each_service_killed_in_turn_loses_nothing_and_ends_as_an_undisturbed_ru
             .await
             .unwrap();
         let distinct = distinct_messages(&recording, &sent);
-        settle(&stack.js, distinct).await;
+        settle(&stack.js, distinct, settle_time()).await;
         assert_eq!(stream_count(&stack.js, "OWNTRACKS").await, distinct);
         assert_eq!(stream_count(&stack.js, "REJECTED").await, 0);
         (
@@ -379,7 +188,7 @@ async fn each_service_killed_in_turn_loses_nothing_and_ends_as_an_undisturbed_ru
     stack.notifier.restart().await;
     let replayed = replay.await.unwrap().unwrap();
     assert_eq!(total(&replayed), total(&sent));
-    let events = settle(&stack.js, distinct).await;
+    let events = settle(&stack.js, distinct, settle_time()).await;
     assert_eq!(stream_count(&stack.js, "OWNTRACKS").await, distinct);
     assert_eq!(stream_count(&stack.js, "REJECTED").await, 0);
 
@@ -460,7 +269,7 @@ async fn each_service_killed_in_turn_loses_nothing_and_ends_as_an_undisturbed_ru
 /// then the server), as they would be for a cluster.
 #[tokio::test]
 async fn nats_restarted_on_its_store_loses_no_acknowledged_message() {
-    let (config, toml) = world_config();
+    let (config, toml) = world_config(SEED);
     let world = World::from_config(&config, SEED).unwrap();
     let nowhere = format!("nats://127.0.0.1:{}", free_port());
     let mut stack = Pipeline::start_with_nats_urls(&toml, &[nowhere]).await;
@@ -486,7 +295,7 @@ async fn nats_restarted_on_its_store_loses_no_acknowledged_message() {
     let sent = sim.await.unwrap().unwrap();
     stack.js = stack.nats.jetstream().await;
     let distinct = distinct_messages(&recording, &sent);
-    let events = settle(&stack.js, distinct).await;
+    let events = settle(&stack.js, distinct, settle_time()).await;
     assert_eq!(stream_count(&stack.js, "OWNTRACKS").await, distinct);
     assert_eq!(stream_count(&stack.js, "REJECTED").await, 0);
     assert!(events > before, "presence went on: {before} then {events}");
@@ -518,7 +327,7 @@ async fn nats_restarted_on_its_store_loses_no_acknowledged_message() {
 /// message the simulator sent is on OWNTRACKS.
 #[tokio::test]
 async fn mosquitto_restarted_with_persistence_loses_no_qos1_message() {
-    let (config, toml) = world_config();
+    let (config, toml) = world_config(SEED);
     let world = World::from_config(&config, SEED).unwrap();
     let mut stack = Pipeline::start(&toml).await;
     let dir = tempfile::tempdir().unwrap();
@@ -533,7 +342,7 @@ async fn mosquitto_restarted_with_persistence_loses_no_qos1_message() {
     stack.mosquitto.restart().await;
     let sent = sim.await.unwrap().unwrap();
     let distinct = distinct_messages(&recording, &sent);
-    let events = settle(&stack.js, distinct).await;
+    let events = settle(&stack.js, distinct, settle_time()).await;
     assert_eq!(stream_count(&stack.js, "OWNTRACKS").await, distinct);
     assert_eq!(stream_count(&stack.js, "REJECTED").await, 0);
     let (_, duplicates) = presence_ids(&stack.js, ">").await;
@@ -553,7 +362,7 @@ async fn mosquitto_restarted_with_persistence_loses_no_qos1_message() {
 /// the sink's backoff is capped at 60 s, so the short suite uses 10 s.
 #[tokio::test]
 async fn a_webhook_receiver_down_gets_every_event_afterwards_in_order_per_person() {
-    let (mut config, _) = world_config();
+    let (mut config, _) = world_config(SEED);
     let world = World::from_config(&config, SEED).unwrap();
     let outage = if long() {
         Duration::from_secs(60)
@@ -600,7 +409,7 @@ async fn a_webhook_receiver_down_gets_every_event_afterwards_in_order_per_person
         tokio::spawn(async move { axum::serve(listener, app).await })
     };
     let sent = sim.await.unwrap().unwrap();
-    let events = settle(&stack.js, total(&sent)).await;
+    let events = settle(&stack.js, total(&sent), settle_time()).await;
     let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for m in stream_messages(&stack.js, "PRESENCE", ">").await {
         let e: PresenceEvent = serde_json::from_slice(&m.payload).unwrap();

@@ -992,3 +992,134 @@ async fn sigterm_with_an_sse_client_connected_exits_cleanly() {
     assert_eq!(rest.last(), Some(&SseItem::End), "{rest:?}");
     let _ = &stack.nats;
 }
+
+/// `(place, from, to)` of a history answer's timeline.
+fn stays(history: &Value) -> Vec<(String, String, Option<String>)> {
+    history["timeline"]
+        .as_array()
+        .expect("a timeline")
+        .iter()
+        .map(|s| {
+            (
+                s["place"].as_str().unwrap().to_string(),
+                s["from"].as_str().unwrap().to_string(),
+                s["to"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_persons_history_lists_their_places_with_arrival_and_departure() {
+    let stack = stack("").await;
+    let js = &stack.js;
+    let mut harry = Phone::connect(&stack.mosquitto.url(), "harry", "phone").await;
+    harry.transition("enter", "Home").await;
+    let (_, home) = wait_place(js, "Harry", "Home", 1).await;
+    harry.transition("leave", "Home").await;
+    let (_, away) = wait_place(js, "Harry", "Away", 1).await;
+    harry.transition("enter", "School").await;
+    let (_, school) = wait_place(js, "Harry", "School", 1).await;
+
+    let base = stack.notifier.url();
+    let url = format!("{base}/v1/households/alpha/people/Harry/history");
+    let get = async |query: &[(&str, &str)], token: Option<&str>| {
+        let mut request = http().get(&url).query(query);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json::<Value>().await.unwrap())
+    };
+
+    // Today (the default): every place, each left when the next began.
+    let (status, today) = get(&[], Some(TOKEN_A)).await;
+    assert_eq!(status, StatusCode::OK, "{today}");
+    assert_eq!(today["household"], "alpha");
+    assert_eq!(today["person"], "Harry");
+    assert_eq!(today["truncated"], false);
+    let since = rfc3339(home.state.place_since);
+    let left_home = rfc3339(away.state.place_since);
+    let at_school = rfc3339(school.state.place_since);
+    assert_eq!(
+        stays(&today),
+        [
+            ("Home".into(), since, Some(left_home.clone())),
+            ("Away".into(), left_home.clone(), Some(at_school.clone())),
+            ("School".into(), at_school.clone(), None),
+        ],
+        "{today}"
+    );
+
+    // From just before the last change: the place before it, from its
+    // arrival, then the current one.
+    let (_, recent) = get(&[("since", &rfc3339(school.emitted_at))], Some(TOKEN_A)).await;
+    assert_eq!(
+        stays(&recent),
+        [
+            ("Away".into(), left_home, Some(at_school.clone())),
+            ("School".into(), at_school.clone(), None),
+        ],
+        "{recent}"
+    );
+
+    // Nothing since: the current place alone.
+    let later = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::seconds(5));
+    let (_, quiet) = get(&[("since", &later)], Some(TOKEN_A)).await;
+    assert_eq!(
+        stays(&quiet),
+        [("School".into(), at_school, None)],
+        "{quiet}"
+    );
+
+    // At most a day back.
+    let (_, old) = get(&[("since", "2000-01-01T00:00:00Z")], Some(TOKEN_A)).await;
+    let since = time::OffsetDateTime::parse(
+        old["since"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let day_ago = time::OffsetDateTime::now_utc() - time::Duration::DAY;
+    assert!(
+        (since - day_ago).abs() < time::Duration::minutes(1),
+        "a day back, not more: {old}"
+    );
+
+    // Refused as the other household endpoints are, and bad requests said so.
+    let refused = [
+        (vec![], None, StatusCode::UNAUTHORIZED, "token_required"),
+        (
+            vec![],
+            Some(TOKEN_B),
+            StatusCode::FORBIDDEN,
+            "token_for_another_household",
+        ),
+        (
+            vec![("since", "yesterday")],
+            Some(TOKEN_A),
+            StatusCode::BAD_REQUEST,
+            "bad_since",
+        ),
+    ];
+    for (query, token, want, reason) in refused {
+        let (status, body) = get(&query, token).await;
+        assert_eq!((status, body["error"].as_str()), (want, Some(reason)));
+    }
+    let nobody = http()
+        .get(format!("{base}/v1/households/alpha/people/Nobody/history"))
+        .bearer_auth(TOKEN_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nobody.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        nobody.json::<Value>().await.unwrap()["error"],
+        "unknown_person"
+    );
+}

@@ -597,6 +597,25 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
         .await
         .unwrap();
     checker.check("snapshot.json", "GET people", "snapshot", &snapshot);
+    let history: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/households/weasleys/people/harry/history",
+            stack.notifier.url()
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        history["timeline"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "Harry's day has places: {history}"
+    );
+    checker.check("history.json", "GET history", "history", &history);
     let frames = sse.drain(Duration::from_secs(2)).await;
     let mut sse_kinds = BTreeMap::new();
     for item in frames {
@@ -636,6 +655,8 @@ async fn everything_the_pipeline_sends_matches_its_schema() {
             "set-waypoints",
             json!({"household":"weasleys","user":"harry","device":"phone"}),
         ),
+        ("push-regions", json!({"household":"weasleys"})),
+        ("drift", json!({"household":"weasleys"})),
     ] {
         checker.check(
             "commands-request.json",
@@ -724,7 +745,10 @@ fn each_schema_refuses_a_document_that_breaks_the_contract() {
         "message":{"_type":"location","lat":51.5,"lon":-0.12,"tst":1767254400}});
     let snapshot = json!({"household":"weasleys","places":["Home"],"labels":{},"colors":{},
         "people":[person, {"household":"weasleys","person":"percy","name":"Percy","status":"unknown","devices":[]}]});
-    let cases: [Case<'_>; 8] = [
+    let history = json!({"household":"weasleys","person":"harry","since":"2026-01-01T00:00:00Z",
+        "timeline":[{"place":"Home","from":"2025-12-31T18:00:00Z","to":"2026-01-01T08:00:00Z"},
+            {"place":"Work","from":"2026-01-01T08:00:00Z","to":null}],"truncated":false});
+    let cases: [Case<'_>; 9] = [
         (
             "envelope.json",
             envelope,
@@ -773,6 +797,15 @@ fn each_schema_refuses_a_document_that_breaks_the_contract() {
             ],
         ),
         (
+            "history.json",
+            history,
+            &[
+                ("/timeline/1/to", Value::Null),
+                ("/timeline/0/from", json!("8 o'clock")),
+                ("/truncated", json!("no")),
+            ],
+        ),
+        (
             "commands-request.json",
             json!({"household":"weasleys","user":"harry","device":"phone",
             "command":{"_type":"cmd","action":"reportLocation"}}),
@@ -784,7 +817,8 @@ fn each_schema_refuses_a_document_that_breaks_the_contract() {
         (
             "commands-reply.json",
             json!({"topic":"owntracks/harry/phone/cmd","mqtt":true,
-            "queued_for_http":false,"encrypted":false}),
+            "queued_for_http":false,"encrypted":false,"action":"reportLocation",
+            "command":{"_type":"cmd","action":"reportLocation"},"app":null,"warnings":[]}),
             &[
                 ("/mqtt", json!("yes")),
                 ("/topic", json!("owntracks/harry/phone")),

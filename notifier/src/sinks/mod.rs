@@ -73,6 +73,8 @@ pub(crate) struct Context<'a> {
     /// The broker of `mqtt` sinks that name none.
     pub(crate) mqtt_url: &'a str,
     pub(crate) mqtt_ca_file: Option<&'a Path>,
+    /// This instance's name, if set: `mqtt` sinks append it to their client id.
+    pub(crate) instance: Option<&'a str>,
     pub(crate) households: &'a BTreeMap<String, Household>,
     pub(crate) shutdown: &'a CancellationToken,
     /// Where a sink spawns its own tasks (a connection), awaited on shutdown.

@@ -111,7 +111,11 @@ impl MqttSink {
     fn connect(settings: Settings, name: &str, context: &Context<'_>) -> anyhow::Result<Self> {
         let url = settings.url.as_deref().unwrap_or(context.mqtt_url);
         let shutdown = context.shutdown.clone();
-        let client_id = format!("whereabouts-notifier-{}", shared::token::encode(name));
+        // One per instance: instances share the sink's consumer, not its session.
+        let client_id = shared::cli::instance_client_id(
+            &format!("whereabouts-notifier-{}", shared::token::encode(name)),
+            context.instance,
+        );
         let mut options = shared::mqtt::options(url, &client_id, None, None, context.mqtt_ca_file)?;
         options.set_clean_session(false);
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
