@@ -110,6 +110,26 @@ pub struct PersonState {
     pub last_event_id: Option<String>,
 }
 
+impl PersonState {
+    /// A person with nothing known yet: no place, no devices, online.
+    pub fn empty(household: String, person: String, place_since: OffsetDateTime) -> Self {
+        PersonState {
+            household,
+            person,
+            name: String::new(),
+            place: String::new(),
+            place_since,
+            status: Status::Online,
+            status_reason: None,
+            last_seen: None,
+            devices: Vec::new(),
+            place_device: None,
+            outbox: Vec::new(),
+            last_event_id: None,
+        }
+    }
+}
+
 /// The presence event's schema version: raised on an incompatible change
 /// only (docs/contract.md says which changes are compatible).
 pub const EVENT_SCHEMA_VERSION: u32 = 1;

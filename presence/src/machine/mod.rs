@@ -169,19 +169,12 @@ pub(crate) fn apply(
     let existing =
         person.filter(|p| Some(&p.person) == person_id.as_ref() && p.household == input.household);
     let prev = existing.clone();
-    let mut person = existing.unwrap_or_else(|| PersonState {
-        household: input.household.clone(),
-        person: person_id.clone().unwrap_or_default(),
-        name: String::new(),
-        place: String::new(),
-        place_since: now,
-        status: Status::Online,
-        status_reason: None,
-        last_seen: None,
-        devices: Vec::new(),
-        place_device: None,
-        outbox: Vec::new(),
-        last_event_id: None,
+    let mut person = existing.unwrap_or_else(|| {
+        PersonState::empty(
+            input.household.clone(),
+            person_id.clone().unwrap_or_default(),
+            now,
+        )
     });
     let same = |d: &DeviceState| {
         d.user == input.user && d.device == input.device && d.household == input.household

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use futures::future::try_join_all;
-use shared::state::{DeviceState, PersonState, PresenceEvent, Status};
+use shared::state::{DeviceState, PersonState, PresenceEvent};
 use shared::subjects::{device_key, presence};
 use time::OffsetDateTime;
 
@@ -92,20 +92,11 @@ pub(super) async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<P
 fn hollow(event: &shared::state::PresenceEvent) -> shared::state::PresenceEvent {
     let state = &event.state;
     shared::state::PresenceEvent {
-        state: PersonState {
-            household: state.household.clone(),
-            person: state.person.clone(),
-            name: String::new(),
-            place: String::new(),
-            place_since: OffsetDateTime::UNIX_EPOCH,
-            status: Status::Online,
-            status_reason: None,
-            last_seen: None,
-            devices: Vec::new(),
-            place_device: None,
-            outbox: Vec::new(),
-            last_event_id: None,
-        },
+        state: PersonState::empty(
+            state.household.clone(),
+            state.person.clone(),
+            OffsetDateTime::UNIX_EPOCH,
+        ),
         ..event.clone()
     }
 }
