@@ -2,6 +2,8 @@
 #
 # One image for the three Whereabouts services; `command:` chooses one:
 #   docker run … whereabouts ingest|presence|notifier
+# It also carries the admin CLI and the simulator:
+#   docker compose exec notifier whereabouts status
 # Settings come from the environment (see `<service> --help`). The image
 # holds no config and no secret: mount yours (scripts/first-run.sh writes
 # one) and point WHEREABOUTS_CONFIG at it, as compose.yaml does. Without
@@ -34,7 +36,7 @@ RUN set -eux; \
     echo 'fn main() {}' > simulator/src/main.rs; \
     echo 'fn main() {}' > admin/src/main.rs; \
     echo 'fn main() {}' > examples/rust-consumer/src/main.rs; \
-    cargo build --release --locked -p ingest -p presence -p notifier; \
+    cargo build --release --locked -p ingest -p presence -p notifier -p whereabouts-admin -p simulator; \
     rm -rf shared/src ingest/src presence/src notifier/src simulator/src admin/src tests/src \
         examples/rust-consumer/src
 
@@ -42,10 +44,12 @@ RUN set -eux; \
 # recompiles the workspace crates (COPY keeps the files' own mtimes).
 COPY . .
 RUN set -eux; \
-    find shared ingest presence notifier -name '*.rs' -exec touch {} +; \
-    cargo build --release --locked --bin ingest --bin presence --bin notifier; \
+    find shared ingest presence notifier admin simulator -name '*.rs' -exec touch {} +; \
+    cargo build --release --locked --bin ingest --bin presence --bin notifier \
+        --bin whereabouts --bin whereabouts-sim; \
     mkdir -p /out; \
-    cp target/release/ingest target/release/presence target/release/notifier /out/
+    cd target/release; \
+    cp ingest presence notifier whereabouts whereabouts-sim /out/
 
 # --- runtime -------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -57,7 +61,7 @@ RUN set -eux; \
     useradd --system --uid 10001 --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin whereabouts
 
-COPY --from=builder /out/ingest /out/presence /out/notifier /usr/local/bin/
+COPY --from=builder /out/ingest /out/presence /out/notifier /out/whereabouts /out/whereabouts-sim /usr/local/bin/
 
 # In a container the services must listen on all interfaces to be reachable
 # (their defaults are loopback). Each service reads only its own variable.

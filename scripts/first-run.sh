@@ -10,7 +10,7 @@
 #   grafana.env             Grafana's admin password
 #   nats-passwords.conf     the NATS passwords, included by nats-server.conf
 #   mosquitto/passwd        the broker's password file (phones, ingest, notifier)
-#   mosquitto/acl           the broker's ACL (`ingest mosquitto-acl`)
+#   mosquitto/acl           the broker's ACL (`whereabouts mosquitto-acl`)
 #   tls/cert.pem tls/key.pem  a certificate for --host signed by a private
 #                           CA (tls/ca.pem, for the phones), unless you put
 #                           your own there first
@@ -20,8 +20,9 @@
 #   scripts/first-run.sh [--dir DIR] --acl   # regenerate the ACL after editing the config
 #
 # Needs openssl, and mosquitto_passwd (Debian: mosquitto) or Docker. The ACL
-# comes from ingest: WHEREABOUTS_INGEST (a command, e.g. "ingest"), else
-# target/{release,debug}/ingest, else `cargo run`, else the compose image.
+# comes from the admin CLI: WHEREABOUTS_CLI (a command, e.g. "whereabouts"),
+# else target/{release,debug}/whereabouts, else `cargo run`, else the compose
+# image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -56,27 +57,27 @@ done
 
 secret() { openssl rand -hex "${1:-16}"; }
 
-ingest_acl() {
+cli_acl() {
   local config=$1
-  if [ -n "${WHEREABOUTS_INGEST:-}" ]; then
+  if [ -n "${WHEREABOUTS_CLI:-}" ]; then
     # shellcheck disable=SC2086 # a command with arguments
-    WHEREABOUTS_CONFIG=$config $WHEREABOUTS_INGEST mosquitto-acl
-  elif [ -x target/release/ingest ]; then
-    WHEREABOUTS_CONFIG=$config target/release/ingest mosquitto-acl
-  elif [ -x target/debug/ingest ]; then
-    WHEREABOUTS_CONFIG=$config target/debug/ingest mosquitto-acl
+    WHEREABOUTS_CONFIG=$config $WHEREABOUTS_CLI mosquitto-acl
+  elif [ -x target/release/whereabouts ]; then
+    WHEREABOUTS_CONFIG=$config target/release/whereabouts mosquitto-acl
+  elif [ -x target/debug/whereabouts ]; then
+    WHEREABOUTS_CONFIG=$config target/debug/whereabouts mosquitto-acl
   elif command -v cargo >/dev/null; then
-    WHEREABOUTS_CONFIG=$config cargo run -q --release -p ingest -- mosquitto-acl
+    WHEREABOUTS_CONFIG=$config cargo run -q --release -p whereabouts-admin --bin whereabouts -- mosquitto-acl
   else
     docker compose build -q ingest >&2
     docker run --rm -v "$config:/tmp/whereabouts.toml:ro" \
-      -e WHEREABOUTS_CONFIG=/tmp/whereabouts.toml whereabouts:local ingest mosquitto-acl
+      -e WHEREABOUTS_CONFIG=/tmp/whereabouts.toml whereabouts:local whereabouts mosquitto-acl
   fi
 }
 
 write_acl() {
   mkdir -p "$dir/mosquitto"
-  ingest_acl "$dir/whereabouts.toml" > "$dir/mosquitto/acl.new"
+  cli_acl "$dir/whereabouts.toml" > "$dir/mosquitto/acl.new"
   mv "$dir/mosquitto/acl.new" "$dir/mosquitto/acl"
   # Read inside the containers by their own users (see docs/deploy.md).
   chmod 644 "$dir/mosquitto/acl"

@@ -1,18 +1,17 @@
 //! `push-regions`, `locate` and `configure`: requests to the
-//! `whereabouts-commands` NATS service (run by ingest), one per device,
-//! each device's answer reported.
+//! `whereabouts-commands` NATS service (run by ingest), which knows the
+//! household's devices and builds each `cmd`; each device's answer is
+//! reported.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::TryStreamExt;
 use serde_json::{Value, json};
 use shared::config::Config;
 use shared::state::PersonState;
 use shared::subjects::person_key;
-use shared::token::{decode, encode};
 
 use crate::nats::Nats;
 use crate::print_json;
@@ -21,7 +20,7 @@ const SUBJECT_PREFIX: &str = "whereabouts.commands";
 const WAIT: Duration = Duration::from_secs(5);
 
 /// Sends one request; the service's error (or its absence) as an error.
-async fn request(nats: &Nats, endpoint: &str, body: Value) -> anyhow::Result<Value> {
+pub(crate) async fn request(nats: &Nats, endpoint: &str, body: Value) -> anyhow::Result<Value> {
     let subject = format!("{SUBJECT_PREFIX}.{endpoint}");
     let reply = tokio::time::timeout(
         WAIT,
@@ -70,7 +69,7 @@ async fn each(
         failed |= result.is_err();
         if !json {
             match &result {
-                Ok(answer) => println!("{household} {user}/{device}: sent {answer}"),
+                Ok(answer) => println!("{household} {user}/{device}: sent to {}", describe(answer)),
                 Err(e) => println!("{household} {user}/{device}: not sent: {e:#}"),
             }
         }
@@ -89,54 +88,56 @@ async fn each(
     })
 }
 
-/// The devices of a household: those its people claim in the config and
-/// those presence has seen (the KV's device keys).
-async fn household_devices(
-    nats: &Nats,
-    config: &Config,
-    household: &str,
-) -> anyhow::Result<Vec<(String, String, String)>> {
-    let mut devices = BTreeSet::new();
-    if let Some(h) = config.households.get(household) {
-        for person in &h.people {
-            for d in &person.devices {
-                if let Some((user, device)) = d.split_once('/') {
-                    devices.insert((user.to_string(), device.to_string()));
-                }
-            }
-        }
-    }
-    let kv = nats.presence_kv().await?;
-    let prefix = format!("{}.device.", encode(household));
-    let keys: Vec<String> = kv
-        .keys()
-        .await
-        .context("listing the presence KV")?
-        .try_collect()
-        .await
-        .context("listing the presence KV")?;
-    for key in keys {
-        if let Some(rest) = key.strip_prefix(&prefix)
-            && let Some((user, device)) = rest.split_once('.')
-            && let (Some(user), Some(device)) = (decode(user), decode(device))
-        {
-            devices.insert((user, device));
-        }
-    }
-    Ok(devices
-        .into_iter()
-        .map(|(u, d)| (household.to_string(), u, d))
-        .collect())
-}
-
+/// `push-regions`: one request; the service finds the household's devices
+/// (claimed, credentialled, seen) and answers for each.
 pub(crate) async fn push_regions(
     nats: &Nats,
-    config: &Config,
     household: &str,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let targets = household_devices(nats, config, household).await?;
-    each(nats, "set-waypoints", targets, json!({}), json).await
+    let answer = request(nats, "push-regions", json!({"household": household})).await?;
+    let devices = answer["devices"].as_array().cloned().unwrap_or_default();
+    if json {
+        print_json(&answer)?;
+    } else {
+        for d in &devices {
+            let (user, device) = (text(&d["user"]), text(&d["device"]));
+            match d.get("error") {
+                Some(error) => println!("{household} {user}/{device}: not sent: {}", text(error)),
+                None => println!("{household} {user}/{device}: sent to {}", describe(d)),
+            }
+        }
+    }
+    anyhow::ensure!(!devices.is_empty(), "{household}: no devices to send to");
+    Ok(if devices.iter().any(|d| d.get("error").is_some()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A JSON string as it is; anything else as JSON.
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Where a command went, from the service's reply.
+fn describe(sent: &Value) -> String {
+    let mut ways = Vec::new();
+    if sent["mqtt"] == true {
+        ways.push(text(&sent["topic"]));
+    }
+    if sent["queued_for_http"] == true {
+        ways.push("the HTTP-mode queue".to_string());
+    }
+    let mut out = ways.join(" and ");
+    for warning in sent["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!(" (warning: {})", text(warning)));
+    }
+    out
 }
 
 pub(crate) async fn locate(
@@ -179,25 +180,10 @@ pub(crate) async fn locate(
     .await
 }
 
-/// The OwnTracks `setConfiguration` that moves a device to
-/// `owntracks/<household>/<user>/<device>`, subscribed to its household
-/// only.
-fn namespace_configuration(household: &str) -> Value {
-    let base = format!("owntracks/{household}");
-    json!({
-        "_type": "cmd",
-        "action": "setConfiguration",
-        "configuration": {
-            "_type": "configuration",
-            "pubTopicBase": format!("{base}/%u/%d"),
-            "subTopic": format!("{base}/+/+ {base}/+/+/event {base}/+/+/info {base}/%u/%d/cmd"),
-        }
-    })
-}
-
+/// `configure`: the service builds the `setConfiguration` (from its topic
+/// patterns) and refuses a device of another household.
 pub(crate) async fn configure(
     nats: &Nats,
-    config: &Config,
     device: &str,
     household: &str,
     json: bool,
@@ -205,12 +191,11 @@ pub(crate) async fn configure(
     let (user, dev) = device
         .split_once('/')
         .with_context(|| format!("{device:?}: want user/device"))?;
-    let current = config.household_of_user(user).to_string();
     each(
         nats,
-        "send",
-        vec![(current, user.to_string(), dev.to_string())],
-        json!({"command": namespace_configuration(household)}),
+        "configure",
+        vec![(household.to_string(), user.to_string(), dev.to_string())],
+        json!({}),
         json,
     )
     .await

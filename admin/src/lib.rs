@@ -12,12 +12,14 @@
 //! - `what_if`: `what-if`, an exported trace replayed offline
 //!   (`presence::replay`) under the current and a candidate configuration.
 //! - `check`: `check-config`, errors and warnings of a config file.
+//! - `acl`: `mosquitto-acl`, the broker ACL that follows from a config.
 //! - `commands`: `push-regions`, `locate`, `configure`, through the
 //!   `whereabouts-commands` NATS service.
 //! - `table`: human output as aligned columns.
 //!
 //! `simulate` runs the simulator's binary, `whereabouts-sim`.
 
+mod acl;
 mod check;
 mod commands;
 mod export;
@@ -105,6 +107,9 @@ enum Command {
     },
     /// Errors and warnings of a configuration file.
     CheckConfig { file: PathBuf },
+    /// Prints the mosquitto ACL for the config's users and households (a
+    /// phone writes its own user's topics and reads its household's).
+    MosquittoAcl,
     /// Sends the household's regions to each of its devices.
     PushRegions { household: String },
     /// Asks each device of a person for a location now.
@@ -135,6 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = || Config::load(common.config.as_deref());
     match cli.command {
         Command::CheckConfig { file } => return Ok(check::run(&file, json)),
+        Command::MosquittoAcl => print!("{}", acl::mosquitto_acl(&config()?)?),
         Command::WhatIf {
             trace,
             candidate,
@@ -171,15 +177,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     export::run(&nats, &config()?, &household, person.as_deref(), range).await?
                 }
                 Command::PushRegions { household } => {
-                    return commands::push_regions(&nats, &config()?, &household, json).await;
+                    return commands::push_regions(&nats, &household, json).await;
                 }
                 Command::Locate { person, household } => {
                     return commands::locate(&nats, &config()?, &person, household, json).await;
                 }
                 Command::Configure { device, household } => {
-                    return commands::configure(&nats, &config()?, &device, &household, json).await;
+                    return commands::configure(&nats, &device, &household, json).await;
                 }
-                Command::CheckConfig { .. } | Command::WhatIf { .. } | Command::Simulate { .. } => {
+                Command::CheckConfig { .. }
+                | Command::MosquittoAcl
+                | Command::WhatIf { .. }
+                | Command::Simulate { .. } => {
                     unreachable!("handled without NATS")
                 }
             }

@@ -1,11 +1,19 @@
 //! `status` and `devices`: the current state, from the `presence` KV bucket
-//! (`<household>.person.<person>`, `<household>.device.<user>.<device>`).
+//! (`<household>.person.<person>`, `<household>.device.<user>.<device>`);
+//! `devices` adds what the phones answered (the `phones` bucket, the app
+//! also from the last location on OWNTRACKS) and each phone's region drift
+//! (the commands service's `drift`).
 
 use anyhow::Context;
 use futures::TryStreamExt;
 use serde::Serialize;
-use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+use shared::envelope::Envelope;
+use shared::owntracks::App;
 use shared::state::{DeviceState, PersonState};
+use shared::subjects::{self, OWNTRACKS_STREAM, PHONES_BUCKET, phone_reply_key};
 use shared::token::encode;
 use time::OffsetDateTime;
 
@@ -114,21 +122,72 @@ pub(crate) async fn status(
     Ok(())
 }
 
-/// Device keys a newer version may add (the app, region drift, the last
-/// reply to a command): shown when present.
-const OPTIONAL_DEVICE_FIELDS: [&str; 3] = ["app", "regions_drift", "last_reply"];
+/// The message types a phone publishes when asked, kept in `phones`.
+const REPLY_KINDS: [&str; 3] = ["waypoints", "status", "dump"];
 
 pub(crate) async fn devices(
     nats: &Nats,
     household: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let raw: Vec<Value> = values(nats, household.as_deref(), "device").await?;
+    let devices: Vec<DeviceState> = values(nats, household.as_deref(), "device").await?;
+    // Optional sources: without them the row says less, not nothing.
+    let phones = nats.js.get_key_value(PHONES_BUCKET).await.ok();
+    let owntracks = nats.js.get_stream(OWNTRACKS_STREAM).await.ok();
+    let mut drift = BTreeMap::new();
+    let households: BTreeSet<&str> = devices.iter().map(|d| d.household.as_str()).collect();
+    for h in households {
+        match crate::commands::request(nats, "drift", json!({"household": h})).await {
+            Ok(answer) => {
+                for d in answer["devices"].as_array().into_iter().flatten() {
+                    let id = (h.to_string(), text(&d["user"]), text(&d["device"]));
+                    drift.insert(id, d.clone());
+                }
+            }
+            Err(e) => eprintln!("whereabouts: {h}: region drift unknown: {e:#}"),
+        }
+    }
     let mut rows = Vec::new();
-    for value in raw {
-        let d: DeviceState =
-            serde_json::from_value(value.clone()).context("decoding a device state")?;
-        let mut row = serde_json::json!({
+    for d in devices {
+        let (h, u, dev) = (d.household.as_str(), d.user.as_str(), d.device.as_str());
+        let mut replies: Vec<(&str, Envelope)> = Vec::new();
+        if let Some(phones) = &phones {
+            for kind in REPLY_KINDS {
+                let key = phone_reply_key(h, u, dev, kind);
+                if let Ok(Some(bytes)) = phones.get(&key).await
+                    && let Ok(envelope) = serde_json::from_slice(&bytes)
+                {
+                    replies.push((kind, envelope));
+                }
+            }
+        }
+        let mut app = replies
+            .iter()
+            .find_map(|(_, e)| App::from_message(&Value::Object(e.message.clone())));
+        if app.is_none()
+            && let Some(stream) = &owntracks
+            && let Ok(last) = stream
+                .get_last_raw_message_by_subject(&subjects::owntracks(h, u, dev, "location"))
+                .await
+            && let Ok(envelope) = serde_json::from_slice::<Envelope>(&last.payload)
+        {
+            app = App::from_message(&Value::Object(envelope.message));
+        }
+        let last_reply = replies
+            .iter()
+            .max_by_key(|(_, e)| e.received_at)
+            .map(|(kind, e)| json!({"kind": kind, "at": rfc3339(e.received_at)}));
+        let regions_drift = drift
+            .get(&(h.to_string(), u.to_string(), dev.to_string()))
+            .map(|entry| {
+                let mut entry = entry.clone();
+                if let Some(o) = entry.as_object_mut() {
+                    o.remove("user");
+                    o.remove("device");
+                }
+                entry
+            });
+        rows.push(json!({
             "household": d.household,
             "user": d.user,
             "device": d.device,
@@ -136,26 +195,18 @@ pub(crate) async fn devices(
             "place": d.place,
             "status": d.status.as_str(),
             "last_seen": rfc3339(d.last_seen),
-            "last_fix": d.last_fix.as_ref().map(|f| serde_json::json!({
+            "last_fix": d.last_fix.as_ref().map(|f| json!({
                 "tst": f.tst, "lat": f.lat, "lon": f.lon, "acc": f.acc, "batt": f.batt,
             })),
             "regions": d.regions,
-        });
-        for key in OPTIONAL_DEVICE_FIELDS {
-            if let Some(v) = value.get(key) {
-                row[key] = v.clone();
-            }
-        }
-        rows.push(row);
+            "app": app.map(App::as_str),
+            "regions_drift": regions_drift,
+            "last_reply": last_reply,
+        }));
     }
     if json {
         return print_json(&rows);
     }
-    let text = |v: &Value| match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
     let cells = rows
         .iter()
         .map(|r| {
@@ -171,8 +222,11 @@ pub(crate) async fn devices(
                     f => format!("{}, {}", f["lat"], f["lon"]),
                 },
                 text(&fix["batt"]),
-                text(&r["regions_drift"]),
-                text(&r["last_reply"]),
+                drift_summary(&r["regions_drift"]),
+                match &r["last_reply"] {
+                    Value::Null => String::new(),
+                    reply => format!("{} {}", text(&reply["kind"]), text(&reply["at"])),
+                },
             ]
         })
         .collect::<Vec<_>>();
@@ -191,4 +245,42 @@ pub(crate) async fn devices(
         &cells,
     );
     Ok(())
+}
+
+/// A JSON value as a table cell: strings as they are, null as nothing.
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One device's drift entry in a few words.
+fn drift_summary(entry: &Value) -> String {
+    if entry.is_null() {
+        return String::new();
+    }
+    if entry["exported_at"].is_null() {
+        return "never exported (ask with `waypoints`)".to_string();
+    }
+    if entry["in_sync"] == true {
+        return "in sync".to_string();
+    }
+    let names = |key: &str| -> Vec<String> {
+        entry[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.get("name").map_or_else(|| text(v), text))
+            .collect()
+    };
+    ["missing", "extra", "moved"]
+        .into_iter()
+        .filter_map(|key| {
+            let list = names(key);
+            (!list.is_empty()).then(|| format!("{key} {}", list.join(", ")))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

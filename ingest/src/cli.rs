@@ -9,8 +9,6 @@ use shared::telemetry::redact_url;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    #[command(subcommand)]
-    command: Option<Command>,
     #[command(flatten)]
     common: CommonArgs,
     /// MQTT broker URL (`mqtts://` for TLS; credentials may be in the URL).
@@ -31,21 +29,9 @@ struct Args {
     http_addr: String,
 }
 
-#[derive(Debug, clap::Subcommand)]
-enum Command {
-    /// Print the mosquitto ACL for the config's users and households (a
-    /// phone writes its own user's topics, reads its household's) and exit.
-    MosquittoAcl,
-}
-
 /// Parses `args` (the program name first) and runs until a signal.
 pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()> {
     let args = Args::parse_from(args);
-    if let Some(Command::MosquittoAcl) = args.command {
-        let config = shared::config::Config::load(args.common.config.as_deref())?;
-        print!("{}", crate::acl::mosquitto_acl(&config)?);
-        return Ok(());
-    }
     shared::telemetry::init_logging(args.common.log_format);
     let config = args.common.load_config(&args.http_addr)?;
     let listener = tokio::net::TcpListener::bind(&args.http_addr)

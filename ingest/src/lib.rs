@@ -8,7 +8,6 @@
 //!
 //! Layout:
 //! - `cli`: flags and environment, for the binary.
-//! - `acl`: the mosquitto ACL that follows from the config (`ingest mosquitto-acl`).
 //! - `classify`: one payload → envelope or rejection (pure).
 //! - `publish`: JetStream publishing with retries until stored.
 //! - `mqtt`: the persistent MQTT session, ordered manual acks.
@@ -19,7 +18,6 @@
 //! - `friends`: the household's other members, the answer to `POST /pub`.
 //! - `metrics`: ingest's Prometheus metrics and their closed label sets.
 
-mod acl;
 pub mod classify;
 pub mod cli;
 mod commands;

@@ -8,6 +8,8 @@ pub const REJECTED_STREAM: &str = "REJECTED";
 pub const PRESENCE_STREAM: &str = "PRESENCE";
 pub const PRESENCE_BUCKET: &str = "presence";
 pub const COMMANDS_SERVICE: &str = "whereabouts-commands";
+/// What phones published when asked (`waypoints`, `status`, `dump`).
+pub const PHONES_BUCKET: &str = "phones";
 
 /// Header carrying the short reason code on `rejected.>`.
 pub const REASON_HEADER: &str = "Whereabouts-Reason";
@@ -55,6 +57,17 @@ pub fn person_key(household: &str, person: &str) -> String {
 pub fn device_key(household: &str, user: &str, device: &str) -> String {
     format!(
         "{}.device.{}.{}",
+        encode(household),
+        encode(user),
+        encode(device)
+    )
+}
+
+/// `phones` KV key of a device's last reply of `kind` (`waypoints`,
+/// `status`, `dump`): `<household>.<user>.<device>.<kind>`.
+pub fn phone_reply_key(household: &str, user: &str, device: &str, kind: &str) -> String {
+    format!(
+        "{}.{}.{}.{kind}",
         encode(household),
         encode(user),
         encode(device)

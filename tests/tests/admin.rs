@@ -359,6 +359,8 @@ async fn what_if_a_larger_margin_changes_place_less_on_a_jittery_trace() {
 
 const TWO_HOUSEHOLDS: &str = r#"
 [ingest]
+# The household namespace beside the default, as while phones move.
+topic_patterns = ["owntracks/{user}/{device}", "owntracks/{household}/{user}/{device}"]
 default_household = "weasleys"
 user_households = { hermione = "grangers" }
 
@@ -407,11 +409,14 @@ async fn commands_reach_the_household_s_phones_and_no_others() {
         Some(&config),
         &["--json", "push-regions", "weasleys"],
     ));
-    let devices: Vec<&str> = pushed
+    // One request; the service answers for each device of the household.
+    assert_eq!(pushed["household"], "weasleys", "{pushed}");
+    assert_eq!(pushed["command"]["action"], "setWaypoints", "{pushed}");
+    let devices: Vec<&str> = pushed["devices"]
         .as_array()
         .unwrap()
         .iter()
-        .inspect(|r| assert_eq!(r["ok"], true, "{r}"))
+        .inspect(|r| assert!(r.get("error").is_none(), "{r}"))
         .filter_map(|r| r["user"].as_str())
         .collect();
     assert_eq!(devices, ["harry", "ron"]);
@@ -455,7 +460,14 @@ async fn commands_reach_the_household_s_phones_and_no_others() {
     assert_eq!(cmd["action"], "setConfiguration");
     assert_eq!(
         cmd["configuration"]["pubTopicBase"],
-        "owntracks/weasleys/%u/%d"
+        "owntracks/weasleys/ron/phone"
+    );
+    let subscriptions = cmd["configuration"]["subTopic"].as_str().unwrap();
+    assert!(
+        subscriptions
+            .split(' ')
+            .all(|s| s.starts_with("owntracks/weasleys/")),
+        "{subscriptions}"
     );
 
     // Nothing reached the other household, and an unknown one is an error.
@@ -463,9 +475,62 @@ async fn commands_reach_the_household_s_phones_and_no_others() {
     let nowhere = whereabouts(&nats, Some(&config), &["push-regions", "nowhere"]);
     assert!(!nowhere.status.success());
     assert!(
-        String::from_utf8_lossy(&nowhere.stderr).contains("no devices"),
+        String::from_utf8_lossy(&nowhere.stderr).contains("unknown_household"),
         "{nowhere:?}"
     );
+    // Moving a device of the Grangers under the Weasleys is refused.
+    let wrong = whereabouts(
+        &nats,
+        Some(&config),
+        &["configure", "hermione/phone", "--household", "weasleys"],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stdout).contains("wrong_household"),
+        "{wrong:?}"
+    );
+    assert_eq!(phones.recv(std::time::Duration::from_secs(1)).await, None);
+
+    // devices: the app (Android sends `_id`), the last reply and the drift
+    // of a phone whose export lacks the household's Home.
+    let harry = MqttPublisher::connect(&pipeline.mosquitto.url(), "harry-phone").await;
+    let tst = OffsetDateTime::now_utc().unix_timestamp();
+    harry
+        .publish(
+            "owntracks/harry/phone",
+            json!({"_type": "location", "_id": "a1b2", "lat": 51.5, "lon": -0.12, "tst": tst, "tid": "hp"}).to_string(),
+        )
+        .await;
+    harry
+        .publish(
+            "owntracks/harry/phone/waypoints",
+            json!({"_type": "waypoints", "waypoints": [
+                {"_type": "waypoint", "desc": "Shop", "lat": 51.4, "lon": -0.1, "rad": 50, "tst": tst}
+            ]})
+            .to_string(),
+        )
+        .await;
+    let row = whereabouts_tests::eventually(
+        "harry's phone in `devices` with its export",
+        std::time::Duration::from_secs(60),
+        async || {
+            let out = whereabouts(&nats, Some(&config), &["--json", "devices", "weasleys"]);
+            if !out.status.success() {
+                return None;
+            }
+            let rows: Value = serde_json::from_slice(&out.stdout).ok()?;
+            rows.as_array()?
+                .iter()
+                .find(|r| r["user"] == "harry" && !r["last_reply"].is_null())
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(row["app"], "android", "{row}");
+    assert_eq!(row["last_reply"]["kind"], "waypoints", "{row}");
+    assert_eq!(row["regions_drift"]["in_sync"], false, "{row}");
+    assert_eq!(row["regions_drift"]["missing"], json!(["Home"]), "{row}");
+    assert_eq!(row["regions_drift"]["extra"], json!(["Shop"]), "{row}");
 }
 
 #[test]

@@ -467,6 +467,16 @@ fn dockerfile_builds_what_compose_runs() {
             "{kind}: compose runs another binary"
         );
     }
+    // The admin CLI (and the simulator it runs) ship in the same image.
+    for tool in ["whereabouts", "whereabouts-sim"] {
+        assert!(
+            build
+                .split(|c: char| c.is_whitespace() || c == ';')
+                .any(|w| w == tool)
+                && install.contains(&format!("/{tool} ")),
+            "the Dockerfile does not build and install {tool}"
+        );
+    }
     // The image carries no config and so none of the example's secrets.
     assert!(
         !dockerfile.contains("whereabouts.example.toml"),
@@ -1076,7 +1086,8 @@ async fn first_run_generates_a_working_secure_setup() {
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("secrets");
-    let service_bin = whereabouts_tests::service_binary();
+    // The ACL comes from the admin CLI.
+    let cli = whereabouts_tests::cargo_build(&["whereabouts-admin"]).join("whereabouts");
     let run = Command::new(repo().join("scripts/first-run.sh"))
         .args(["--dir", out.to_str().unwrap()])
         .args([
@@ -1086,10 +1097,7 @@ async fn first_run_generates_a_working_secure_setup() {
             "weasleys",
         ])
         .args(["harry", "ron"])
-        .env(
-            "WHEREABOUTS_INGEST",
-            format!("{} ingest", service_bin.display()),
-        )
+        .env("WHEREABOUTS_CLI", &cli)
         .output()
         .expect("run scripts/first-run.sh");
     assert!(
@@ -1104,10 +1112,7 @@ async fn first_run_generates_a_working_secure_setup() {
     // A second run overwrites nothing.
     let again = Command::new(repo().join("scripts/first-run.sh"))
         .args(["--dir", out.to_str().unwrap()])
-        .env(
-            "WHEREABOUTS_INGEST",
-            format!("{} ingest", service_bin.display()),
-        )
+        .env("WHEREABOUTS_CLI", &cli)
         .output()
         .unwrap();
     assert!(!again.status.success(), "a second run must refuse");
@@ -1185,10 +1190,7 @@ async fn first_run_generates_a_working_secure_setup() {
     std::fs::write(&config_path, text).unwrap();
     let acl = Command::new(repo().join("scripts/first-run.sh"))
         .args(["--dir", out.to_str().unwrap(), "--acl"])
-        .env(
-            "WHEREABOUTS_INGEST",
-            format!("{} ingest", service_bin.display()),
-        )
+        .env("WHEREABOUTS_CLI", &cli)
         .output()
         .unwrap();
     assert!(
@@ -1358,8 +1360,8 @@ async fn caddy_serves_https_with_the_first_run_certificate() {
     let run = Command::new(repo().join("scripts/first-run.sh"))
         .args(["--dir", out.to_str().unwrap(), "harry"])
         .env(
-            "WHEREABOUTS_INGEST",
-            format!("{} ingest", whereabouts_tests::service_binary().display()),
+            "WHEREABOUTS_CLI",
+            whereabouts_tests::cargo_build(&["whereabouts-admin"]).join("whereabouts"),
         )
         .output()
         .unwrap();

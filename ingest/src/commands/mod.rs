@@ -34,7 +34,7 @@ use shared::topic::TopicPattern;
 use tokio_util::sync::CancellationToken;
 
 use crate::classify::Classifier;
-use actions::App;
+use shared::owntracks::App;
 
 const SUBJECT_PREFIX: &str = "whereabouts.commands";
 
@@ -419,7 +419,7 @@ impl Commands {
         device: &str,
         kind: &str,
     ) -> Option<Envelope> {
-        let key = replies::key(household, user, device, kind);
+        let key = shared::subjects::phone_reply_key(household, user, device, kind);
         let value = self.phones.get(key).await.ok()??;
         serde_json::from_slice(&value).ok()
     }

@@ -11,10 +11,8 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer, kv};
 use futures::StreamExt;
 use shared::retry::{Backoff, sleep_unless_cancelled};
-use shared::subjects::OWNTRACKS_STREAM;
+use shared::subjects::{OWNTRACKS_STREAM, PHONES_BUCKET};
 use tokio_util::sync::CancellationToken;
-
-pub(crate) const PHONES_BUCKET: &str = "phones";
 
 /// The message types a phone publishes when asked.
 const KINDS: [&str; 3] = ["waypoints", "status", "dump"];
@@ -33,17 +31,6 @@ pub(crate) async fn bucket(
         },
     )
     .await
-}
-
-/// `<household>.<user>.<device>.<kind>`, names encoded as in subjects.
-pub(crate) fn key(household: &str, user: &str, device: &str, kind: &str) -> String {
-    use shared::token::encode;
-    format!(
-        "{}.{}.{}.{kind}",
-        encode(household),
-        encode(user),
-        encode(device)
-    )
 }
 
 /// Copies replies into the bucket until `shutdown`, reconnecting on errors.

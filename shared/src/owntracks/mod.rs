@@ -9,11 +9,13 @@
 //! topic rule: `crate::topic::fits_suffix`.
 //!
 //! Layout:
+//! - `app`: which app (Android, iOS) a message shows, and the commands it obeys.
 //! - `message_type`: the `_type` table and which fields are numbers or times.
 //! - `normalise`: coercion, cutting and the per-type required fields.
 //! - `reason`: why a payload is rejected.
 //! - `views`: typed reads of a normalised body.
 
+mod app;
 mod message_type;
 mod normalise;
 mod reason;
@@ -22,6 +24,7 @@ mod views;
 use serde_json::{Map, Value};
 
 use crate::crypto;
+pub use app::App;
 pub use message_type::MessageType;
 use normalise::{json_kind, normalise};
 pub use reason::{Reason, Rejection};
