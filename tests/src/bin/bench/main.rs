@@ -423,7 +423,12 @@ async fn bench_presence() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let cpu = pipeline::cpu_seconds(presence.pid().unwrap());
     println!("presence (start, consume, store, ack):    {rate:>9.0} msg/s");
+    println!(
+        "presence CPU per message:                 {:>9.0} µs",
+        cpu * 1e6 / messages as f64
+    );
     println!(
         "ratio to the KV's concurrent put rate:    {:>9.2}",
         rate / kv_rate

@@ -195,7 +195,7 @@ impl Traffic {
 }
 
 /// CPU seconds (user + system) of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command (which may hold spaces) start after ')'.
     let fields: Vec<&str> = stat
