@@ -7,6 +7,8 @@ pub const OWNTRACKS_STREAM: &str = "OWNTRACKS";
 pub const REJECTED_STREAM: &str = "REJECTED";
 pub const PRESENCE_STREAM: &str = "PRESENCE";
 pub const PRESENCE_BUCKET: &str = "presence";
+/// Coordinates presence keeps to itself (`share = "place"` people).
+pub const POSITIONS_BUCKET: &str = "positions";
 pub const COMMANDS_SERVICE: &str = "whereabouts-commands";
 
 /// Header carrying the short reason code on `rejected.>`.
@@ -59,6 +61,11 @@ pub fn device_key(household: &str, user: &str, device: &str) -> String {
         encode(user),
         encode(device)
     )
+}
+
+/// Key of a device in the `positions` bucket: `<household>.<user>.<device>`.
+pub fn positions_key(household: &str, user: &str, device: &str) -> String {
+    format!("{}.{}.{}", encode(household), encode(user), encode(device))
 }
 
 #[cfg(test)]
