@@ -1,18 +1,22 @@
-//! Privacy per person, end to end with every service as its
+//! Privacy per person and forgetting, end to end with every service as its
 //! own NATS user (`deploy/nats-server.conf`): a `share = "place"` person's
 //! coordinates appear nowhere outside presence (PRESENCE, the `presence`
 //! bucket, the notifier's snapshot, SSE and history, the webhook, ntfy,
 //! MMM-Remote-Control and MQTT sinks, HTTP-mode friends) while a
-//! `position` person's do; the raw positions on OWNTRACKS are kept as long
-//! as the deployment says.
+//! `position` person's do; and `whereabouts forget` leaves nothing of a
+//! person in the buckets, the retained MQTT topics or the history; the raw
+//! positions on OWNTRACKS are kept as long as the deployment says.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
 use whereabouts_tests::{
     MqttSubscriber, NatsServer, Phone, Pipeline, Received, Recorder, Service, SseClient, SseItem,
-    deploy_password, eventually, quiet_presence_events, stream_messages, wait_place,
+    cargo_build, deploy_password, eventually, quiet_presence_events, stream_messages, wait_place,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -364,6 +368,134 @@ async fn a_place_person_s_coordinates_stay_inside_presence() {
     for needle in GINNY_TEXT {
         assert!(!answer_text.contains(needle), "{needle} in {answer_text}");
     }
+}
+
+/// The `whereabouts` binary, built once per run.
+fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| cargo_build(&["whereabouts-admin"]).join("whereabouts"))
+}
+
+fn whereabouts(run: &Run, config: &Path, args: &[&str]) -> Output {
+    let nats = &run.pipeline.nats;
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .env("NATS_URL", nats.url_as("admin", deploy_password("admin")))
+        .env("MQTT_URL", run.pipeline.mosquitto.url())
+        .env("WHEREABOUTS_CONFIG", config);
+    for var in ["NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS"] {
+        cmd.env_remove(var);
+    }
+    cmd.output().expect("run whereabouts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_leaves_nothing_of_a_person() {
+    let run = traffic().await;
+    let js = &run.pipeline.js;
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("whereabouts.toml");
+    std::fs::write(&config_file, config(&run.recorder.url)).unwrap();
+
+    let output = whereabouts(&run, &config_file, &["--json", "forget", "ginny"]);
+    assert!(
+        output.status.success(),
+        "forget failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["household"], "weasleys");
+    assert_eq!(report["devices"], serde_json::json!(["ginny/phone"]));
+    assert_eq!(
+        report["mqtt_topics"].as_array().unwrap().len(),
+        3,
+        "{report}"
+    );
+
+    // The buckets.
+    for (bucket, key) in [
+        ("presence", "weasleys.person.ginny"),
+        ("presence", "weasleys.device.ginny.phone"),
+        ("positions", "weasleys.ginny.phone"),
+    ] {
+        assert_eq!(kv_text(js, bucket, key).await, None, "{bucket} {key}");
+    }
+    // The streams: her raw messages and her events.
+    assert!(
+        stream_messages(js, "OWNTRACKS", "owntracks.weasleys.ginny.>")
+            .await
+            .is_empty()
+    );
+    assert!(
+        stream_messages(js, "PRESENCE", "presence.weasleys.ginny")
+            .await
+            .is_empty()
+    );
+    // The notifier: no longer in the snapshot, no history.
+    let base = format!("{}/v1/households/weasleys", run.pipeline.notifier.url());
+    eventually("Ginny gone from the snapshot", WAIT, async || {
+        let (_, snapshot) = get(&format!("{base}/people")).await;
+        let people: Value = serde_json::from_str(&snapshot).unwrap();
+        let ginny = people["people"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["person"] == "ginny")
+            .cloned();
+        // Still configured: listed as not heard from yet.
+        match ginny {
+            Some(g) if g["status"] == "unknown" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let (status, history) = get(&format!("{base}/people/ginny/history")).await;
+    assert_eq!(status, 200, "{history}");
+    let history: Value = serde_json::from_str(&history).unwrap();
+    assert_eq!(history["timeline"], serde_json::json!([]), "{history}");
+    // The retained topics.
+    let retained = retained(&run.pipeline.mosquitto.url(), "forget-check").await;
+    assert!(
+        !retained.iter().any(|m| m.topic.contains("ginny")),
+        "{:?}",
+        topics(&retained)
+    );
+
+    // The others are untouched.
+    assert!(
+        kv_text(js, "presence", "weasleys.person.harry")
+            .await
+            .is_some()
+    );
+    assert!(
+        !stream_messages(js, "PRESENCE", "presence.weasleys.harry")
+            .await
+            .is_empty()
+    );
+    let (_, history) = get(&format!("{base}/people/harry/history")).await;
+    assert!(history.contains("Work"), "{history}");
+
+    // A device alone: its keys and raw messages go, and its person's state
+    // no longer holds it.
+    let output = whereabouts(&run, &config_file, &["--json", "forget", "luna/phone"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        kv_text(js, "presence", "weasleys.device.luna.phone").await,
+        None
+    );
+    assert!(
+        stream_messages(js, "OWNTRACKS", "owntracks.weasleys.luna.>")
+            .await
+            .is_empty()
+    );
+    let luna = kv_text(js, "presence", "weasleys.person.luna")
+        .await
+        .unwrap();
+    assert!(!luna.contains("53.111111"), "{luna}");
 }
 
 /// OWNTRACKS keeps raw positions for `streams.owntracks_max_age`: a stream
