@@ -157,8 +157,9 @@ pub(crate) struct Outcome {
 
 /// Applies one device input at server time `now`. `device` is the stored
 /// state of the input's device and `person` that of its person (as named by
-/// [`Household::person_for`]); either may be absent. Due timers of all the
-/// person's devices are processed first, so a missed tick is caught up.
+/// [`Household::person_for`]); either may be absent, and the person's copy
+/// of the device wins over `device`. Due timers of all the person's devices
+/// are processed first, so a missed tick is caught up.
 pub(crate) fn apply(
     device: Option<DeviceState>,
     person: Option<PersonState>,
