@@ -5,7 +5,9 @@
 //! topic pattern (a household moving to its own namespace has phones on
 //! both). With `owntracks/{user}/{device}` no mosquitto `pattern` can
 //! express a household, so the ACL lists every user with the users of its
-//! household.
+//! household. The users of a person hidden from friends (`friends = false`
+//! or `share = "place"`) are readable by no other phone: the broker would
+//! hand their raw positions to the whole household.
 //! Two broker accounts serve Whereabouts itself: [`INGEST_ACCOUNT`] (every
 //! phone topic: it reads them all and sends `cmd`s) and
 //! [`NOTIFIER_ACCOUNT`] (the topics of the `mqtt` sinks).
@@ -65,6 +67,19 @@ pub(crate) fn users_by_household(
     out
 }
 
+/// Users with a device of a person hidden from friends: no other phone
+/// may read their topics.
+fn hidden_users(config: &Config) -> BTreeSet<&str> {
+    config
+        .households
+        .values()
+        .flat_map(|h| &h.people)
+        .filter(|p| !p.visible_to_friends())
+        .flat_map(|p| &p.devices)
+        .filter_map(|d| d.split_once('/').map(|(user, _)| user))
+        .collect()
+}
+
 /// A name usable as a broker user and inside an ACL topic.
 fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
     if name.is_empty()
@@ -115,6 +130,7 @@ pub(crate) fn mosquitto_acl(config: &Config) -> anyhow::Result<String> {
                 .extend(users.iter().map(String::as_str));
         }
     }
+    let hidden = hidden_users(config);
     for (household, users) in all {
         check_name("household", household)?;
         let _ = writeln!(out, "\n# household {household}");
@@ -127,7 +143,10 @@ pub(crate) fn mosquitto_acl(config: &Config) -> anyhow::Result<String> {
                 };
                 let topics = |user: &str| format!("{}/#", pattern.topic_for(household, user, "+"));
                 let _ = writeln!(out, "topic readwrite {}", topics(user));
-                for friend in members.iter().filter(|f| *f != user) {
+                for friend in members
+                    .iter()
+                    .filter(|f| *f != user && !hidden.contains(f.as_str()))
+                {
                     let _ = writeln!(out, "topic read {}", topics(friend));
                 }
             }
@@ -171,6 +190,38 @@ mod tests {
             acl.contains("topic readwrite whereabouts/#\ntopic readwrite homeassistant/#")
                 || acl.contains("topic readwrite homeassistant/#\ntopic readwrite whereabouts/#")
         );
+    }
+
+    #[test]
+    fn people_hidden_from_friends_are_readable_by_no_other_phone() {
+        let config = Config::from_toml(
+            r#"
+            [ingest]
+            default_household = "weasleys"
+            [households.weasleys]
+            [[households.weasleys.people]]
+            name = "Harry"
+            devices = ["harry/phone"]
+            [[households.weasleys.people]]
+            name = "Ginny"
+            share = "place"
+            devices = ["ginny/phone"]
+            [[households.weasleys.people]]
+            name = "Ron"
+            friends = false
+            devices = ["ron/phone"]
+            "#,
+        )
+        .unwrap();
+        let acl = mosquitto_acl(&config).unwrap();
+        assert!(
+            acl.contains(
+                "user ginny\ntopic readwrite owntracks/ginny/+/#\ntopic read owntracks/harry/+/#\n"
+            ),
+            "{acl}"
+        );
+        assert!(!acl.contains("topic read owntracks/ginny"), "{acl}");
+        assert!(!acl.contains("topic read owntracks/ron"), "{acl}");
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - `acl`: `mosquitto-acl`, the broker ACL that follows from a config.
 //! - `commands`: `push-regions`, `locate`, `configure`, through the
 //!   `whereabouts-commands` NATS service.
+//! - `forget`: `forget`, a person's or device's keys, stream subjects and
+//!   retained MQTT topics removed.
 //! - `table`: human output as aligned columns.
 //!
 //! `simulate` runs the simulator's binary, `whereabouts-sim`.
@@ -23,6 +25,7 @@ mod acl;
 mod check;
 mod commands;
 mod export;
+mod forget;
 mod history;
 mod nats;
 mod state;
@@ -41,7 +44,7 @@ use shared::config::Config;
 #[command(
     name = "whereabouts",
     version,
-    about = "Whereabouts admin: status, devices, history, exports, what-if, config checks, commands to phones"
+    about = "Whereabouts admin: status, devices, history, exports, what-if, config checks, commands to phones, forgetting"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -126,6 +129,25 @@ enum Command {
         #[arg(long)]
         household: String,
     },
+    /// Removes a person (or a `user/device`): their state, positions,
+    /// history, raw messages and retained MQTT/Home Assistant topics.
+    Forget {
+        /// A person id, or `user/device`.
+        target: String,
+        #[arg(long)]
+        household: Option<String>,
+        /// Broker of the `mqtt` sinks that name none.
+        #[arg(long, env = "MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+        mqtt_url: String,
+        /// Broker user (the notifier's account may clear its topics).
+        #[arg(long, env = "MQTT_USERNAME")]
+        mqtt_username: Option<String>,
+        #[arg(long, env = "MQTT_PASSWORD", hide_env_values = true)]
+        mqtt_password: Option<String>,
+        /// PEM CA for an `mqtts://` broker with a private CA.
+        #[arg(long, env = "MQTT_CA_FILE")]
+        mqtt_ca_file: Option<PathBuf>,
+    },
     /// Runs the simulator (`whereabouts-sim`) with these arguments.
     Simulate {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -184,6 +206,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Command::Configure { device, household } => {
                     return commands::configure(&nats, &device, &household, json).await;
+                }
+                Command::Forget {
+                    target,
+                    household,
+                    mqtt_url,
+                    mqtt_username,
+                    mqtt_password,
+                    mqtt_ca_file,
+                } => {
+                    let mqtt = forget::MqttArgs {
+                        url: mqtt_url,
+                        username: mqtt_username,
+                        password: mqtt_password,
+                        ca_file: mqtt_ca_file,
+                    };
+                    forget::run(&nats, &config()?, &target, household, &mqtt, json).await?
                 }
                 Command::CheckConfig { .. }
                 | Command::MosquittoAcl

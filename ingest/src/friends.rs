@@ -11,6 +11,11 @@
 //! the device seen first keeps it and a later one gets a suffix derived
 //! from its `user/device`, so a friend's `tid` stays the same from one
 //! answer to the next.
+//!
+//! People who keep their position to themselves are left out: a person
+//! with `friends = false`, and a `share = "place"` person (presence keeps
+//! no position of theirs, and the apps cannot draw a friend without one:
+//! a lone card would be an empty entry in the friends list).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -18,6 +23,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use shared::config::Household;
 use shared::limits::{MAX_TID_BYTES, truncate_utf8};
 use shared::state::DeviceState;
 use shared::subjects::{OWNTRACKS_STREAM, PRESENCE_BUCKET, owntracks};
@@ -25,11 +31,13 @@ use shared::token;
 use shared::topic::TopicPattern;
 
 /// Cards and last locations of the household's devices other than the
-/// caller's. `own_tid` is the `tid` the caller just sent, if any. Best
-/// effort: an empty list when presence has no state yet.
+/// caller's, of the people visible to friends (`config`: the household's
+/// settings, if configured). `own_tid` is the `tid` the caller just sent,
+/// if any. Best effort: an empty list when presence has no state yet.
 pub(crate) async fn friends(
     js: &jetstream::Context,
     pattern: &TopicPattern,
+    config: Option<&Household>,
     household: &str,
     user: &str,
     device: &str,
@@ -55,7 +63,15 @@ pub(crate) async fn friends(
         .filter(|t| !t.is_empty())
         .or_else(|| devices.iter().find(|d| is_caller(d)).and_then(stored_tid))
         .unwrap_or_else(|| default_tid(device));
-    let mut others: Vec<&DeviceState> = devices.iter().filter(|d| !is_caller(d)).collect();
+    let visible = |d: &DeviceState| {
+        config
+            .and_then(|h| h.person(&d.person))
+            .is_none_or(|p| p.visible_to_friends())
+    };
+    let mut others: Vec<&DeviceState> = devices
+        .iter()
+        .filter(|d| !is_caller(d) && visible(d))
+        .collect();
     // First seen first; states stored before `first_seen` existed are the
     // oldest. Ties (and those) by key: the order is the same every time.
     others.sort_by(|a, b| {

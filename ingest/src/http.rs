@@ -264,6 +264,7 @@ async fn handle(
             crate::friends::friends(
                 &state.js,
                 pattern,
+                state.classifier.config().households.get(&household),
                 &household,
                 &user,
                 device,

@@ -84,6 +84,26 @@ pub fn mqtt_acl_filters(config: &Config) -> anyhow::Result<BTreeSet<String>> {
         .collect())
 }
 
+/// The retained MQTT topics the config's `mqtt` sinks write for a person,
+/// per sink: its broker URL (None: `MQTT_URL`) and the topics. Publishing
+/// an empty retained message on each clears them (`whereabouts forget`).
+pub fn mqtt_retained_topics(
+    config: &Config,
+    household: &str,
+    person: &str,
+) -> anyhow::Result<Vec<(Option<String>, Vec<String>)>> {
+    Ok(sinks::parse(config)?
+        .into_iter()
+        .filter_map(|sink| match sink.kind {
+            sinks::Kind::Mqtt(mqtt) => Some((
+                mqtt.url().map(str::to_string),
+                mqtt.retained_topics(household, person),
+            )),
+            _ => None,
+        })
+        .collect())
+}
+
 async fn serve_until_shutdown(
     settings: Settings,
     listener: TcpListener,

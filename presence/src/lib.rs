@@ -76,15 +76,18 @@ pub async fn run(
     let setup = shared::jetstream::retry_setup("streams", &shutdown, || async {
         shared::jetstream::ensure_ingest_streams(&js, streams).await?;
         shared::jetstream::ensure_presence_stream(&js, streams).await?;
-        shared::jetstream::ensure_presence_bucket(&js, streams).await
+        let kv = shared::jetstream::ensure_presence_bucket(&js, streams).await?;
+        let positions = shared::jetstream::ensure_positions_bucket(&js, streams).await?;
+        anyhow::Ok((kv, positions))
     });
-    let Some(kv) = setup.await else {
+    let Some((kv, positions)) = setup.await else {
         return Ok(());
     };
     setup_ready.set(true);
     let engine = service::Engine {
         js,
         kv,
+        positions,
         config: Arc::new(settings.config),
         metrics,
     };

@@ -219,6 +219,12 @@ impl Household {
         self.people.iter().find(|p| p.id() == id)
     }
 
+    /// What a person shares: their configured `share`; an unconfigured
+    /// person (an unmapped device) shares their position, as before.
+    pub fn share(&self, id: &str) -> Share {
+        self.person(id).map_or(Share::Position, |p| p.share)
+    }
+
     /// The household's time zone (`time_zone`, checked at load), else UTC.
     pub fn tz(&self) -> jiff::tz::TimeZone {
         self.time_zone
@@ -274,6 +280,18 @@ pub struct Person {
     /// Hand colour on the clock (CSS colour).
     #[serde(default)]
     pub color: Option<String>,
+    /// What of this person leaves presence: their place and status only,
+    /// or their position too (the default).
+    #[serde(default)]
+    pub share: Share,
+    /// Whether HTTP-mode phones of the household get this person as a
+    /// friend (their card and last location). A `place` person is never one.
+    #[serde(default = "yes")]
+    pub friends: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Person {
@@ -281,6 +299,24 @@ impl Person {
     pub fn id(&self) -> &str {
         self.id.as_deref().unwrap_or(&self.name)
     }
+
+    /// Whether HTTP-mode friends may see this person: `friends` and a
+    /// shared position (a friend without a location cannot be drawn).
+    pub fn visible_to_friends(&self) -> bool {
+        self.friends && self.share == Share::Position
+    }
+}
+
+/// What of a person leaves presence (docs/contract.md, "Privacy").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Share {
+    /// Place, status and coordinates (`last_fix`) in events, state, sinks
+    /// and HTTP-mode friends.
+    #[default]
+    Position,
+    /// Place and status only: no coordinates leave presence.
+    Place,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -5,7 +5,9 @@ use anyhow::Context;
 use async_nats::jetstream::{self, kv, stream};
 
 use crate::config::StreamsConfig;
-use crate::subjects::{OWNTRACKS_STREAM, PRESENCE_BUCKET, PRESENCE_STREAM, REJECTED_STREAM};
+use crate::subjects::{
+    OWNTRACKS_STREAM, POSITIONS_BUCKET, PRESENCE_BUCKET, PRESENCE_STREAM, REJECTED_STREAM,
+};
 
 fn file_stream(
     name: &str,
@@ -103,6 +105,26 @@ pub async fn ensure_presence_bucket(
         kv::Config {
             bucket: PRESENCE_BUCKET.into(),
             history: 5,
+            storage: stream::StorageType::File,
+            num_replicas: c.replicas,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The `positions` KV bucket: the last fix and phone-defined regions of
+/// each device of a `share = "place"` person, which only presence reads.
+/// One value per key; bounded by the devices presence keeps.
+pub async fn ensure_positions_bucket(
+    js: &jetstream::Context,
+    c: &StreamsConfig,
+) -> anyhow::Result<kv::Store> {
+    ensure_bucket(
+        js,
+        kv::Config {
+            bucket: POSITIONS_BUCKET.into(),
+            history: 1,
             storage: stream::StorageType::File,
             num_replicas: c.replicas,
             ..Default::default()

@@ -7,6 +7,8 @@ pub const OWNTRACKS_STREAM: &str = "OWNTRACKS";
 pub const REJECTED_STREAM: &str = "REJECTED";
 pub const PRESENCE_STREAM: &str = "PRESENCE";
 pub const PRESENCE_BUCKET: &str = "presence";
+/// Coordinates presence keeps to itself (`share = "place"` people).
+pub const POSITIONS_BUCKET: &str = "positions";
 pub const COMMANDS_SERVICE: &str = "whereabouts-commands";
 /// What phones published when asked (`waypoints`, `status`, `dump`).
 pub const PHONES_BUCKET: &str = "phones";
@@ -72,6 +74,11 @@ pub fn phone_reply_key(household: &str, user: &str, device: &str, kind: &str) ->
         encode(user),
         encode(device)
     )
+}
+
+/// Key of a device in the `positions` bucket: `<household>.<user>.<device>`.
+pub fn positions_key(household: &str, user: &str, device: &str) -> String {
+    format!("{}.{}.{}", encode(household), encode(user), encode(device))
 }
 
 #[cfg(test)]

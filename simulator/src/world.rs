@@ -361,6 +361,8 @@ pub fn generate_config(g: Generate) -> Config {
                 name: format!("Person {h}.{p}"),
                 devices,
                 color: None,
+                share: Default::default(),
+                friends: true,
             });
         }
         config.households.insert(

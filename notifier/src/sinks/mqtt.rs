@@ -57,6 +57,39 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The broker this sink writes to; None: `MQTT_URL`.
+    pub(crate) fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+
+    /// Every retained topic this sink writes for a person: its state, its
+    /// attributes and its Home Assistant discovery config. An empty
+    /// retained message on each removes the person from the broker and
+    /// from Home Assistant (`whereabouts forget`).
+    pub(crate) fn retained_topics(&self, household: &str, person: &str) -> Vec<String> {
+        let base = state_topic(&self.topic, household, person);
+        let mut topics = vec![format!("{base}/state"), base];
+        if !self.discovery_prefix.is_empty() {
+            topics.push(discovery_topic(&self.discovery_prefix, household, person));
+        }
+        topics
+    }
+}
+
+fn state_topic(pattern: &str, household: &str, person: &str) -> String {
+    pattern
+        .replace("{household}", &level(household))
+        .replace("{person}", &level(person))
+}
+
+fn discovery_topic(prefix: &str, household: &str, person: &str) -> String {
+    format!(
+        "{prefix}/device_tracker/{}/config",
+        object_id(household, person)
+    )
+}
+
 impl Build for Settings {
     fn build(self, name: &str, context: &Context<'_>) -> anyhow::Result<Box<dyn Sink>> {
         Ok(Box::new(MqttSink::connect(self, name, context)?))
@@ -168,9 +201,7 @@ impl MqttSink {
     }
 
     fn state_topic(&self, household: &str, person: &str) -> String {
-        self.topic
-            .replace("{household}", &level(household))
-            .replace("{person}", &level(person))
+        state_topic(&self.topic, household, person)
     }
 
     async fn publish_event(&self, event: &PresenceEvent) -> Result<(), DeliveryError> {
@@ -273,7 +304,7 @@ fn attributes(state: &PersonState) -> serde_json::Value {
 /// would be appended to it ("Harry (Whereabouts) Harry").
 fn discovery(prefix: &str, base: &str, state: &PersonState) -> (String, serde_json::Value) {
     let id = object_id(&state.household, &state.person);
-    let topic = format!("{prefix}/device_tracker/{id}/config");
+    let topic = discovery_topic(prefix, &state.household, &state.person);
     let config = json!({
         "name": null,
         "unique_id": id,
@@ -315,5 +346,29 @@ mod tests {
                 .topic_filters(),
             ["#", "ha/#"]
         );
+    }
+
+    #[test]
+    fn retained_topics_are_every_topic_the_sink_writes_for_a_person() {
+        let sink = settings("");
+        let topics = sink.retained_topics("weasleys", "Harry Potter");
+        let state = PersonState::empty(
+            "weasleys".into(),
+            "Harry Potter".into(),
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
+        let base = state_topic(&sink.topic, "weasleys", "Harry Potter");
+        let (discovery_topic, _) = discovery(&sink.discovery_prefix, &base, &state);
+        assert_eq!(
+            topics,
+            [
+                "whereabouts/weasleys/Harry Potter/state".to_string(),
+                "whereabouts/weasleys/Harry Potter".to_string(),
+                discovery_topic,
+            ]
+        );
+        let quiet = settings("discovery_prefix = \"\"");
+        assert_eq!(quiet.retained_topics("w", "a/b").len(), 2);
+        assert_eq!(quiet.retained_topics("w", "a/b")[1], "whereabouts/w/a_b");
     }
 }

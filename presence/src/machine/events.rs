@@ -4,15 +4,24 @@
 use shared::envelope::content_id;
 use shared::state::{Cause, DeviceState, EventKind, PersonState, PresenceEvent};
 
+use super::privacy::{keeps_private, redact_device, redact_person};
 use super::{Ignored, Outcome, Run};
 
+/// The drafts of `run` into events. For a `share = "place"` person the
+/// events' state and the device states to store carry no coordinates; the
+/// person state returned keeps them (the next input needs the last fix),
+/// and the service stores them apart (`privacy`).
 pub(super) fn finish(
     run: Run<'_>,
     mut person: PersonState,
     has_person: bool,
-    devices: Vec<DeviceState>,
+    mut devices: Vec<DeviceState>,
     ignored: Option<Ignored>,
 ) -> Outcome {
+    let private = keeps_private(run.household, &person.person);
+    if private {
+        devices.iter_mut().for_each(redact_device);
+    }
     let mut events = Vec::new();
     if has_person {
         let mut counts: Vec<(String, usize)> = Vec::new();
@@ -43,6 +52,10 @@ pub(super) fn finish(
         if let Some((id, _)) = drafts.last() {
             person.last_event_id = Some(id.clone());
         }
+        let mut published = person.clone();
+        if private {
+            redact_person(&mut published);
+        }
         for (id, d) in drafts {
             let (place, previous_place, previous_place_since) = d
                 .place
@@ -72,7 +85,7 @@ pub(super) fn finish(
                 event,
                 device,
                 late: d.why.late,
-                state: person.clone(),
+                state: published.clone(),
             });
         }
     }

@@ -15,6 +15,8 @@
 //!   [`next_deadline`] and [`tick`]) and what each does when it fires.
 //! - `person`: the multi-device rule that settles a person, and its changes.
 //! - `events`: drafts into events with deterministic ids.
+//! - `privacy`: what of a `share = "place"` person leaves presence (no
+//!   coordinates) and what presence keeps apart for itself.
 //!
 //! The rules, with examples, are in docs/presence.md.
 
@@ -23,6 +25,7 @@ mod device;
 mod events;
 mod geofencing;
 mod person;
+pub(crate) mod privacy;
 mod regions;
 mod timers;
 
@@ -154,8 +157,9 @@ pub(crate) struct Outcome {
 
 /// Applies one device input at server time `now`. `device` is the stored
 /// state of the input's device and `person` that of its person (as named by
-/// [`Household::person_for`]); either may be absent. Due timers of all the
-/// person's devices are processed first, so a missed tick is caught up.
+/// [`Household::person_for`]); either may be absent, and the person's copy
+/// of the device wins over `device`. Due timers of all the person's devices
+/// are processed first, so a missed tick is caught up.
 pub(crate) fn apply(
     device: Option<DeviceState>,
     person: Option<PersonState>,
@@ -179,9 +183,14 @@ pub(crate) fn apply(
     let same = |d: &DeviceState| {
         d.user == input.user && d.device == input.device && d.household == input.household
     };
-    let mut dev = device
-        .filter(same)
-        .or_else(|| person.devices.iter().find(|d| same(d)).cloned())
+    // The person's copy first: a stored device key of a `place` person
+    // lacks the coordinates the machine needs.
+    let mut dev = person
+        .devices
+        .iter()
+        .find(|d| same(d))
+        .cloned()
+        .or_else(|| device.filter(same))
         .unwrap_or_else(|| new_device(input, household));
     // Refused inputs store nothing but the given devices.
     let refused = |devices: Vec<DeviceState>, why: Ignored| Outcome {

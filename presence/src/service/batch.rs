@@ -13,8 +13,11 @@ use shared::subjects::person_key;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Failure, classify, encode_state, load, store_side_effects, write_state};
+use super::store::{
+    Failure, classify, encode_state, load, store_side_effects, write_positions, write_state,
+};
 use super::{Engine, MAX_BATCH_EVENTS, MAX_RETRY_DELAY, Work};
+use crate::machine::privacy::keeps_private;
 use crate::machine::{self, Outcome};
 use crate::metrics::MessageOutcome;
 
@@ -179,13 +182,18 @@ async fn store_batch(
             *cached = Some((current, revision));
             break applied; // Nothing to store.
         };
-        let bytes = match encode_state(next, &applied.events) {
+        let private = keeps_private(household, person_name);
+        let bytes = match encode_state(next, &applied.events, private) {
             Ok(bytes) => bytes,
             Err(failure) => {
                 *cached = Some((current, revision));
                 return Err(failure);
             }
         };
+        if private && let Err(failure) = write_positions(engine, next).await {
+            *cached = Some((current, revision));
+            return Err(failure);
+        }
         match write_state(engine, &key, bytes, revision).await? {
             Some(new_revision) => {
                 *cached = Some((applied.person.clone(), new_revision));

@@ -26,7 +26,7 @@
 //! - `queues`: per-person queues, each drained by one task at a time.
 //! - `batch`: a person's batch: apply, store, ack; retries and failures.
 //! - `store`: the person's KV state (load, compare-and-set), its outbox,
-//!   device keys and event publishing.
+//!   device keys, the `positions` of `place` people, and event publishing.
 //! - `timers` and `timer_queue`: ticks when stored deadlines come due.
 
 mod batch;
@@ -72,6 +72,8 @@ const MAX_KV_VALUE_BYTES: usize = 960 * 1024;
 pub(crate) struct Engine {
     pub(crate) js: jetstream::Context,
     pub(crate) kv: kv::Store,
+    /// Coordinates of `share = "place"` people (`machine::privacy`).
+    pub(crate) positions: kv::Store,
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Metrics,
 }

@@ -1,18 +1,20 @@
 //! The stored side of a person: their KV state, read and written with
 //! compare-and-set; the outbox of events stored with it (so a crash before
 //! publishing cannot lose them) and published again on load when needed;
-//! device keys; and the events on PRESENCE.
+//! device keys; the coordinates of `share = "place"` people, kept in the
+//! `positions` bucket instead; and the events on PRESENCE.
 
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use futures::future::try_join_all;
 use shared::state::{DeviceState, PersonState, PresenceEvent};
-use shared::subjects::{device_key, presence};
+use shared::subjects::{device_key, positions_key, presence};
 use time::OffsetDateTime;
 
 use super::{Engine, MAX_KV_VALUE_BYTES};
 use crate::machine;
+use crate::machine::privacy::{Private, lacks_private, private_part, redact_person, restore};
 use crate::metrics::FailureReason;
 
 /// Why storing a batch failed.
@@ -84,7 +86,56 @@ pub(super) async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<P
             }
         }
     }
+    restore_positions(engine, &mut state).await?;
     Ok((Some(state), entry.revision))
+}
+
+/// Puts back the coordinates kept in `positions` into devices stored
+/// without them (`place` people, or people who were), so the machine has
+/// its last fix and the phone's regions again.
+async fn restore_positions(engine: &Engine, state: &mut PersonState) -> anyhow::Result<()> {
+    for device in state.devices.iter_mut().filter(|d| lacks_private(d)) {
+        let key = positions_key(&device.household, &device.user, &device.device);
+        let Some(value) = engine
+            .positions
+            .get(&key)
+            .await
+            .context("reading positions")?
+        else {
+            continue;
+        };
+        match serde_json::from_slice::<Private>(&value) {
+            Ok(private) => restore(device, private),
+            Err(e) => tracing::warn!(%key, error = %e, "unreadable positions entry ignored"),
+        }
+    }
+    Ok(())
+}
+
+/// Stores the coordinates of a `place` person's devices in `positions`,
+/// ahead of the state that lacks them: a crash between the two leaves
+/// coordinates one change ahead, never a state whose coordinates are lost.
+/// Every device with coordinates is written, not only the changed ones: a
+/// person whose `share` just became `place` has them in the old state only.
+pub(super) async fn write_positions(engine: &Engine, state: &PersonState) -> Result<(), Failure> {
+    let changed = state
+        .devices
+        .iter()
+        .filter(|d| private_part(d) != Private::default());
+    let writes = changed.map(|d| async move {
+        let bytes = serde_json::to_vec(&private_part(d)).context("serialising positions")?;
+        engine
+            .positions
+            .put(
+                positions_key(&d.household, &d.user, &d.device),
+                bytes.into(),
+            )
+            .await
+            .context("writing positions")?;
+        anyhow::Ok(())
+    });
+    try_join_all(writes).await.map_err(classify)?;
+    Ok(())
 }
 
 /// An event for the outbox: its `state` emptied, as the outbox is stored
@@ -119,11 +170,16 @@ async fn last_event_id(engine: &Engine, state: &PersonState) -> Option<String> {
 
 /// A person's state as stored: with the events of its change (the outbox),
 /// so that a crash before they are published cannot lose them.
+/// `private`: a `place` person, stored without coordinates.
 pub(super) fn encode_state(
     state: &PersonState,
     events: &[PresenceEvent],
+    private: bool,
 ) -> Result<bytes::Bytes, Failure> {
     let mut stored = state.clone();
+    if private {
+        redact_person(&mut stored);
+    }
     stored.outbox = events.iter().map(hollow).collect();
     let bytes = serde_json::to_vec(&stored)
         .context("serialising person state")

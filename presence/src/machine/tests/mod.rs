@@ -38,6 +38,8 @@ fn household() -> Household {
             name: "harry".into(),
             devices: vec!["harry/phone".into(), "harry/tablet".into()],
             color: None,
+            share: Default::default(),
+            friends: true,
         }],
         regions: vec![Region {
             name: "Home".into(),
@@ -983,6 +985,61 @@ fn retained_messages_are_no_sign_of_life() {
     sim.deliver(&m, 3 * 3600);
     assert_eq!(sim.person().status, Status::Stale);
     assert_eq!(sim.device("harry/phone").last_seen, t(0));
+}
+
+#[test]
+fn a_place_person_s_events_and_device_states_carry_no_coordinates() {
+    let mut h = household();
+    h.people[0].share = shared::config::Share::Place;
+    let mut sim = Sim::with(h, cfg());
+    let work = RegionDef {
+        name: "work".into(),
+        lat: WORK.0,
+        lon: WORK.1,
+        radius: 200.0,
+    };
+    sim.send(
+        "harry/phone",
+        0,
+        Input::Waypoints {
+            regions: vec![work.clone()],
+        },
+    );
+    let far = north(HOME, 5_000.0);
+    sim.send("harry/phone", 0, loc(0, far, Some(10.0)));
+    // 1 km in 60 s: traveling, from the fix kept apart.
+    sim.send("harry/phone", 60, loc(60, north(far, 1_000.0), Some(10.0)));
+    assert_eq!(sim.place(), "Traveling");
+    // The phone's own region is still geofenced.
+    sim.send("harry/phone", 120, loc(120, north(WORK, 50.0), Some(20.0)));
+    assert_eq!(sim.place(), "Work");
+    assert_eq!(places(&sim.events).last().unwrap(), "place Work<-Traveling");
+
+    let published =
+        serde_json::to_string(&sim.events).unwrap() + &serde_json::to_string(&sim.devices).unwrap();
+    for needle in ["\"lat\"", "\"lon\"", "last_fix", "waypoints", "51.52"] {
+        assert!(!published.contains(needle), "{needle} in {published}");
+    }
+    // What presence keeps for itself (stored in `positions`).
+    let full = &sim.person().devices[0];
+    let private = privacy::private_part(full);
+    assert_eq!(private.last_fix.as_ref().unwrap().lat, north(WORK, 50.0).0);
+    assert_eq!(private.waypoints, [work]);
+    // Redacted and restored, it is the same state again.
+    let mut stored = sim.person().clone();
+    privacy::redact_person(&mut stored);
+    assert!(privacy::lacks_private(&stored.devices[0]));
+    privacy::restore(&mut stored.devices[0], private);
+    assert_eq!(&stored, sim.person());
+}
+
+#[test]
+fn a_position_person_s_events_carry_the_exact_fix() {
+    let mut sim = Sim::new();
+    sim.send("harry/phone", 0, loc(0, (51.501234, -0.125678), Some(10.0)));
+    let published = serde_json::to_string(&sim.events).unwrap();
+    assert!(published.contains("51.501234"), "{published}");
+    assert!(sim.device("harry/phone").last_fix.is_some());
 }
 
 #[test]
