@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use shared::config::Config;
+use shared::config::{Config, Household};
 use shared::reload::LiveConfig;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -110,18 +110,19 @@ impl IntoResponse for Denied {
     }
 }
 
-/// Lets the request through only for the household its token grants.
-fn authorise(
-    config: &Config,
+/// Lets the request through only for the household its token grants;
+/// returns that household's config.
+fn authorise<'a>(
+    config: &'a Config,
     household: &str,
     headers: &HeaderMap,
     query: &TokenQuery,
-) -> Result<(), Denied> {
+) -> Result<&'a Household, Denied> {
     let Some(h) = config.households.get(household) else {
         return Err(Denied(StatusCode::NOT_FOUND, "unknown_household"));
     };
     let Some(expected) = h.token.as_deref() else {
-        return Ok(()); // An open household (no token configured): local use.
+        return Ok(h); // An open household (no token configured): local use.
     };
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -131,7 +132,7 @@ fn authorise(
         .or(query.token.as_deref());
     match presented {
         None => Err(Denied(StatusCode::UNAUTHORIZED, "token_required")),
-        Some(t) if shared::config::constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(t) if shared::config::constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(h),
         Some(t) if config.household_for_token(t).is_some() => {
             Err(Denied(StatusCode::FORBIDDEN, "token_for_another_household"))
         }
@@ -207,11 +208,9 @@ async fn history(
         token: query.token.clone(),
     };
     let config = state.config.get();
-    if let Err(denied) = authorise(&config, &household, &headers, &token) {
-        return denied.into_response();
-    }
-    let Some(household_config) = config.households.get(&household) else {
-        return error(StatusCode::NOT_FOUND, "unknown_household");
+    let household_config = match authorise(&config, &household, &headers, &token) {
+        Ok(h) => h,
+        Err(denied) => return denied.into_response(),
     };
     let current = state
         .people

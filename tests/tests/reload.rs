@@ -3,7 +3,9 @@
 //! their phone's next message, a new webhook sink starts, a rotated token
 //! is refused in its old form, an HTTP-mode password added lets that phone
 //! in, and the person already there goes on without a gap or a duplicate.
-//! A broken file on SIGHUP is refused, counted and changes nothing.
+//! A broken file on SIGHUP is refused, counted and changes nothing. A sink
+//! moved to another URL restarts there; a sink removed stops and keeps its
+//! durable consumer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -269,6 +271,41 @@ async fn a_person_added_while_traffic_flows_appears_without_a_restart() {
         place_events_now(&stack, "Harry").await > harry_now
     })
     .await;
+
+    // The sink moved to another URL: restarted there. Then removed: it
+    // stops, its durable consumer stays.
+    let hook2 = Receiver::start(0, 500, 200).await;
+    let moved = config_with_harry(&hook2.url);
+    for service in [&mut stack.ingest, &mut stack.presence, &mut stack.notifier] {
+        service.reload(&moved);
+    }
+    eventually("events at the sink's new URL", WAIT, async || {
+        !hook2.accepted().is_empty()
+    })
+    .await;
+    // The sink is the file's last table.
+    let removed = &moved[..moved.find("[[notifier.sinks]]").expect("a sink")];
+    stack.notifier.reload(removed);
+    eventually("the removed sink's gauge gone", WAIT, async || {
+        !stack
+            .notifier
+            .metrics_text()
+            .await
+            .contains("notifier_sink_queue_depth{sink=\"hooks\"}")
+    })
+    .await;
+    let delivered = hook2.hits();
+    let ginny_now = place_events_now(&stack, "Ginny").await;
+    eventually("more of Ginny's events", WAIT, async || {
+        place_events_now(&stack, "Ginny").await >= ginny_now + 4
+    })
+    .await;
+    assert_eq!(hook2.hits(), delivered, "a removed sink delivers nothing");
+    let presence_stream = stack.js.get_stream("PRESENCE").await.expect("PRESENCE");
+    assert!(
+        presence_stream.consumer_info("sink-hooks").await.is_ok(),
+        "the removed sink's durable consumer stays"
+    );
 
     // Ginny went on throughout: every transition one place event, in an
     // unbroken chain, no id twice.
