@@ -58,6 +58,7 @@ impl CommonArgs {
     /// `http_addr`: loading it refuses what would be unsafe to serve there
     /// (`crate::exposure`), at start and on every reload.
     pub fn config_file(&self, http_addr: &str) -> crate::reload::ConfigFile {
+        crate::reload::hold_hangups();
         crate::reload::ConfigFile::new(self.config.clone(), http_addr)
     }
 }

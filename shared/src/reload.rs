@@ -30,6 +30,16 @@ use crate::config::Config;
 /// The `sha256` label of a service running on the built-in config.
 pub const BUILTIN: &str = "builtin";
 
+/// Installs the SIGHUP handler now (it stays for the process's life), so
+/// that a SIGHUP before [`Reload::start`] listens does not end the process
+/// (the signal's default action); it is ignored until then. Outside a tokio
+/// runtime it does nothing.
+pub fn hold_hangups() {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    }
+}
+
 /// Where a service's config comes from, so it can be read again.
 #[derive(Debug, Clone)]
 pub struct ConfigFile {
