@@ -105,7 +105,7 @@ async fn serve_until_shutdown(
     // a reload with one is refused.
     let live_config = Reload {
         restart_keys: RESTART_KEYS,
-        check: |config| sinks::parse(config).map(drop),
+        check: sinks::check,
     }
     .start(
         settings.config_file,

@@ -135,6 +135,12 @@ pub(crate) fn parse(config: &Config) -> anyhow::Result<Vec<Configured>> {
         .collect()
 }
 
+/// Checks every sink's own settings, as the notifier does at start and on
+/// a reload (for `whereabouts check-config`).
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    parse(config).map(drop)
+}
+
 fn parse_kind(sink: &SinkConfig) -> anyhow::Result<Kind> {
     let mut table = sink.settings.clone();
     table.insert("type".into(), sink.kind.clone().into());
