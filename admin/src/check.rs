@@ -141,7 +141,12 @@ fn warnings(config: &Config) -> Vec<Warning> {
 /// Checks the file; the exit code fails on errors only.
 pub(crate) fn run(path: &Path, json: bool) -> ExitCode {
     let (errors, warnings) = match Config::load(Some(path)) {
-        Ok(config) => (Vec::new(), warnings(&config)),
+        // The notifier refuses (at start and on a reload) sinks whose own
+        // settings are wrong, which `Config` leaves to it.
+        Ok(config) => match notifier::sinks::check(&config) {
+            Ok(()) => (Vec::new(), warnings(&config)),
+            Err(e) => (vec![format!("{e:#}")], warnings(&config)),
+        },
         Err(e) => (vec![format!("{e:#}")], Vec::new()),
     };
     if json {

@@ -1,11 +1,14 @@
 //! Turning one raw payload into what goes to JetStream: an envelope on
 //! `owntracks.>` or the raw bytes on `rejected.>` with a reason. Pure: no I/O.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use shared::config::Config;
 use shared::envelope::{Envelope, Transport, content_id};
 use shared::limits::MAX_TOPIC_LEVEL_BYTES;
 use shared::owntracks::{self, MessageType, Reason, Rejection};
+use shared::reload::LiveConfig;
 use shared::subjects;
 use shared::topic::{TopicMatch, TopicPattern, TopicPatterns};
 use time::OffsetDateTime;
@@ -46,15 +49,24 @@ pub enum Verdict {
 pub const MAX_REJECTED_BYTES: usize = 4096;
 
 /// Classifies payloads by the configured topic patterns, keys and limits.
+/// The patterns are those of the start (the MQTT subscriptions follow
+/// them); everything else follows the config in force, one snapshot per
+/// message.
 #[derive(Debug, Clone)]
 pub struct Classifier {
     patterns: TopicPatterns,
-    config: Config,
+    config: LiveConfig,
 }
 
 impl Classifier {
+    /// A classifier of a config that does not change.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let patterns = TopicPatterns::parse(&config.ingest.topic_patterns())?;
+        Self::live(LiveConfig::fixed(config))
+    }
+
+    /// A classifier following the config in force (reloads).
+    pub fn live(config: LiveConfig) -> anyhow::Result<Self> {
+        let patterns = TopicPatterns::parse(&config.get().ingest.topic_patterns())?;
         Ok(Classifier { patterns, config })
     }
 
@@ -67,24 +79,26 @@ impl Classifier {
         &self.patterns
     }
 
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
+    /// The config in force: a snapshot to hold for one message or request.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.get()
     }
 
     /// The household, user and device a topic names, if it fits a pattern.
-    fn identify(&self, topic: &str) -> Option<(String, TopicMatch)> {
+    fn identify(&self, config: &Config, topic: &str) -> Option<(String, TopicMatch)> {
         let (_, m) = self
             .patterns
-            .match_topic(topic, |h| self.config.accepts_household(h))?;
+            .match_topic(topic, |h| config.accepts_household(h))?;
         let household = m
             .household
             .clone()
-            .unwrap_or_else(|| self.config.household_of_user(&m.user).to_string());
+            .unwrap_or_else(|| config.household_of_user(&m.user).to_string());
         Some((household, m))
     }
 
     pub fn classify(&self, input: &Incoming<'_>) -> Verdict {
-        let who = self.identify(input.topic);
+        let config = self.config.get();
+        let who = self.identify(&config, input.topic);
         // The names a REJECTED subject may carry: `_` where unknown or over
         // the limit (an over-long level would make an unusable subject).
         fn usable(name: &str) -> Option<&str> {
@@ -119,7 +133,7 @@ impl Classifier {
                 reason: Reason::TopicMismatch,
                 detail: format!(
                     "topic does not fit {}",
-                    self.config
+                    config
                         .ingest
                         .topic_patterns()
                         .iter()
@@ -145,23 +159,23 @@ impl Classifier {
                 });
             }
         }
-        if !self.config.accepts_household(&household) {
+        if !config.accepts_household(&household) {
             return reject(Rejection {
                 reason: Reason::UnknownHousehold,
                 detail: format!("household {household:?} is not configured"),
             });
         }
-        if input.payload.len() > self.config.ingest.max_payload_bytes {
+        if input.payload.len() > config.ingest.max_payload_bytes {
             return reject(Rejection {
                 reason: Reason::TooLarge,
                 detail: format!(
                     "{} bytes, limit {}",
                     input.payload.len(),
-                    self.config.ingest.max_payload_bytes
+                    config.ingest.max_payload_bytes
                 ),
             });
         }
-        let entry = self.config.device_entry(&household, &m.user, &m.device);
+        let entry = config.device_entry(&household, &m.user, &m.device);
         let secret = entry.and_then(|e| e.secret.as_deref());
         let parsed = owntracks::parse(input.payload).and_then(|msg| {
             let encrypted = msg.kind == MessageType::Encrypted;

@@ -33,7 +33,8 @@ struct Args {
 pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()> {
     let args = Args::parse_from(args);
     shared::telemetry::init_logging(args.common.log_format);
-    let config = args.common.load_config(&args.http_addr)?;
+    let config_file = args.common.config_file(&args.http_addr);
+    let config = config_file.load()?;
     let listener = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
@@ -55,6 +56,7 @@ pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()>
             instance: args.common.instance.clone(),
         }),
         config,
+        config_file,
     };
     crate::run(settings, listener, shared::server::shutdown_on_signals()).await
 }

@@ -145,8 +145,8 @@ async fn handle(
         .unwrap_or_else(|| basic_user.clone());
     let device = header("x-limit-d").or(query.d).filter(|d| !d.is_empty());
     let config = state.classifier.config();
-    let household = household_of(config, &user, device.as_deref());
-    if basic_user != user || !authenticate(config, &household, &user, device.as_deref(), &password)
+    let household = household_of(&config, &user, device.as_deref());
+    if basic_user != user || !authenticate(&config, &household, &user, device.as_deref(), &password)
     {
         tracing::info!(
             user = truncate_utf8(&user, MAX_TOPIC_LEVEL_BYTES),

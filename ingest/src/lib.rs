@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shared::config::Config;
+use shared::reload::{ConfigFile, Loaded, Reload};
 use shared::server::{Readiness, ops_router, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -44,8 +44,19 @@ pub struct Settings {
     pub nats_auth: shared::jetstream::NatsAuth,
     /// `None` runs HTTP mode only.
     pub mqtt: Option<MqttSettings>,
-    pub config: Config,
+    /// The config as loaded at start, and its file, read again on SIGHUP.
+    pub config: Loaded,
+    pub config_file: ConfigFile,
 }
+
+/// What ingest builds at start from the config (its MQTT session and
+/// subscriptions, streams and buckets): a change needs a restart.
+const RESTART_KEYS: &[&str] = &[
+    "ingest.client_id",
+    "ingest.topic_pattern",
+    "ingest.topic_patterns",
+    "streams",
+];
 
 /// Runs ingest until `shutdown` is cancelled. `listener` serves HTTP mode
 /// and the operational endpoints.
@@ -62,7 +73,18 @@ pub async fn run(
     // Registered up front: ready means subscribed, not merely started.
     let mqtt_ready = settings.mqtt.is_some().then(|| readiness.check("mqtt"));
 
-    let classifier = Arc::new(classify::Classifier::new(settings.config.clone())?);
+    let config = Reload {
+        restart_keys: RESTART_KEYS,
+        check: |_| Ok(()),
+    }
+    .start(
+        settings.config_file,
+        settings.config,
+        &registry,
+        shutdown.clone(),
+    )?;
+    let first = config.get();
+    let classifier = Arc::new(classify::Classifier::live(config)?);
     let client = shared::jetstream::connect(
         &settings.nats_url,
         &settings.nats_auth,
@@ -82,7 +104,7 @@ pub async fn run(
     let http = tokio::spawn(serve(listener, app, shutdown.clone()));
 
     // Streams first: publishing to a missing stream has no responder.
-    let streams = &settings.config.streams;
+    let streams = &first.streams;
     let setup = shared::jetstream::retry_setup("streams", &shutdown, || {
         shared::jetstream::ensure_ingest_streams(&js, streams)
     });
@@ -92,7 +114,7 @@ pub async fn run(
     streams_ready.set(true);
 
     let mqtt = match &settings.mqtt {
-        Some(m) => Some(mqtt::connect(m, &classifier.config().ingest.client_id)?),
+        Some(m) => Some(mqtt::connect(m, &first.ingest.client_id)?),
         None => None,
     };
     let phones = commands::replies::bucket(&js, streams)

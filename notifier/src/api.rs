@@ -15,7 +15,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use shared::config::Config;
+use shared::config::{Config, Household};
+use shared::reload::LiveConfig;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +29,8 @@ use crate::tasks::Tasks;
 
 #[derive(Clone)]
 pub(crate) struct ApiState {
-    pub(crate) config: Arc<Config>,
+    /// The config in force: each request reads one snapshot.
+    pub(crate) config: LiveConfig,
     pub(crate) js: async_nats::jetstream::Context,
     pub(crate) people: People,
     pub(crate) live: Live,
@@ -108,18 +110,19 @@ impl IntoResponse for Denied {
     }
 }
 
-/// Lets the request through only for the household its token grants.
-fn authorise(
-    state: &ApiState,
+/// Lets the request through only for the household its token grants;
+/// returns that household's config.
+fn authorise<'a>(
+    config: &'a Config,
     household: &str,
     headers: &HeaderMap,
     query: &TokenQuery,
-) -> Result<(), Denied> {
-    let Some(config) = state.config.households.get(household) else {
+) -> Result<&'a Household, Denied> {
+    let Some(h) = config.households.get(household) else {
         return Err(Denied(StatusCode::NOT_FOUND, "unknown_household"));
     };
-    let Some(expected) = config.token.as_deref() else {
-        return Ok(()); // An open household (no token configured): local use.
+    let Some(expected) = h.token.as_deref() else {
+        return Ok(h); // An open household (no token configured): local use.
     };
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -129,8 +132,8 @@ fn authorise(
         .or(query.token.as_deref());
     match presented {
         None => Err(Denied(StatusCode::UNAUTHORIZED, "token_required")),
-        Some(t) if shared::config::constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(t) if state.config.household_for_token(t).is_some() => {
+        Some(t) if shared::config::constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(h),
+        Some(t) if config.household_for_token(t).is_some() => {
             Err(Denied(StatusCode::FORBIDDEN, "token_for_another_household"))
         }
         Some(_) => Err(Denied(StatusCode::UNAUTHORIZED, "invalid_token")),
@@ -143,7 +146,11 @@ fn authorise(
 /// "devices": []}`, with no place, so that a board shows the household
 /// from the first second.
 fn snapshot(state: &ApiState, household: &str) -> serde_json::Value {
-    let config = &state.config.households[household];
+    let config = state.config.get();
+    let Some(config) = config.households.get(household) else {
+        // Removed by a reload since the request was let in.
+        return json!({"household": household, "places": [], "labels": {}, "colors": {}, "people": []});
+    };
     let colors: serde_json::Map<String, serde_json::Value> = config
         .people
         .iter()
@@ -177,7 +184,7 @@ async fn people(
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = authorise(&state, &household, &headers, &query) {
+    if let Err(denied) = authorise(&state.config.get(), &household, &headers, &query) {
         return denied.into_response();
     }
     axum::Json(snapshot(&state, &household)).into_response()
@@ -200,23 +207,23 @@ async fn history(
     let token = TokenQuery {
         token: query.token.clone(),
     };
-    if let Err(denied) = authorise(&state, &household, &headers, &token) {
-        return denied.into_response();
-    }
+    let config = state.config.get();
+    let household_config = match authorise(&config, &household, &headers, &token) {
+        Ok(h) => h,
+        Err(denied) => return denied.into_response(),
+    };
     let current = state
         .people
         .household(&household)
         .into_iter()
         .find(|s| s.person == person);
-    let configured = state.config.households[&household]
-        .person(&person)
-        .is_some();
+    let configured = household_config.person(&person).is_some();
     if current.is_none() && !configured {
         return error(StatusCode::NOT_FOUND, "unknown_person");
     }
     let now = time::OffsetDateTime::now_utc();
     let since = match query.since.as_deref() {
-        None => state.config.households[&household].day_start(now),
+        None => household_config.day_start(now),
         Some(s) => {
             match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
                 Ok(t) => t,
@@ -252,10 +259,11 @@ async fn events(
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = authorise(&state, &household, &headers, &query) {
+    let config = state.config.get();
+    if let Err(denied) = authorise(&config, &household, &headers, &query) {
         return denied.into_response();
     }
-    let max = state.config.notifier.max_sse_clients_per_household;
+    let max = config.notifier.max_sse_clients_per_household;
     let Some(slot) = state.sse_slots.take(&household, max) else {
         state.metrics.sse_refused.inc();
         tracing::warn!(%household, max, "SSE client refused: the household has too many streams open");
@@ -316,13 +324,24 @@ async fn stream_events(
         None => send_snapshot(&state, &household, state.live.last_seq(), &tx).await,
     };
     let Some(mut last_sent) = first else { return };
-    let heartbeat = state.config.notifier.heartbeat;
+    let mut config = state.config.clone();
+    let token = household_token(&config.get(), &household);
+    let heartbeat = config.get().notifier.heartbeat;
     let idle = tokio::time::sleep(heartbeat);
     tokio::pin!(idle);
     loop {
         let next = tokio::select! {
             // Gone: give the slot back now, not at the household's next event.
             _ = tx.closed() => return,
+            reloaded = config.changed() => {
+                // A rotated token (or a household removed) ends the streams
+                // it let in: the client must come back with the new one.
+                if household_token(&reloaded, &household) != token {
+                    tracing::info!(%household, "SSE stream closed: the household's token changed");
+                    return;
+                }
+                continue;
+            }
             () = &mut idle => {
                 if tx.send(Bytes::from_static(HEARTBEAT)).await.is_err() {
                     return;
@@ -359,6 +378,11 @@ async fn stream_events(
             None => return,
         }
     }
+}
+
+/// The household's token, `None` for an open one, `Some(None)` when gone.
+fn household_token(config: &Config, household: &str) -> Option<Option<String>> {
+    config.households.get(household).map(|h| h.token.clone())
 }
 
 /// Sends what the client missed after `after`: the events from the stream

@@ -25,11 +25,11 @@ pub mod sinks;
 mod tasks;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use shared::config::Config;
+use shared::reload::{ConfigFile, Loaded, Reload};
 use shared::server::{Readiness, ops_router, serve_with_extra_connections};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,8 +46,18 @@ pub struct Settings {
     pub mqtt_ca_file: Option<std::path::PathBuf>,
     /// This instance's name when several run: part of `mqtt` sinks' client ids.
     pub instance: Option<String>,
-    pub config: Config,
+    /// The config as loaded at start, and its file, read again on SIGHUP.
+    pub config: Loaded,
+    pub config_file: ConfigFile,
 }
+
+/// What the notifier builds at start from the config (streams, the CORS
+/// layer, the connection cap): a change needs a restart.
+const RESTART_KEYS: &[&str] = &[
+    "streams",
+    "notifier.cors_origins",
+    "notifier.max_sse_clients_per_household",
+];
 
 /// Runs until `shutdown`, then stops every task it started and awaits them.
 pub async fn run(
@@ -110,9 +120,19 @@ async fn serve_until_shutdown(
     tasks: &Tasks,
 ) -> anyhow::Result<()> {
     let shutdown = tasks.shutdown();
-    // Before anything else: a sink with bad settings stops the start.
-    let configured = sinks::parse(&settings.config)?;
     let registry = shared::telemetry::registry();
+    // Before anything else: a sink with bad settings stops the start, and
+    // a reload with one is refused.
+    let live_config = Reload {
+        restart_keys: RESTART_KEYS,
+        check: sinks::check,
+    }
+    .start(
+        settings.config_file,
+        settings.config,
+        &registry,
+        shutdown.clone(),
+    )?;
     let metrics = metrics::Metrics::new(&registry);
     let readiness = Readiness::default();
     let nats_ready = readiness.check("nats");
@@ -125,7 +145,7 @@ async fn serve_until_shutdown(
     )
     .await?;
     let js = async_nats::jetstream::new(client);
-    let config = Arc::new(settings.config);
+    let config = live_config.get();
 
     // The same set-up as presence, so that either may start first.
     let setup = shared::jetstream::retry_setup("PRESENCE", &shutdown, || async {
@@ -157,20 +177,22 @@ async fn serve_until_shutdown(
     );
     state_ready.set(true);
 
-    let context = sinks::Context {
-        mqtt_url: &settings.mqtt_url,
-        mqtt_ca_file: settings.mqtt_ca_file.as_deref(),
-        instance: settings.instance.as_deref(),
-        households: &config.households,
-        shutdown: &shutdown,
-        tasks,
-    };
-    for sink in configured {
-        sink.start(&js, &context, &metrics)?;
-    }
+    let mut running = sinks::Running::new(
+        js.clone(),
+        settings.mqtt_url,
+        settings.mqtt_ca_file,
+        settings.instance,
+        metrics.clone(),
+        tasks.clone(),
+    );
+    running.apply(&config).await?;
+    tasks.spawn_long(
+        "sinks",
+        running.follow(live_config.clone(), shutdown.clone()),
+    );
 
     let api = api::router(api::ApiState {
-        config: config.clone(),
+        config: live_config,
         js: js.clone(),
         people,
         live,

@@ -107,6 +107,12 @@ impl Metrics {
         self.queue_depth.with_label_values(&[sink]);
     }
 
+    /// Drops the gauge of a sink removed by a config reload (its counters
+    /// stay: they only ever grow).
+    pub(crate) fn forget_sink(&self, sink: &str) {
+        let _ = self.queue_depth.remove_label_values(&[sink]);
+    }
+
     /// Counts one delivery attempt of `sink`.
     pub(crate) fn delivery(&self, sink: &str, outcome: Outcome) {
         self.deliveries

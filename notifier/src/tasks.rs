@@ -35,8 +35,20 @@ impl Tasks {
         name: impl Into<String>,
         task: impl Future<Output = ()> + Send + 'static,
     ) {
+        self.spawn_until(name, self.shutdown.clone(), task);
+    }
+
+    /// Like [`Tasks::spawn_long`] for a task meant to run until `stop` (a
+    /// child of the shutdown: a sink removed by a reload); the handle tells
+    /// when it has ended.
+    pub(crate) fn spawn_until(
+        &self,
+        name: impl Into<String>,
+        stop: CancellationToken,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let name = name.into();
-        let shutdown = self.shutdown.clone();
+        let shutdown = stop;
         self.tracker.spawn(async move {
             match AssertUnwindSafe(task).catch_unwind().await {
                 Ok(()) if shutdown.is_cancelled() => tracing::debug!(task = %name, "task stopped"),
@@ -50,7 +62,7 @@ impl Tasks {
                     tracing::error!(task = %name, panic = %why, "task panicked");
                 }
             }
-        });
+        })
     }
 
     /// Spawns a task that ends by itself (one SSE client's stream).

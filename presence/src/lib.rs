@@ -32,10 +32,8 @@ mod place;
 pub mod replay;
 mod service;
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use shared::config::Config;
+use shared::reload::{ConfigFile, Loaded, Reload};
 use shared::server::{Readiness, ops_router, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -44,8 +42,13 @@ pub struct Settings {
     pub nats_url: String,
     /// NATS credentials besides those in the URL.
     pub nats_auth: shared::jetstream::NatsAuth,
-    pub config: Config,
+    /// The config as loaded at start, and its file, read again on SIGHUP.
+    pub config: Loaded,
+    pub config_file: ConfigFile,
 }
+
+/// What presence builds at start from the config: a change needs a restart.
+const RESTART_KEYS: &[&str] = &["streams"];
 
 /// Runs presence until `shutdown`.
 pub async fn run(
@@ -55,6 +58,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let registry = shared::telemetry::registry();
     let metrics = metrics::Metrics::new(&registry);
+    let config = Reload {
+        restart_keys: RESTART_KEYS,
+        check: |_| Ok(()),
+    }
+    .start(
+        settings.config_file,
+        settings.config,
+        &registry,
+        shutdown.clone(),
+    )?;
     let readiness = Readiness::default();
     let nats_ready = readiness.check("nats");
     let setup_ready = readiness.check("streams");
@@ -72,7 +85,8 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let streams = &settings.config.streams;
+    let first = config.get();
+    let streams = &first.streams;
     let setup = shared::jetstream::retry_setup("streams", &shutdown, || async {
         shared::jetstream::ensure_ingest_streams(&js, streams).await?;
         shared::jetstream::ensure_presence_stream(&js, streams).await?;
@@ -88,7 +102,7 @@ pub async fn run(
         js,
         kv,
         positions,
-        config: Arc::new(settings.config),
+        config,
         metrics,
     };
     engine.run(shutdown).await.context("presence service")?;

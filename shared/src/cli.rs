@@ -54,12 +54,12 @@ impl CommonArgs {
         instance_client_id(base, self.instance.as_deref())
     }
 
-    /// Loads the config and refuses it when serving it on `http_addr` would
-    /// be unsafe (`crate::exposure`).
-    pub fn load_config(&self, http_addr: &str) -> anyhow::Result<crate::config::Config> {
-        let config = crate::config::Config::load(self.config.as_deref())?;
-        crate::exposure::check(&config, self.config.is_some(), http_addr)?;
-        Ok(config)
+    /// The config file (`WHEREABOUTS_CONFIG`) of a service listening on
+    /// `http_addr`: loading it refuses what would be unsafe to serve there
+    /// (`crate::exposure`), at start and on every reload.
+    pub fn config_file(&self, http_addr: &str) -> crate::reload::ConfigFile {
+        crate::reload::hold_hangups();
+        crate::reload::ConfigFile::new(self.config.clone(), http_addr)
     }
 }
 

@@ -12,6 +12,8 @@
 //! - `envelope`: what ingest publishes around each message.
 //! - `state`: person and device state, presence events.
 //! - `config`: the TOML file shared by the three services.
+//! - `reload`: the config in force ([`reload::LiveConfig`]), read again
+//!   on SIGHUP, with its metrics.
 //! - `exposure`: refusing published secrets and open households beyond loopback.
 //! - `cli`: command-line and environment settings common to the binaries.
 //! - `jetstream`: connecting to NATS; idempotent creation of streams and KV.
@@ -29,6 +31,7 @@ pub mod jetstream;
 pub mod limits;
 pub mod mqtt;
 pub mod owntracks;
+pub mod reload;
 pub mod retry;
 pub mod server;
 pub mod state;

@@ -26,8 +26,8 @@
 //!   cluster) works too ([`Pipeline::start_with_nats_urls`]); or each
 //!   service as its own NATS user ([`Pipeline::start_deployed`]).
 //! - `service` — [`Service`]: a Whereabouts service as a real process
-//!   (start with a config, stop, kill, restart, read a metric or the whole
-//!   `/metrics` text);
+//!   (start with a config, stop, kill, restart, reload a new config with
+//!   SIGHUP, read a metric or the whole `/metrics` text);
 //!   [`service_binary`] and [`service_help`] (a service's `--help` text).
 //! - `sse` — [`SseClient`]: the notifier's event stream, parsed into
 //!   [`SseItem`]s (resumable with `Last-Event-ID`).

@@ -1,12 +1,15 @@
 //! Whereabouts services as real processes (the `whereabouts-service`
 //! binary of this crate): start with a config, wait until ready, stop
-//! (SIGTERM), kill (SIGKILL), restart.
+//! (SIGTERM), kill (SIGKILL), restart, reload a new config (SIGHUP).
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use crate::process::{free_port, kill_now, log_tail, spawn, terminate};
+use crate::process::{free_port, kill_now, log_tail, signal, spawn, terminate};
+
+/// The config file's name in the service's directory.
+const CONFIG_FILE: &str = "whereabouts.toml";
 
 pub struct Service {
     kind: String,
@@ -62,7 +65,7 @@ impl Service {
         extra_env: &[(&str, &str)],
     ) -> Service {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config_path = dir.path().join("whereabouts.toml");
+        let config_path = dir.path().join(CONFIG_FILE);
         std::fs::write(&config_path, config).expect("write config");
         let port = free_port();
         let addr_var = format!("{}_HTTP_ADDR", kind.to_uppercase());
@@ -139,6 +142,16 @@ impl Service {
 
     pub fn log(&self) -> String {
         log_tail(&self.dir.path().join(format!("{}.log", self.kind)))
+    }
+
+    /// Writes `config` over the service's config file and sends SIGHUP: the
+    /// service reloads it (see `whereabouts_config_reloads_total`). A
+    /// restart uses it too.
+    pub fn reload(&mut self, config: &str) {
+        std::fs::write(self.dir.path().join(CONFIG_FILE), config).expect("write config");
+        if let Some(child) = self.child.as_mut() {
+            signal(child, libc::SIGHUP);
+        }
     }
 
     /// SIGTERM; returns whether it exited cleanly in time.

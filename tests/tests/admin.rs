@@ -631,6 +631,24 @@ radius = 100
         text.contains("error:") && text.contains("not an IANA time zone"),
         "{text}"
     );
+    // So is a sink the notifier would refuse (its own settings), which
+    // ingest and presence accept.
+    let sink = write(
+        dir.path(),
+        "sink.toml",
+        "[[notifier.sinks]]\ntype = \"webhook\"\nname = \"hooks\"\nurl = \"http://x/\"\nsecrit = \"s\"\n",
+    );
+    let output = whereabouts(
+        "nats://127.0.0.1:1",
+        None,
+        &["check-config", sink.to_str().unwrap()],
+    );
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("error:") && text.contains("sink \"hooks\"") && text.contains("secrit"),
+        "{text}"
+    );
     // The example file has only the warnings its placeholders deserve.
     let example = whereabouts_tests::repo_dir().join("whereabouts.example.toml");
     let report = json_of(&whereabouts(

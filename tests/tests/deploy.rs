@@ -637,8 +637,17 @@ async fn services_run_with_their_own_nats_users() {
     .await;
     // SSE resumed with Last-Event-ID replays PRESENCE through an ordered
     // consumer of the notifier's user.
-    let events = whereabouts_tests::stream_count(&nats.jetstream().await, "PRESENCE").await;
-    assert!(events >= 1, "presence published events");
+    // The state is stored before its events are published: wait for them.
+    let js = nats.jetstream().await;
+    eventually(
+        "presence's events on PRESENCE",
+        Duration::from_secs(15),
+        async || {
+            let n = whereabouts_tests::stream_count(&js, "PRESENCE").await;
+            (n >= 1).then_some(n)
+        },
+    )
+    .await;
     let mut sse = reqwest::Client::new()
         .get(format!("{}/v1/households/weasleys/events", notifier.url()))
         .header("Last-Event-ID", "0")

@@ -27,6 +27,7 @@ use futures::StreamExt;
 use rumqttc::{AsyncClient, QoS};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use shared::config::{Config, Household};
 use shared::envelope::Envelope;
 use shared::owntracks::{self, MessageType};
 use shared::subjects::{COMMANDS_SERVICE, OWNTRACKS_STREAM, PRESENCE_BUCKET};
@@ -95,6 +96,22 @@ fn refuse(code: &'static str, detail: impl Into<String>) -> Refusal {
 /// NATS or the broker failed: the request may be tried again.
 fn unavailable(e: impl fmt::Display) -> Refusal {
     refuse("unavailable", e.to_string())
+}
+
+fn unknown_household(household: &str) -> Refusal {
+    refuse(
+        "unknown_household",
+        format!("household {household:?} is not configured"),
+    )
+}
+
+/// A household of the config in force (a reload may remove one between a
+/// request's check and its use).
+fn household_config<'a>(config: &'a Config, household: &str) -> Result<&'a Household, Refusal> {
+    config
+        .households
+        .get(household)
+        .ok_or_else(|| unknown_household(household))
 }
 
 /// A device a request names, as far as the config and its messages tell.
@@ -180,12 +197,13 @@ impl Commands {
                 format!("invalid request: {e} (want household, user, device)"),
             )
         })?;
-        let config = self.classifier.config();
-        if !config.households.contains_key(&request.household) {
-            return Err(refuse(
-                "unknown_household",
-                format!("household {:?} is not configured", request.household),
-            ));
+        if !self
+            .classifier
+            .config()
+            .households
+            .contains_key(&request.household)
+        {
+            return Err(unknown_household(&request.household));
         }
         match endpoint {
             "push-regions" => return self.push_regions(&request.household).await,
@@ -283,7 +301,8 @@ impl Commands {
 
     /// The household's regions as a `setWaypoints`.
     fn regions_command(&self, household: &str) -> Result<Value, Refusal> {
-        let regions = &self.classifier.config().households[household].regions;
+        let config = self.classifier.config();
+        let regions = &household_config(&config, household)?.regions;
         if regions.is_empty() {
             return Err(refuse(
                 "bad_request",
@@ -477,7 +496,7 @@ impl Commands {
     async fn devices_of(&self, household: &str) -> Result<Vec<(String, String)>, Refusal> {
         let config = self.classifier.config();
         let mut out = BTreeSet::new();
-        for person in &config.households[household].people {
+        for person in &household_config(&config, household)?.people {
             for d in &person.devices {
                 if let Some((user, device)) = d.split_once('/') {
                     out.insert((user.to_string(), device.to_string()));
@@ -528,7 +547,8 @@ impl Commands {
 
     /// `drift`: each device's last exported regions against the household's.
     async fn drift(&self, household: &str) -> Result<Value, Refusal> {
-        let regions = &self.classifier.config().households[household].regions;
+        let config = self.classifier.config();
+        let regions = &household_config(&config, household)?.regions;
         let mut results = Vec::new();
         for (user, device) in self.devices_of(household).await? {
             let export = self.reply(household, &user, &device, "waypoints").await;

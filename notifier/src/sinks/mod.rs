@@ -9,6 +9,8 @@
 //! - `mqtt`: retained per-person state and Home Assistant discovery.
 //! - `magicmirror`: MMM-Remote-Control's notification API.
 //! - `ntfy`: push notifications from a message template.
+//! - `running`: the sinks running now, started, stopped and restarted as
+//!   config reloads add, remove or change them.
 //!
 //! A new sink is its own file here (its `Settings` with [`Build`], and a
 //! [`Sink`]) with its `mod` line, one line in [`Kind`] with its arm in
@@ -18,7 +20,10 @@
 mod magicmirror;
 mod mqtt;
 mod ntfy;
+mod running;
 pub mod webhook;
+
+pub(crate) use running::Running;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -76,6 +81,7 @@ pub(crate) struct Context<'a> {
     /// This instance's name, if set: `mqtt` sinks append it to their client id.
     pub(crate) instance: Option<&'a str>,
     pub(crate) households: &'a BTreeMap<String, Household>,
+    /// What the sink stops on: its own token, a child of the shutdown.
     pub(crate) shutdown: &'a CancellationToken,
     /// Where a sink spawns its own tasks (a connection), awaited on shutdown.
     pub(crate) tasks: &'a Tasks,
@@ -129,6 +135,12 @@ pub(crate) fn parse(config: &Config) -> anyhow::Result<Vec<Configured>> {
         .collect()
 }
 
+/// Checks every sink's own settings, as the notifier does at start and on
+/// a reload (for `whereabouts check-config`).
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    parse(config).map(drop)
+}
+
 fn parse_kind(sink: &SinkConfig) -> anyhow::Result<Kind> {
     let mut table = sink.settings.clone();
     table.insert("type".into(), sink.kind.clone().into());
@@ -136,21 +148,23 @@ fn parse_kind(sink: &SinkConfig) -> anyhow::Result<Kind> {
 }
 
 impl Configured {
-    /// Starts the sink: builds it and spawns its driver on `tasks`.
+    /// Starts the sink: builds it and spawns its driver on `tasks`, to run
+    /// until `context.shutdown`; the handle tells when it has stopped.
     pub(crate) fn start(
         self,
         js: &jetstream::Context,
         context: &Context<'_>,
         metrics: &Metrics,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let sink = self
             .kind
             .build(&self.name, context)
             .with_context(|| format!("sink {:?}", self.name))?;
         metrics.register_sink(&self.name);
         tracing::info!(sink = %self.name, "sink started");
-        context.tasks.spawn_long(
+        Ok(context.tasks.spawn_until(
             format!("sink {}", self.name),
+            context.shutdown.clone(),
             drive(
                 js.clone(),
                 self.name,
@@ -159,8 +173,7 @@ impl Configured {
                 metrics.clone(),
                 context.shutdown.clone(),
             ),
-        );
-        Ok(())
+        ))
     }
 }
 

@@ -156,7 +156,8 @@ impl MqttSink {
         let announced = Arc::new(Mutex::new(HashSet::new()));
         let acks = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let (flag, seen, acked) = (connected.clone(), announced.clone(), acks.clone());
-        context.tasks.spawn_long(format!("mqtt sink {name} connection"), async move {
+        let stop = shutdown.clone();
+        context.tasks.spawn_until(format!("mqtt sink {name} connection"), stop, async move {
             let mut backoff = shared::retry::Backoff::default();
             loop {
                 let event = tokio::select! {

@@ -4,10 +4,11 @@
 //! terminated.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use shared::config::Household;
+use shared::config::{Config, Household};
 use shared::state::{DeviceState, PersonState, PresenceEvent};
 use shared::subjects::person_key;
 use time::OffsetDateTime;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::store::{
     Failure, classify, encode_state, load, store_side_effects, write_positions, write_state,
 };
-use super::{Engine, MAX_BATCH_EVENTS, MAX_RETRY_DELAY, Work};
+use super::{Engine, MAX_BATCH_EVENTS, MAX_RETRY_DELAY, Work, household};
 use crate::machine::privacy::keeps_private;
 use crate::machine::{self, Outcome};
 use crate::metrics::MessageOutcome;
@@ -58,7 +59,7 @@ pub(super) async fn process(
                         let _ = message.ack_with(AckKind::Term).await;
                         (message.subject.to_string(), input.source_id.clone())
                     }
-                    Work::Tick => (String::new(), "timer".into()),
+                    Work::Tick(_) => (String::new(), "timer".into()),
                 };
                 tracing::warn!(
                     household = %key.0, person = %key.1, %subject, source, reason = reason.as_str(),
@@ -102,15 +103,16 @@ struct Applied {
 }
 
 /// Applies `works` in order to the state in memory: as many as fit one
-/// write (see [`MAX_BATCH_EVENTS`]).
+/// write (see [`MAX_BATCH_EVENTS`]) and were queued under the first one's
+/// config, `config`.
 fn apply_batch(
-    engine: &Engine,
+    config: &Arc<Config>,
     household: &Household,
     current: Option<PersonState>,
     works: &[Work],
     now: OffsetDateTime,
 ) -> Applied {
-    let cfg = &engine.config.presence;
+    let cfg = &config.presence;
     let mut applied = Applied {
         person: current,
         devices: Vec::new(),
@@ -119,16 +121,20 @@ fn apply_batch(
         flaps: 0,
     };
     for work in works {
-        if !applied.outcomes.is_empty() && applied.events.len() >= MAX_BATCH_EVENTS {
+        if !applied.outcomes.is_empty()
+            && (applied.events.len() >= MAX_BATCH_EVENTS || !Arc::ptr_eq(work.config(), config))
+        {
             break;
         }
         let outcome = match work {
             Work::Message { input, .. } => {
                 machine::apply(None, applied.person.clone(), input, now, household, cfg)
             }
-            Work::Tick => match applied.person.clone() {
-                Some(state) => machine::tick(state, now, household, cfg),
-                None => Outcome {
+            Work::Tick(_) => match applied.person.clone() {
+                Some(state) if still_claimed(&state, household) => {
+                    machine::tick(state, now, household, cfg)
+                }
+                _ => Outcome {
                     devices: Vec::new(),
                     person: None,
                     events: Vec::new(),
@@ -138,7 +144,7 @@ fn apply_batch(
             },
         };
         applied.outcomes.push(match (work, outcome.ignored) {
-            (Work::Tick, _) => None,
+            (Work::Tick(_), _) => None,
             (_, Some(ignored)) => Some(ignored.into()),
             (_, None) => Some(MessageOutcome::Applied),
         });
@@ -157,6 +163,16 @@ fn apply_batch(
     applied
 }
 
+/// Whether any of the person's devices still belongs to them: a person the
+/// config no longer gives a device (removed by a reload) is not ticked,
+/// their stored state stays as it was until deleted (`whereabouts forget`).
+fn still_claimed(state: &PersonState, household: &Household) -> bool {
+    state
+        .devices
+        .iter()
+        .any(|d| household.person_for(&d.user, &d.device).as_deref() == Some(state.person.as_str()))
+}
+
 /// Applies and stores the front of `works` (at least one item); returns
 /// how many were handled (state and events stored, messages acked).
 async fn store_batch(
@@ -166,14 +182,15 @@ async fn store_batch(
     cached: &mut Option<(Option<PersonState>, u64)>,
 ) -> Result<usize, Failure> {
     let key = person_key(household_name, person_name);
-    let household = engine.household(household_name);
+    let config = works[0].config().clone();
+    let household = household(&config, household_name);
     let applied = loop {
         let (current, revision) = match cached.take() {
             Some(c) => c,
             None => load(engine, &key).await.map_err(classify)?,
         };
         let now = OffsetDateTime::now_utc();
-        let applied = apply_batch(engine, household, current.clone(), works, now);
+        let applied = apply_batch(&config, household, current.clone(), works, now);
         let Some(next) = applied
             .person
             .as_ref()
@@ -212,7 +229,7 @@ async fn store_batch(
         return Err(classify(e));
     }
     let done = applied.outcomes.len();
-    record(engine, &applied, &works[..done]);
+    record(engine, &config, &applied, &works[..done]);
     for work in &works[..done] {
         if let Work::Message {
             message, received, ..
@@ -231,7 +248,7 @@ async fn store_batch(
     Ok(done)
 }
 
-fn record(engine: &Engine, applied: &Applied, works: &[Work]) {
+fn record(engine: &Engine, config: &Config, applied: &Applied, works: &[Work]) {
     let m = &engine.metrics;
     for event in &applied.events {
         m.event(event.kind).inc();
@@ -257,7 +274,7 @@ fn record(engine: &Engine, applied: &Applied, works: &[Work]) {
             input.input
         {
             let age = input.received_at.unix_timestamp() - tst;
-            if age > engine.config.presence.max_fix_age.as_secs() as i64 {
+            if age > config.presence.max_fix_age.as_secs() as i64 {
                 m.late_fixes.inc();
             }
         }

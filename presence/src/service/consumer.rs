@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
+use shared::config::Config;
 use shared::envelope::Envelope;
 use shared::subjects::OWNTRACKS_STREAM;
 use tokio_util::sync::CancellationToken;
 
 use super::queues::Queues;
-use super::{ACK_WAIT, CONSUMER, Engine, MAX_ACK_PENDING, Work};
+use super::{ACK_WAIT, CONSUMER, Engine, MAX_ACK_PENDING, Work, household};
 use crate::input::{Poison, from_envelope};
 use crate::machine::DeviceInput;
 use crate::metrics::MessageOutcome;
@@ -62,7 +63,8 @@ impl Engine {
                 None => anyhow::bail!("OWNTRACKS consumer ended"),
             };
             let received = Instant::now();
-            let Some((input, person)) = self.route(&message).await else {
+            let config = self.config.get();
+            let Some((input, person)) = self.route(&message, &config).await else {
                 continue;
             };
             // Only the ack is needed from here on: queued messages hold no payload.
@@ -72,6 +74,7 @@ impl Engine {
                 message: Box::new(message),
                 input: Box::new(input),
                 received,
+                config,
             };
             queues.push(&household, &person, work);
         }
@@ -83,7 +86,11 @@ impl Engine {
 
     /// Decodes a message into an input and its person; handles (acks or
     /// terminates) the ones that need no worker.
-    async fn route(&self, message: &jetstream::Message) -> Option<(DeviceInput, String)> {
+    async fn route(
+        &self,
+        message: &jetstream::Message,
+        config: &Config,
+    ) -> Option<(DeviceInput, String)> {
         let source_id = message
             .headers
             .as_ref()
@@ -114,7 +121,7 @@ impl Engine {
                 return None;
             }
         };
-        let household = self.household(&input.household);
+        let household = household(config, &input.household);
         match household.person_for(&input.user, &input.device) {
             Some(person) => Some((input, person)),
             None => {

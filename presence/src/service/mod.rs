@@ -28,6 +28,14 @@
 //! - `store`: the person's KV state (load, compare-and-set), its outbox,
 //!   device keys, the `positions` of `place` people, and event publishing.
 //! - `timers` and `timer_queue`: ticks when stored deadlines come due.
+//!
+//! The config follows reloads (SIGHUP, `shared::reload`): each message is
+//! routed and applied under one snapshot. A person added gets state from
+//! their device's next message; a person no device belongs to any more
+//! (removed from the config) is no longer ticked, and their stored state
+//! stays until it is deleted (`whereabouts forget`). Region and timer
+//! settings apply from the next input or tick; every stored deadline is
+//! recomputed on a reload.
 
 mod batch;
 mod consumer;
@@ -41,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use shared::config::{Config, Household};
+use shared::reload::LiveConfig;
 
 use crate::machine::DeviceInput;
 use crate::metrics::Metrics;
@@ -74,26 +83,38 @@ pub(crate) struct Engine {
     pub(crate) kv: kv::Store,
     /// Coordinates of `share = "place"` people (`machine::privacy`).
     pub(crate) positions: kv::Store,
-    pub(crate) config: Arc<Config>,
+    /// The config in force; each work item holds the snapshot it was
+    /// routed with.
+    pub(crate) config: LiveConfig,
     pub(crate) metrics: Metrics,
 }
 
-/// What a person's queue holds: a message to apply, or a timer tick.
+/// What a person's queue holds: a message to apply, or a timer tick, each
+/// with the config it was queued under. A message is applied with the
+/// config that named its person (a reload in between cannot move it to
+/// someone else), and a batch never spans two configs.
 enum Work {
     Message {
         message: Box<jetstream::Message>,
         input: Box<DeviceInput>,
         received: Instant,
+        config: Arc<Config>,
     },
-    Tick,
+    Tick(Arc<Config>),
 }
 
-impl Engine {
-    /// A household's config; an unconfigured one gets the defaults.
-    fn household(&self, name: &str) -> &Household {
-        static DEFAULT: LazyLock<Household> = LazyLock::new(Household::default);
-        self.config.households.get(name).unwrap_or(&DEFAULT)
+impl Work {
+    fn config(&self) -> &Arc<Config> {
+        match self {
+            Work::Message { config, .. } | Work::Tick(config) => config,
+        }
     }
+}
+
+/// A household's config; an unconfigured one gets the defaults.
+fn household<'a>(config: &'a Config, name: &str) -> &'a Household {
+    static DEFAULT: LazyLock<Household> = LazyLock::new(Household::default);
+    config.households.get(name).unwrap_or(&DEFAULT)
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ pub(super) async fn load(engine: &Engine, key: &str) -> anyhow::Result<(Option<P
         // Older: publish only if the person's subject does not end with them.
         let age = OffsetDateTime::now_utc() - entry.created;
         let recent =
-            age.as_seconds_f64() < engine.config.streams.duplicate_window.as_secs_f64() * 0.9;
+            age.as_seconds_f64() < engine.config.get().streams.duplicate_window.as_secs_f64() * 0.9;
         let published =
             !recent && last_event_id(engine, &state).await.as_deref() == Some(last.id.as_str());
         if !published {

@@ -2,7 +2,8 @@
 //! deadline (`machine::next_deadline`) in a [`TimerQueue`], and queues a
 //! tick for them when it comes due. Derived from the KV alone, they survive
 //! restarts and work with several instances. The same watch counts devices
-//! by status for the `presence_devices` gauge.
+//! by status for the `presence_devices` gauge. A config reload restarts the
+//! watch, so every deadline is computed again with the new settings.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::queues::Queues;
 use super::timer_queue::TimerQueue;
-use super::{Engine, Work};
+use super::{Engine, Work, household};
 use crate::machine;
 
 /// A person: household and person id.
@@ -37,6 +38,7 @@ impl Engine {
         let mut backoff = Backoff::default();
         let mut due: TimerQueue<Person> = TimerQueue::new();
         let mut watched: HashMap<String, Watched> = HashMap::new();
+        let mut config = self.config.clone();
         while !shutdown.is_cancelled() {
             let mut watch = match self.kv.watch_with_history("*.person.*").await {
                 Ok(w) => w,
@@ -57,6 +59,10 @@ impl Engine {
                 };
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    _ = config.changed() => {
+                        tracing::debug!("config reloaded: recomputing every deadline");
+                        break;
+                    }
                     entry = watch.next() => {
                         let Some(Ok(entry)) = entry else { break };
                         self.watched(&entry, &mut watched, &mut due);
@@ -65,7 +71,7 @@ impl Engine {
                         let now = OffsetDateTime::now_utc();
                         while let Some((household, person)) = due.pop_due(now) {
                             tracing::debug!(%household, %person, "timer due");
-                            queues.push(&household, &person, Work::Tick);
+                            queues.push(&household, &person, Work::Tick(self.config.get()));
                         }
                     }
                 }
@@ -104,8 +110,9 @@ impl Engine {
             due.cancel(person);
         }
         let Some(state) = state else { return };
-        let household = self.household(&state.household);
-        let deadline = machine::next_deadline(&state, household, &self.config.presence);
+        let config = self.config.get();
+        let household = household(&config, &state.household);
+        let deadline = machine::next_deadline(&state, household, &config.presence);
         tracing::debug!(key = %entry.key, ?deadline, "person deadline");
         if let Some(at) = deadline {
             due.schedule((state.household, state.person), at);
