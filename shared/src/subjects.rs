@@ -8,6 +8,13 @@ pub const REJECTED_STREAM: &str = "REJECTED";
 pub const PRESENCE_STREAM: &str = "PRESENCE";
 pub const PRESENCE_BUCKET: &str = "presence";
 pub const COMMANDS_SERVICE: &str = "whereabouts-commands";
+/// ingest's stream of what phones publish on nats-server's MQTT listener
+/// (raw payloads, under `[ingest.nats_mqtt] prefix`; not part of the
+/// contract's data, only its names).
+pub const PHONES_IN_STREAM: &str = "PHONES_IN";
+/// ingest's durable consumer on PHONES_IN; `-<instance>` appended with
+/// `WHEREABOUTS_INSTANCE`. Reserved: every `ingest-nats-mqtt*` name.
+pub const NATS_MQTT_DURABLE: &str = "ingest-nats-mqtt";
 
 /// Header carrying the short reason code on `rejected.>`.
 pub const REASON_HEADER: &str = "Whereabouts-Reason";
