@@ -21,7 +21,8 @@ struct Args {
     mqtt_username: Option<String>,
     #[arg(long, env = "MQTT_PASSWORD", hide_env_values = true)]
     mqtt_password: Option<String>,
-    /// Run HTTP mode only, without an MQTT broker.
+    /// Run without the mosquitto bridge: HTTP mode, and phones on
+    /// nats-server's MQTT listener with `[ingest.nats_mqtt]`.
     #[arg(long, env = "INGEST_NO_MQTT")]
     no_mqtt: bool,
     /// Address of HTTP mode (`POST /pub`) and `/metrics`, `/healthz`, `/readyz`.
@@ -55,6 +56,7 @@ pub async fn main<I: IntoIterator<Item = String>>(args: I) -> anyhow::Result<()>
             ca_file: args.mqtt_ca_file,
             instance: args.common.instance.clone(),
         }),
+        instance: args.common.instance.clone(),
         config,
         config_file,
     };

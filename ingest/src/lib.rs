@@ -10,7 +10,10 @@
 //! - `cli`: flags and environment, for the binary.
 //! - `classify`: one payload → envelope or rejection (pure).
 //! - `publish`: JetStream publishing with retries until stored.
-//! - `mqtt`: the persistent MQTT session, ordered manual acks.
+//! - `mqtt`: the persistent MQTT session, ordered manual acks; `store`,
+//!   the one classify → publish path of both MQTT sources.
+//! - `nats_mqtt`: the second MQTT source, phones on nats-server's own MQTT
+//!   listener, read from the PHONES_IN stream (`[ingest.nats_mqtt]`).
 //! - `http`: OwnTracks HTTP mode, `POST /pub`.
 //! - `commands`: the `whereabouts-commands` service: `cmd`s to the phones,
 //!   queued for HTTP-mode ones, shared regions and their drift; the phones'
@@ -25,6 +28,7 @@ mod friends;
 mod http;
 mod metrics;
 mod mqtt;
+mod nats_mqtt;
 mod publish;
 
 use std::sync::Arc;
@@ -42,8 +46,10 @@ pub struct Settings {
     pub nats_url: String,
     /// NATS credentials besides those in the URL.
     pub nats_auth: shared::jetstream::NatsAuth,
-    /// `None` runs HTTP mode only.
+    /// `None` runs without the mosquitto bridge.
     pub mqtt: Option<MqttSettings>,
+    /// `WHEREABOUTS_INSTANCE`: names this ingest's PHONES_IN durable.
+    pub instance: Option<String>,
     /// The config as loaded at start, and its file, read again on SIGHUP.
     pub config: Loaded,
     pub config_file: ConfigFile,
@@ -55,6 +61,7 @@ const RESTART_KEYS: &[&str] = &[
     "ingest.client_id",
     "ingest.topic_pattern",
     "ingest.topic_patterns",
+    "ingest.nats_mqtt",
     "streams",
 ];
 
@@ -84,6 +91,11 @@ pub async fn run(
         shutdown.clone(),
     )?;
     let first = config.get();
+    let nats_mqtt_ready = first
+        .ingest
+        .nats_mqtt
+        .is_some()
+        .then(|| readiness.check("nats_mqtt"));
     let classifier = Arc::new(classify::Classifier::live(config)?);
     let client = shared::jetstream::connect(
         &settings.nats_url,
@@ -128,6 +140,11 @@ pub async fn run(
     let commands = commands::Commands {
         classifier: classifier.clone(),
         mqtt: mqtt.as_ref().map(|(client, _)| client.clone()),
+        nats_mqtt_cmd_prefix: first
+            .ingest
+            .nats_mqtt
+            .as_ref()
+            .map(|n| n.cmd_prefix.clone()),
         js: js.clone(),
         queue: commands::queue::bucket(&js, streams)
             .await
@@ -135,6 +152,19 @@ pub async fn run(
         phones,
     };
     let commands = tokio::spawn(commands.serve(nats, shutdown.clone()));
+
+    // Drained like the bridge below: on shutdown it stops pulling and
+    // finishes what it holds; the durable keeps the rest.
+    let nats_mqtt = nats_mqtt_ready.map(|ready| {
+        tokio::spawn(nats_mqtt::run(
+            js.clone(),
+            classifier.clone(),
+            metrics.clone(),
+            settings.instance.clone(),
+            ready,
+            shutdown.clone(),
+        ))
+    });
 
     if let Some(connection) = mqtt {
         let mqtt_ready = mqtt_ready.expect("registered with the MQTT settings");
@@ -154,6 +184,14 @@ pub async fn run(
             result = bridge => result.context("MQTT bridge task")?.context("MQTT bridge")?,
             _ = async { shutdown.cancelled().await; tokio::time::sleep(Duration::from_secs(10)).await } => {
                 tracing::warn!("MQTT bridge did not drain in time; the broker keeps unacked messages");
+            }
+        }
+    }
+    if let Some(source) = nats_mqtt {
+        tokio::select! {
+            result = source => result.context("nats-mqtt source task")?.context("nats-mqtt source")?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(Duration::from_secs(10)).await } => {
+                tracing::warn!("nats-mqtt source did not drain in time; PHONES_IN redelivers what was not acked");
             }
         }
     }

@@ -7,6 +7,14 @@ use shared::owntracks::{MessageType, Reason};
 use shared::subjects::{OWNTRACKS_STREAM, REJECTED_STREAM};
 use shared::telemetry::{counter_vec, gauge, histogram_vec};
 
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid counter");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique counter");
+    c
+}
+
 /// The `stream` label: where a publication goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stream {
@@ -65,8 +73,14 @@ pub(crate) struct Metrics {
     pub(crate) mqtt_reconnects: IntCounter,
     /// QoS 0 messages dropped because the QoS 0 budget was full.
     pub(crate) mqtt_dropped: IntCounter,
-    /// MQTT messages received but not yet acknowledged to the broker.
+    /// MQTT messages received but not yet acknowledged to the broker (or,
+    /// from nats-server's MQTT listener, to PHONES_IN).
     pub(crate) inflight: IntGauge,
+    /// Messages taken from PHONES_IN (phones on nats-server's MQTT listener).
+    pub(crate) nats_mqtt_received: IntCounter,
+    /// Of those, deliveries JetStream made again (after a restart or an
+    /// unacked wait).
+    pub(crate) nats_mqtt_redelivered: IntCounter,
     /// HTTP-mode requests by status `code`.
     pub(crate) http_requests: IntCounterVec,
     /// Client addresses locked out of HTTP mode after wrong credentials.
@@ -142,7 +156,17 @@ impl Metrics {
             inflight: gauge(
                 registry,
                 "ingest_inflight_messages",
-                "MQTT messages received and not yet acknowledged to the broker.",
+                "MQTT messages received and not yet acknowledged to the broker or to PHONES_IN.",
+            ),
+            nats_mqtt_received: counter(
+                registry,
+                "ingest_nats_mqtt_messages_total",
+                "Messages taken from PHONES_IN (phones on nats-server's MQTT listener), redeliveries included.",
+            ),
+            nats_mqtt_redelivered: counter(
+                registry,
+                "ingest_nats_mqtt_redeliveries_total",
+                "PHONES_IN messages delivered again (after a restart, or unacked past the ack wait).",
             ),
             http_requests: counter_vec(
                 registry,

@@ -283,7 +283,8 @@ async fn pipeline(
                 };
                 let (js, metrics, classifier) = (js.clone(), metrics.clone(), classifier.clone());
                 in_flight.push_back(async move {
-                    store(&classifier, &js, &metrics, &queued.publish).await;
+                    let p = &queued.publish;
+                    store(&classifier, &js, &metrics, &p.topic, &p.payload, p.retain).await;
                     queued
                 });
             }
@@ -292,23 +293,26 @@ async fn pipeline(
     }
 }
 
-/// Classifies one MQTT message and stores the verdict.
-async fn store(
+/// Classifies one MQTT message and stores the verdict; shared by both MQTT
+/// sources (this bridge and `nats_mqtt`), so they store the same envelopes,
+/// rejects and ids.
+pub(crate) async fn store(
     classifier: &Classifier,
     js: &jetstream::Context,
     metrics: &Metrics,
-    publish: &Publish,
+    topic: &str,
+    payload: &[u8],
+    retained: bool,
 ) {
-    let topic = publish.topic.as_str();
     let verdict = classifier.classify(&Incoming {
         topic,
-        payload: &publish.payload,
-        retained: publish.retain,
+        payload,
+        retained,
         transport: Transport::Mqtt,
         received_at: OffsetDateTime::now_utc(),
     });
     if let crate::classify::Verdict::Rejected { reason, detail, .. } = &verdict {
-        tracing::info!(%topic, reason = reason.as_str(), %detail, bytes = publish.payload.len(), "payload rejected");
+        tracing::info!(%topic, reason = reason.as_str(), %detail, bytes = payload.len(), "payload rejected");
     }
     let stored = match Publication::from_verdict(&verdict) {
         Some(publication) => publish_until_stored(js, publication, metrics).await,

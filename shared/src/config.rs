@@ -80,6 +80,69 @@ pub struct IngestConfig {
     /// `unknown_household` (anyone able to publish could otherwise invent
     /// households, people and events).
     pub allow_unknown_households: bool,
+    /// Phones on nats-server's own MQTT listener, a second source beside
+    /// the mosquitto bridge (`[ingest.nats_mqtt]`; absent: off).
+    pub nats_mqtt: Option<NatsMqttConfig>,
+}
+
+/// The phones' account on nats-server's MQTT listener, as the application
+/// account sees it (`deploy/nats-server-mqtt.conf` makes both sides).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsMqttConfig {
+    /// The phones' `owntracks.>` is imported as `<prefix>.owntracks.>`;
+    /// ingest's PHONES_IN stream captures `<prefix>.>`.
+    pub prefix: String,
+    /// `cmd`s are published on `<cmd_prefix>.<topic as a subject>`, which
+    /// the phones' account maps onto its MQTT QoS 1 store.
+    pub cmd_prefix: String,
+    /// How long PHONES_IN keeps a phone's message that no ingest took.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    pub max_bytes: i64,
+}
+
+impl Default for NatsMqttConfig {
+    fn default() -> Self {
+        NatsMqttConfig {
+            prefix: "phones".into(),
+            cmd_prefix: "phonecmd".into(),
+            max_age: Duration::from_secs(7 * 86_400),
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+impl NatsMqttConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        let token = |name: &str, value: &str| {
+            let bad = value.is_empty()
+                || value
+                    .chars()
+                    .any(|c| matches!(c, '.' | '*' | '>' | '$') || c.is_whitespace());
+            if bad {
+                bail!(
+                    "ingest.nats_mqtt.{name} {value:?} must be one subject token (no '.', '*', '>', '$', spaces)"
+                );
+            }
+            // The contract's own subjects would loop back into PHONES_IN.
+            if ["owntracks", "rejected", "presence", "whereabouts"].contains(&value) {
+                bail!("ingest.nats_mqtt.{name} {value:?} is one of the contract's subject roots");
+            }
+            Ok(())
+        };
+        token("prefix", &self.prefix)?;
+        token("cmd_prefix", &self.cmd_prefix)?;
+        if self.prefix == self.cmd_prefix {
+            bail!(
+                "ingest.nats_mqtt: prefix and cmd_prefix must differ (PHONES_IN would capture the cmds)"
+            );
+        }
+        if self.max_bytes <= 0 {
+            bail!("ingest.nats_mqtt.max_bytes must be positive");
+        }
+        Ok(())
+    }
 }
 
 const DEFAULT_TOPIC_PATTERN: &str = "owntracks/{user}/{device}";
@@ -112,6 +175,7 @@ impl Default for IngestConfig {
             trusted_proxies: Vec::new(),
             devices: Vec::new(),
             allow_unknown_households: false,
+            nats_mqtt: None,
         }
     }
 }
@@ -594,6 +658,9 @@ impl Config {
             );
         }
         // NATS refuses messages over 1 MiB by default; the envelope needs room.
+        if let Some(n) = &self.ingest.nats_mqtt {
+            n.validate()?;
+        }
         if self.ingest.max_payload_bytes > 900 * 1024 {
             bail!("ingest.max_payload_bytes is over 900 KiB: NATS could not store such messages");
         }

@@ -12,6 +12,13 @@ pub const POSITIONS_BUCKET: &str = "positions";
 pub const COMMANDS_SERVICE: &str = "whereabouts-commands";
 /// What phones published when asked (`waypoints`, `status`, `dump`).
 pub const PHONES_BUCKET: &str = "phones";
+/// ingest's stream of what phones publish on nats-server's MQTT listener
+/// (raw payloads, under `[ingest.nats_mqtt] prefix`; not part of the
+/// contract's data, only its names).
+pub const PHONES_IN_STREAM: &str = "PHONES_IN";
+/// ingest's durable consumer on PHONES_IN; `-<instance>` appended with
+/// `WHEREABOUTS_INSTANCE`. Reserved: every `ingest-nats-mqtt*` name.
+pub const NATS_MQTT_DURABLE: &str = "ingest-nats-mqtt";
 
 /// Header carrying the short reason code on `rejected.>`.
 pub const REASON_HEADER: &str = "Whereabouts-Reason";

@@ -1,6 +1,8 @@
 //! `NatsCluster`: three nats-servers with JetStream routed into one
 //! cluster on loopback, each on its own client and route port and store;
 //! a node can be killed and started again on the same ports and store.
+//! Optionally each node also takes phones on its own MQTT port, from
+//! `deploy/nats-server-mqtt.conf`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -19,6 +21,8 @@ const CLUSTER_NAME: &str = "whereabouts";
 struct Node {
     name: String,
     client_port: u16,
+    /// With [`NatsCluster::start_phones`]: the node's MQTT listener.
+    mqtt_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -27,16 +31,35 @@ struct Node {
 pub struct NatsCluster {
     dir: TempDir,
     nodes: Vec<Node>,
+    /// User and password of [`NatsCluster::jetstream`] on a cluster with auth.
+    credentials: Option<(String, String)>,
 }
 
 impl NatsCluster {
     /// Starts three nodes and waits until JetStream answers (a meta leader
     /// is elected).
     pub async fn start() -> NatsCluster {
+        Self::start_inner(false).await
+    }
+
+    /// Like [`NatsCluster::start`], each node run from
+    /// `deploy/nats-server-mqtt.conf` (its own `server_name` and MQTT port,
+    /// [`NatsCluster::mqtt_url`]); [`NatsCluster::jetstream`] connects as
+    /// `admin`, the services as their users ([`NatsCluster::urls_as`]).
+    pub async fn start_phones() -> NatsCluster {
+        Self::start_inner(true).await
+    }
+
+    async fn start_inner(phones: bool) -> NatsCluster {
         let dir = tempfile::Builder::new()
             .prefix("whereabouts-cluster-")
             .tempdir()
             .expect("create a temp dir for the cluster");
+        if phones {
+            for (name, content) in crate::nats::phones_config_files() {
+                std::fs::write(dir.path().join(name), content).expect("write a config file");
+            }
+        }
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
             .iter()
@@ -46,7 +69,15 @@ impl NatsCluster {
         for (i, (client_port, route_port)) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
             let store = dir.path().join(&name);
-            let conf = format!(
+            let mqtt_port = phones.then(free_port);
+            // The deploy file first; what differs per node overrides it.
+            let mut conf = match mqtt_port {
+                Some(port) => format!(
+                    "include ./nats-server-mqtt.conf\nmqtt {{ host: 127.0.0.1, port: {port} }}\n"
+                ),
+                None => String::new(),
+            };
+            conf += &format!(
                 "server_name: {name}\nlisten: \"127.0.0.1:{client_port}\"\n\
                  jetstream {{ store_dir: {store:?} }}\n\
                  cluster {{\n  name: {CLUSTER_NAME}\n  listen: \"127.0.0.1:{route_port}\"\n  routes: [{}]\n}}\n",
@@ -57,10 +88,21 @@ impl NatsCluster {
             nodes.push(Node {
                 name,
                 client_port: *client_port,
+                mqtt_port,
                 child: None,
             });
         }
-        let mut cluster = NatsCluster { dir, nodes };
+        let credentials = phones.then(|| {
+            (
+                "admin".to_string(),
+                crate::nats::deploy_password("admin").to_string(),
+            )
+        });
+        let mut cluster = NatsCluster {
+            dir,
+            nodes,
+            credentials,
+        };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i);
         }
@@ -80,6 +122,26 @@ impl NatsCluster {
             .join(",")
     }
 
+    /// Every node's client URL as `user` with its deploy password.
+    pub fn urls_as(&self, user: &str) -> String {
+        let password = crate::nats::deploy_password(user);
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://{user}:{password}@127.0.0.1:{}", n.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `i`'s MQTT URL for an example phone user (a cluster from
+    /// [`NatsCluster::start_phones`]).
+    pub fn mqtt_url(&self, i: usize, user: &str) -> String {
+        let port = self.nodes[i].mqtt_port.expect("a cluster with MQTT");
+        format!(
+            "mqtt://{user}:{}@127.0.0.1:{port}",
+            crate::nats::phone_password(user)
+        )
+    }
+
     /// Node `i`'s client URL.
     pub fn url(&self, i: usize) -> String {
         format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
@@ -88,7 +150,12 @@ impl NatsCluster {
     /// A JetStream context on a client of the whole cluster (it fails over).
     pub async fn jetstream(&self) -> jetstream::Context {
         let servers: Vec<String> = self.urls().split(',').map(str::to_string).collect();
-        let client = async_nats::connect(servers)
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = &self.credentials {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        let client = options
+            .connect(servers)
             .await
             .unwrap_or_else(|e| panic!("connect to the cluster {}: {e}", self.urls()));
         jetstream::new(client)

@@ -6,10 +6,13 @@
 //!   stop, kill, restart on the same port and store; or run from
 //!   `deploy/nats-server.conf` with [`DEPLOY_PASSWORDS`], see
 //!   [`deploy_password`]) and the JetStream
-//!   readers [`stream_messages`] and [`stream_count`].
+//!   readers [`stream_messages`] and [`stream_count`]; or from
+//!   `deploy/nats-server-mqtt.conf` with phones on its MQTT listener
+//!   ([`NatsServer::start_phones`], [`phone_password`]).
 //! - `cluster` — [`NatsCluster`]: three nats-servers with JetStream routed
 //!   into one cluster (the comma-separated URL list, kill and restart a
-//!   node on its ports and store).
+//!   node on its ports and store), optionally each with an MQTT listener
+//!   for phones ([`NatsCluster::start_phones`]).
 //! - `traffic` — seeded simulator traffic and what it left:
 //!   `traffic::world_config`, recorded runs, `traffic::distinct_messages`,
 //!   `traffic::settle`, and KV states, events and event ids in a form two
@@ -83,7 +86,10 @@ pub use eventually::{Outcome, eventually};
 pub use http_stand_in::{Delivery, Receiver, Recorder, Request};
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received};
-pub use nats::{DEPLOY_PASSWORDS, NatsServer, deploy_password, stream_count, stream_messages};
+pub use nats::{
+    DEPLOY_PASSWORDS, NatsServer, deploy_password, phone_password, phones_config_files,
+    stream_count, stream_messages,
+};
 pub use phone::Phone;
 pub use pipeline::Pipeline;
 pub use process::free_port;

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tempfile::TempDir;
 use tokio::time::Instant;
 
-use crate::process::{self, STARTUP_TIMEOUT};
+use crate::process::{self, STARTUP_TIMEOUT, free_port};
 use crate::read_repo_file;
 
 /// The password of each user of `deploy/nats-server.conf` in
@@ -59,6 +59,36 @@ pub struct NatsServer {
     configured: bool,
     /// User and password of [`NatsServer::client`] on a server with auth.
     credentials: Option<(String, String)>,
+    /// The MQTT listener's port, with [`NatsServer::start_phones`].
+    mqtt_port: Option<u16>,
+}
+
+/// The files of `deploy/nats-server-mqtt.conf` and what it includes, with
+/// [`DEPLOY_PASSWORDS`] and the example phones (`jane`, `bob`):
+/// `(name, content)` for a server's directory.
+pub fn phones_config_files() -> Vec<(&'static str, String)> {
+    let passwords: String = DEPLOY_PASSWORDS
+        .iter()
+        .map(|(user, password)| format!("{}_PASSWORD: \"{password}\"\n", user.to_uppercase()))
+        .collect();
+    vec![
+        (
+            "nats-server-mqtt.conf",
+            read_repo_file("deploy/nats-server-mqtt.conf"),
+        ),
+        ("nats-users.conf", read_repo_file("deploy/nats-users.conf")),
+        (
+            "nats-phones.conf",
+            read_repo_file("deploy/nats-phones.example.conf"),
+        ),
+        ("nats-passwords.conf", passwords),
+    ]
+}
+
+/// The MQTT password of an example phone user of
+/// `deploy/nats-phones.example.conf`.
+pub fn phone_password(user: &str) -> String {
+    format!("{user}-mqtt-password")
 }
 
 impl NatsServer {
@@ -79,6 +109,7 @@ impl NatsServer {
             child: None,
             configured: false,
             credentials: None,
+            mqtt_port: None,
         };
         server.spawn_and_wait(None).await;
         server
@@ -115,6 +146,7 @@ impl NatsServer {
             child: None,
             configured: true,
             credentials: client.map(|(u, p)| (u.to_string(), p.to_string())),
+            mqtt_port: None,
         };
         server.spawn_and_wait(None).await;
         server
@@ -134,11 +166,43 @@ impl NatsServer {
                     "nats-server.conf",
                     &read_repo_file("deploy/nats-server.conf"),
                 ),
+                ("nats-users.conf", &read_repo_file("deploy/nats-users.conf")),
                 ("nats-passwords.conf", &passwords),
             ],
             Some(("admin", deploy_password("admin"))),
         )
         .await
+    }
+
+    /// Like [`NatsServer::start_deployed`], with `deploy/nats-server-mqtt.conf`:
+    /// the services' users in the WHEREABOUTS account, the example phones
+    /// in PHONES, and an MQTT listener on a free port ([`NatsServer::mqtt_url`]).
+    pub async fn start_phones() -> NatsServer {
+        let mqtt_port = free_port();
+        let mut files = phones_config_files();
+        files.push((
+            "nats-server.conf",
+            format!(
+                "include ./nats-server-mqtt.conf\nmqtt {{ host: 127.0.0.1, port: {mqtt_port} }}\n"
+            ),
+        ));
+        let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
+        let mut server =
+            Self::start_with_config(&files, Some(("admin", deploy_password("admin")))).await;
+        server.mqtt_port = Some(mqtt_port);
+        server
+    }
+
+    /// `mqtt://<user>:<password>@127.0.0.1:<mqtt port>` of a phone user
+    /// (a server from [`NatsServer::start_phones`]).
+    pub fn mqtt_url(&self, user: &str) -> String {
+        let port = self.mqtt_port.expect("a server with an MQTT listener");
+        format!("mqtt://{user}:{}@127.0.0.1:{port}", phone_password(user))
+    }
+
+    /// The MQTT listener's port (a server from [`NatsServer::start_phones`]).
+    pub fn mqtt_port(&self) -> u16 {
+        self.mqtt_port.expect("a server with an MQTT listener")
     }
 
     /// `nats://<user>:<password>@127.0.0.1:<port>`.

@@ -1014,6 +1014,13 @@ fn compose_is_secure_by_default() {
                 && Path::new(t).parent() == Path::new(config).parent()),
         "the NATS passwords must sit beside nats-server.conf: {nats_mounts:?}"
     );
+    assert!(
+        nats_mounts
+            .iter()
+            .any(|(s, t)| s == "./deploy/nats-users.conf"
+                && Path::new(t).parent() == Path::new(config).parent()),
+        "the NATS users must sit beside nats-server.conf: {nats_mounts:?}"
+    );
     assert!(nats["ports"].is_null(), "NATS is not published");
 
     // HTTPS: caddy on 443 with the first-run certificate, proxying /pub and
@@ -1304,6 +1311,7 @@ async fn first_run_generates_a_working_secure_setup() {
     let nats = NatsServer::start_with_config(
         &[
             ("nats-server.conf", &read("deploy/nats-server.conf")),
+            ("nats-users.conf", &read("deploy/nats-users.conf")),
             (
                 "nats-passwords.conf",
                 &std::fs::read_to_string(out.join("nats-passwords.conf")).unwrap(),

@@ -1,5 +1,5 @@
 //! Privacy per person and forgetting, end to end with every service as its
-//! own NATS user (`deploy/nats-server.conf`): a `share = "place"` person's
+//! own NATS user (`deploy/nats-users.conf`): a `share = "place"` person's
 //! coordinates appear nowhere outside presence (PRESENCE, the `presence`
 //! bucket, the notifier's snapshot, SSE and history, the webhook, ntfy,
 //! MMM-Remote-Control and MQTT sinks, HTTP-mode friends) while a

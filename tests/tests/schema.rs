@@ -816,11 +816,12 @@ fn each_schema_refuses_a_document_that_breaks_the_contract() {
         ),
         (
             "commands-reply.json",
-            json!({"topic":"owntracks/harry/phone/cmd","mqtt":true,
+            json!({"topic":"owntracks/harry/phone/cmd","mqtt":true,"nats_mqtt":false,
             "queued_for_http":false,"encrypted":false,"action":"reportLocation",
             "command":{"_type":"cmd","action":"reportLocation"},"app":null,"warnings":[]}),
             &[
                 ("/mqtt", json!("yes")),
+                ("/nats_mqtt", json!(null)),
                 ("/topic", json!("owntracks/harry/phone")),
             ],
         ),

@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
+use anyhow::Context;
 use async_nats::jetstream::{self, kv};
 use async_nats::service::ServiceExt;
 use bytes::Bytes;
@@ -129,6 +130,9 @@ struct Device<'a> {
 pub(crate) struct Commands {
     pub(crate) classifier: Arc<Classifier>,
     pub(crate) mqtt: Option<AsyncClient>,
+    /// `[ingest.nats_mqtt] cmd_prefix`: `cmd`s also go to phones on
+    /// nats-server's MQTT listener.
+    pub(crate) nats_mqtt_cmd_prefix: Option<String>,
     pub(crate) js: jetstream::Context,
     pub(crate) queue: kv::Store,
     pub(crate) phones: kv::Store,
@@ -473,6 +477,19 @@ impl Commands {
                 .map_err(|e| unavailable(format!("MQTT publish: {e}")))?;
             sent_mqtt = true;
         }
+        // Both brokers when both are configured: a phone is connected to one
+        // of them, and neither tells ingest which.
+        let mut warnings = warnings;
+        let sent_nats_mqtt = match &self.nats_mqtt_cmd_prefix {
+            Some(prefix) => match self.deliver_nats_mqtt(prefix, &topic, &payload).await {
+                Ok(()) => true,
+                Err(e) => {
+                    warnings.push(format!("not sent over nats-server's MQTT listener: {e:#}"));
+                    false
+                }
+            },
+            None => false,
+        };
         let http_device = entry.is_some_and(|e| e.password.is_some());
         if http_device {
             queue::push(&self.queue, &queue::key(household, user, device), &payload)
@@ -483,12 +500,39 @@ impl Commands {
         for warning in &warnings {
             tracing::warn!(%user, %device, %action, %warning, "command sent with a warning");
         }
-        tracing::info!(%user, %device, %action, sent_mqtt, queued_http = http_device, "command sent");
+        tracing::info!(%user, %device, %action, sent_mqtt, sent_nats_mqtt, queued_http = http_device, "command sent");
         Ok(json!({
-            "topic": topic, "mqtt": sent_mqtt, "queued_for_http": http_device,
+            "topic": topic, "mqtt": sent_mqtt, "nats_mqtt": sent_nats_mqtt, "queued_for_http": http_device,
             "encrypted": encrypted.is_some(), "action": action, "command": command,
             "app": target.app.map(App::as_str), "warnings": warnings,
         }))
+    }
+
+    /// Stores a `cmd` in the phones' MQTT QoS 1 store through the
+    /// `<cmd_prefix>.>` import (`deploy/nats-server-mqtt.conf`): the phone's
+    /// persistent session gets it, now or when it reconnects.
+    async fn deliver_nats_mqtt(
+        &self,
+        prefix: &str,
+        topic: &str,
+        payload: &Value,
+    ) -> anyhow::Result<()> {
+        let subject = crate::nats_mqtt::topic_to_subject(topic).with_context(|| {
+            format!("topic {topic:?} has no NATS subject (nats-server refuses spaces)")
+        })?;
+        let subject = format!("{prefix}.{subject}");
+        // The header nats-server's MQTT publishes carry: QoS 1 for the phone.
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nmqtt-Pub", "1");
+        self.js
+            .publish_with_headers(subject.clone(), headers, payload.to_string().into())
+            .await
+            .with_context(|| format!("publishing to {subject}"))?
+            .await
+            .with_context(|| {
+                format!("storing on {subject} (no phone ever connected to the listener?)")
+            })?;
+        Ok(())
     }
 
     /// The devices of a household: those the config names and those
