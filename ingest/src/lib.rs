@@ -81,6 +81,7 @@ pub async fn run(
     let mqtt_ready = settings.mqtt.is_some().then(|| readiness.check("mqtt"));
 
     let config = Reload {
+        service: "ingest",
         restart_keys: RESTART_KEYS,
         check: |_| Ok(()),
     }

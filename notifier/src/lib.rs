@@ -124,6 +124,7 @@ async fn serve_until_shutdown(
     // Before anything else: a sink with bad settings stops the start, and
     // a reload with one is refused.
     let live_config = Reload {
+        service: "notifier",
         restart_keys: RESTART_KEYS,
         check: sinks::check,
     }

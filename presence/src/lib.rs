@@ -59,6 +59,7 @@ pub async fn run(
     let registry = shared::telemetry::registry();
     let metrics = metrics::Metrics::new(&registry);
     let config = Reload {
+        service: "presence",
         restart_keys: RESTART_KEYS,
         check: |_| Ok(()),
     }

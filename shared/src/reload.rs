@@ -11,10 +11,10 @@
 //! reload that changes one of the service's [`Reload::restart_keys`] logs a
 //! warning naming it.
 //!
-//! Metrics, in the service's registry: `whereabouts_config_reloads_total
-//! {result="ok|invalid"}`, `whereabouts_config_info{sha256}` (1 for the
+//! Metrics, in the service's registry: `<service>_config_reloads_total
+//! {result="ok|invalid"}`, `<service>_config_info{sha256}` (1 for the
 //! file in force: the SHA-256 of its bytes, `builtin` without a file) and
-//! `whereabouts_config_loaded_timestamp_seconds`.
+//! `<service>_config_loaded_timestamp_seconds`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,6 +120,8 @@ impl LiveConfig {
 
 /// What a service asks of its reloads.
 pub struct Reload {
+    /// The service's name, the prefix of its metrics (`ingest`, …).
+    pub service: &'static str,
     /// Dotted keys (`streams`, `ingest.client_id`) this service reads only
     /// at start: a reload that changes one warns that it needs a restart.
     pub restart_keys: &'static [&'static str],
@@ -174,7 +176,7 @@ impl Reloader {
         use crate::telemetry::{counter_vec, gauge, gauge_vec};
         let reloads = counter_vec(
             registry,
-            "whereabouts_config_reloads_total",
+            &format!("{}_config_reloads_total", reload.service),
             "Config reloads (SIGHUP) by result: ok (in force) or invalid (refused, the running config kept).",
             &["result"],
         );
@@ -183,14 +185,14 @@ impl Reloader {
         }
         let info = gauge_vec(
             registry,
-            "whereabouts_config_info",
+            &format!("{}_config_info", reload.service),
             "1 for the config file in force, by the SHA-256 of its bytes (builtin: no file).",
             &["sha256"],
         );
         info.with_label_values(&[&first.sha256]).set(1);
         let loaded_at = gauge(
             registry,
-            "whereabouts_config_loaded_timestamp_seconds",
+            &format!("{}_config_loaded_timestamp_seconds", reload.service),
             "When the config in force was loaded (start or reload), Unix time.",
         );
         loaded_at.set(unix_now());
@@ -304,6 +306,7 @@ mod tests {
         let first = file.load().unwrap();
         let registry = Registry::new();
         let reload = Reload {
+            service: "test",
             restart_keys: &["streams", "ingest.client_id"],
             check: |c| {
                 anyhow::ensure!(c.households.len() < 3, "too many households");
@@ -333,10 +336,7 @@ mod tests {
         let path = dir.path().join("whereabouts.toml");
         let live = reloader.live();
         let first_sha = reloader.sha256.lock().unwrap().clone();
-        assert_eq!(
-            metric(&registry, "whereabouts_config_info", &first_sha),
-            Some(1.0)
-        );
+        assert_eq!(metric(&registry, "test_config_info", &first_sha), Some(1.0));
 
         let added = format!("{GOOD}[[households.home.people]]\nname = \"Bob\"\n");
         std::fs::write(&path, &added).unwrap();
@@ -345,12 +345,9 @@ mod tests {
         let now = live.get();
         assert!(now.households["home"].person("Bob").is_some());
         let sha = hex(&Sha256::digest(added.as_bytes()));
+        assert_eq!(metric(&registry, "test_config_info", &sha), Some(1.0));
         assert_eq!(
-            metric(&registry, "whereabouts_config_info", &sha),
-            Some(1.0)
-        );
-        assert_eq!(
-            metric(&registry, "whereabouts_config_info", &first_sha),
+            metric(&registry, "test_config_info", &first_sha),
             None,
             "the old identity is gone"
         );
@@ -366,21 +363,18 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(!reloader.reload(), "a missing file is refused");
         assert_eq!(
-            metric(&registry, "whereabouts_config_reloads_total", "invalid"),
+            metric(&registry, "test_config_reloads_total", "invalid"),
             Some(4.0)
         );
         assert_eq!(
-            metric(&registry, "whereabouts_config_reloads_total", "ok"),
+            metric(&registry, "test_config_reloads_total", "ok"),
             Some(1.0)
         );
         assert!(
             live.get().households["home"].person("Bob").is_some(),
             "kept"
         );
-        assert_eq!(
-            metric(&registry, "whereabouts_config_info", &sha),
-            Some(1.0)
-        );
+        assert_eq!(metric(&registry, "test_config_info", &sha), Some(1.0));
     }
 
     #[test]

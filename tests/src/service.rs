@@ -126,6 +126,11 @@ impl Service {
     }
 
     /// The process id while running (for RSS and signals).
+    /// `ingest`, `presence` or `notifier`: also the prefix of its metrics.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -145,7 +150,7 @@ impl Service {
     }
 
     /// Writes `config` over the service's config file and sends SIGHUP: the
-    /// service reloads it (see `whereabouts_config_reloads_total`). A
+    /// service reloads it (see `<service>_config_reloads_total`). A
     /// restart uses it too.
     pub fn reload(&mut self, config: &str) {
         std::fs::write(self.dir.path().join(CONFIG_FILE), config).expect("write config");

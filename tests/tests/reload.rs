@@ -112,7 +112,7 @@ async fn wait_reloads(service: &Service, result: &str, n: f64) {
     eventually(&format!("{n} {result} reload(s)"), WAIT, async || {
         let got = service
             .metric(
-                "whereabouts_config_reloads_total",
+                &format!("{}_config_reloads_total", service.kind()),
                 &format!("result=\"{result}\""),
             )
             .await;
@@ -121,13 +121,14 @@ async fn wait_reloads(service: &Service, result: &str, n: f64) {
     .await;
 }
 
-/// The `whereabouts_config_info` identity a service has in force.
+/// The `<service>_config_info` identity a service has in force.
 async fn config_sha(service: &Service) -> String {
     let text = service.metrics_text().await;
+    let name = format!("{}_config_info", service.kind());
     let line = text
         .lines()
-        .find(|l| l.starts_with("whereabouts_config_info{"))
-        .unwrap_or_else(|| panic!("no whereabouts_config_info in\n{text}"));
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
     line.split('"').nth(1).expect("a sha256 label").to_string()
 }
 
