@@ -100,17 +100,7 @@ pub async fn ensure_presence_bucket(
     js: &jetstream::Context,
     c: &StreamsConfig,
 ) -> anyhow::Result<kv::Store> {
-    ensure_bucket(
-        js,
-        kv::Config {
-            bucket: PRESENCE_BUCKET.into(),
-            history: 5,
-            storage: stream::StorageType::File,
-            num_replicas: c.replicas,
-            ..Default::default()
-        },
-    )
-    .await
+    ensure_bucket(js, file_bucket(PRESENCE_BUCKET, 5, c)).await
 }
 
 /// The `positions` KV bucket: the last fix and phone-defined regions of
@@ -120,17 +110,18 @@ pub async fn ensure_positions_bucket(
     js: &jetstream::Context,
     c: &StreamsConfig,
 ) -> anyhow::Result<kv::Store> {
-    ensure_bucket(
-        js,
-        kv::Config {
-            bucket: POSITIONS_BUCKET.into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: c.replicas,
-            ..Default::default()
-        },
-    )
-    .await
+    ensure_bucket(js, file_bucket(POSITIONS_BUCKET, 1, c)).await
+}
+
+/// A bucket on disk with `history` values a key, replicated as configured.
+fn file_bucket(name: &str, history: i64, c: &StreamsConfig) -> kv::Config {
+    kv::Config {
+        bucket: name.into(),
+        history,
+        storage: stream::StorageType::File,
+        num_replicas: c.replicas,
+        ..Default::default()
+    }
 }
 
 /// Creates a KV bucket, or opens it and brings its replica count to
