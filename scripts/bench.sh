@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks (release build):
 #   scripts/bench.sh ingest|ingest-flood|presence|notifier|pipeline|all [--quick]
+#     [--source mosquitto|nats-mqtt|both]
 # `pipeline` measures the raw baselines and the whole pipeline in one run;
-# `all` runs each stage alone, then `pipeline`. `--quick` shortens `pipeline`.
+# `all` runs each stage alone, then `pipeline`. `--quick` shortens `pipeline`;
+# `--source` picks the phones' MQTT broker for it (default mosquitto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

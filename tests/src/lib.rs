@@ -8,7 +8,8 @@
 //!   [`deploy_password`]) and the JetStream
 //!   readers [`stream_messages`] and [`stream_count`]; or from
 //!   `deploy/nats-server-mqtt.conf` with phones on its MQTT listener
-//!   ([`NatsServer::start_phones`], [`phone_password`]).
+//!   ([`NatsServer::start_phones`], or [`NatsServer::start_phones_with`]
+//!   other phone users; [`phone_password`]).
 //! - `cluster` — [`NatsCluster`]: three nats-servers with JetStream routed
 //!   into one cluster (the comma-separated URL list, kill and restart a
 //!   node on its ports and store), optionally each with an MQTT listener
@@ -20,7 +21,8 @@
 //! - `mosquitto` — [`Mosquitto`] (broker per test, configured from
 //!   `deploy/mosquitto.conf`: start, stop, kill, restart with persistence).
 //! - `mqtt` — [`MqttPublisher`] (QoS 1, waits for PUBACKs) and
-//!   [`MqttSubscriber`] (QoS 1, optionally a persistent session).
+//!   [`MqttSubscriber`] (QoS 1, optionally a persistent session);
+//!   [`parse_mqtt_url`].
 //! - `eventually` — [`eventually`]: poll a condition until a deadline.
 //! - `phone` — [`Phone`]: a scripted OwnTracks phone (transitions, fixes).
 //! - `pipeline` — [`Pipeline`]: brokers plus ingest, presence and notifier
@@ -85,7 +87,7 @@ pub use cluster::NatsCluster;
 pub use eventually::{Outcome, eventually};
 pub use http_stand_in::{Delivery, Receiver, Recorder, Request};
 pub use mosquitto::Mosquitto;
-pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received};
+pub use mqtt::{MAX_PACKET_SIZE, MqttPublisher, MqttSubscriber, Received, parse_mqtt_url};
 pub use nats::{
     DEPLOY_PASSWORDS, NatsServer, deploy_password, phone_password, phones_config_files,
     stream_count, stream_messages,

@@ -81,6 +81,11 @@ impl Mosquitto {
         self.port
     }
 
+    /// The broker's process id while it runs (for its CPU and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The directory holding `mosquitto.conf`, `mosquitto.db`, `mosquitto.log`.
     pub fn dir(&self) -> &Path {
         self.dir.path()

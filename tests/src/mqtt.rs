@@ -267,7 +267,7 @@ fn options(url: &str, client_id: &str, clean_session: bool) -> MqttOptions {
 /// `mqtt://[user:password@]host:port` (or `tcp://`, or bare `host:port`)
 /// → `(credentials, host, port)`.
 #[allow(clippy::type_complexity)]
-fn parse_mqtt_url(url: &str) -> (Option<(String, String)>, String, u16) {
+pub fn parse_mqtt_url(url: &str) -> (Option<(String, String)>, String, u16) {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))

@@ -178,8 +178,21 @@ impl NatsServer {
     /// the services' users in the WHEREABOUTS account, the example phones
     /// in PHONES, and an MQTT listener on a free port ([`NatsServer::mqtt_url`]).
     pub async fn start_phones() -> NatsServer {
+        Self::start_phones_with(&read_repo_file("deploy/nats-phones.example.conf")).await
+    }
+
+    /// Like [`NatsServer::start_phones`], with `phones` as `nats-phones.conf`
+    /// (the PHONES account's `users = [...]`) instead of the example's
+    /// `jane` and `bob`; [`NatsServer::mqtt_url`] takes a user's password
+    /// from [`phone_password`].
+    pub async fn start_phones_with(phones: &str) -> NatsServer {
         let mqtt_port = free_port();
         let mut files = phones_config_files();
+        for (name, content) in &mut files {
+            if *name == "nats-phones.conf" {
+                *content = phones.to_string();
+            }
+        }
         files.push((
             "nats-server.conf",
             format!(
@@ -220,6 +233,11 @@ impl NatsServer {
             .user_and_password(user.into(), password.into())
             .connect(self.url())
             .await
+    }
+
+    /// The server's process id while it runs (for its CPU and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `nats://127.0.0.1:<port>`.

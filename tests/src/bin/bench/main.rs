@@ -10,8 +10,11 @@
 //! - `bench presence`: presence alone over a pre-loaded OWNTRACKS stream,
 //!   against the KV's concurrent put rate measured in the same run.
 //! - `bench notifier`: MQTT publish → SSE event latency with many SSE clients.
-//! - `bench pipeline [--quick]`: the raw baselines, then the whole pipeline
-//!   on the simulator's world, two workloads; a table (`pipeline.rs`).
+//! - `bench pipeline [--quick] [--source mosquitto|nats-mqtt|both]`: the
+//!   raw baselines, then the whole pipeline on the simulator's world, two
+//!   workloads, with the phones on mosquitto (the default), on
+//!   nats-server's own MQTT listener, or both in one run; a table
+//!   (`pipeline.rs`).
 //!
 //! Build everything first, release:
 //! `scripts/bench.sh ingest|ingest-flood|presence|notifier|pipeline|all`.
@@ -27,7 +30,7 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
-use whereabouts_tests::{Mosquitto, NatsServer, Service, stream_count};
+use whereabouts_tests::{Mosquitto, NatsServer, Service, parse_mqtt_url, stream_count};
 
 const TOPICS: usize = 1000;
 
@@ -55,8 +58,11 @@ fn topic(i: usize) -> String {
 }
 
 fn options(url: &str, id: &str) -> MqttOptions {
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    let (credentials, host, port) = parse_mqtt_url(url);
+    let mut o = MqttOptions::new(id, host, port);
+    if let Some((user, password)) = credentials {
+        o.set_credentials(user, password);
+    }
     o.set_max_packet_size(1 << 20, 1 << 20);
     o.set_inflight(1000);
     o.set_keep_alive(Duration::from_secs(30));
@@ -103,7 +109,13 @@ async fn publish(url: &str, n: usize, rate: Option<u64>) -> Duration {
 /// (a) One publisher to one subscriber, QoS 1, through mosquitto.
 async fn raw_rate(n: usize) -> f64 {
     let mosquitto = Mosquitto::start().await;
-    let (sub, mut eventloop) = AsyncClient::new(options(&mosquitto.url(), "bench-sub"), 10_000);
+    raw_rate_at(&mosquitto.url(), n).await
+}
+
+/// One publisher to one subscriber, QoS 1, through the broker at `url`
+/// (`mqtt://[user:password@]host:port`).
+async fn raw_rate_at(url: &str, n: usize) -> f64 {
+    let (sub, mut eventloop) = AsyncClient::new(options(url, "bench-sub"), 10_000);
     sub.subscribe("owntracks/#", QoS::AtLeastOnce)
         .await
         .unwrap();
@@ -124,7 +136,7 @@ async fn raw_rate(n: usize) -> f64 {
     });
     subscribed.notified().await;
     let started = Instant::now();
-    publish(&mosquitto.url(), n, None).await;
+    publish(url, n, None).await;
     while received.load(Ordering::Relaxed) < n as u64 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -580,16 +592,32 @@ debounce = "0s"
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let which = args.iter().find(|a| !a.starts_with("--")).cloned();
+    // The command: the first word that is neither a flag nor `--source`'s value.
+    let which = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--source"))
+        .map(|(_, a)| a.clone());
     let scale = pipeline::Scale::new(quick);
+    let source = args
+        .iter()
+        .position(|a| a == "--source")
+        .map(|i| args.get(i + 1).map_or("", String::as_str));
+    let Some(sources) = pipeline::Source::parse(source) else {
+        eprintln!("--source takes mosquitto, nats-mqtt or both");
+        std::process::exit(2);
+    };
     match which.as_deref().unwrap_or_default() {
         "ingest" => bench_ingest().await,
         "ingest-flood" => bench_ingest_flood().await,
         "presence" => bench_presence().await,
         "notifier" => bench_notifier().await,
-        "pipeline" => pipeline::bench(scale).await,
+        "pipeline" => pipeline::bench(scale, &sources).await,
         _ => {
-            eprintln!("usage: bench ingest|ingest-flood|presence|notifier|pipeline [--quick]");
+            eprintln!(
+                "usage: bench ingest|ingest-flood|presence|notifier|pipeline [--quick] \
+                 [--source mosquitto|nats-mqtt|both]"
+            );
             std::process::exit(2);
         }
     }

@@ -1,5 +1,11 @@
-//! `bench pipeline`: the whole pipeline (mosquitto → ingest → presence →
-//! notifier) against the raw baselines measured in the same run.
+//! `bench pipeline`: the whole pipeline (phones' MQTT broker → ingest →
+//! presence → notifier) against the raw baselines measured in the same run.
+//!
+//! The phones' broker is the [`Source`]: mosquitto, bridged by ingest, or
+//! nats-server's own MQTT listener (`deploy/nats-server-mqtt.conf`, ingest
+//! with `[ingest.nats_mqtt]` and no mosquitto, every service as its own
+//! NATS user). Both run the same code below; `--source both` measures
+//! them in one run.
 //!
 //! The world is the simulator's (`generate_config`: households of five
 //! people with two devices each, places Home, Work, School), its messages
@@ -22,9 +28,57 @@ use simulator::plan::{Fix, Step, What};
 use simulator::render::{Clock, render};
 use simulator::world::{Generate, World, generate_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use whereabouts_tests::{Mosquitto, NatsServer, Service, stream_count};
+use whereabouts_tests::{
+    Mosquitto, NatsServer, Service, deploy_password, phone_password, stream_count,
+};
 
-use super::{now_ns, options, peak_rss_mib, percentile, raw_rate};
+use super::{now_ns, options, peak_rss_mib, percentile, raw_rate, raw_rate_at};
+
+/// The phones' MQTT broker.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Source {
+    /// mosquitto, bridged by ingest.
+    Mosquitto,
+    /// nats-server's own MQTT listener; ingest reads PHONES_IN.
+    NatsMqtt,
+}
+
+impl Source {
+    /// `--source`'s value (absent: mosquitto); `None` if unknown.
+    pub(crate) fn parse(arg: Option<&str>) -> Option<Vec<Source>> {
+        match arg {
+            None | Some("mosquitto") => Some(vec![Source::Mosquitto]),
+            Some("nats-mqtt") => Some(vec![Source::NatsMqtt]),
+            Some("both") => Some(vec![Source::Mosquitto, Source::NatsMqtt]),
+            Some(_) => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Source::Mosquitto => "mosquitto",
+            Source::NatsMqtt => "nats-mqtt",
+        }
+    }
+}
+
+/// The load generator's user in the PHONES account: one MQTT connection
+/// publishes for every simulated phone, so it may publish every user's
+/// topics (a real phone may publish only its own; see
+/// `deploy/nats-phones.example.conf`). `subscribe` is for the raw
+/// baseline's `owntracks/#`, which is `owntracks` and `owntracks.>`.
+const BENCH_PHONE: &str = "bench";
+
+/// nats-server with the phones' MQTT listener and [`BENCH_PHONE`] as the
+/// only phone user.
+async fn phones_server() -> NatsServer {
+    let phones = format!(
+        "users = [{{ user: {BENCH_PHONE}, password: \"{}\", \
+         permissions: {{ publish: [\"owntracks.>\"], subscribe: [\"owntracks\", \"owntracks.>\"] }} }}]\n",
+        phone_password(BENCH_PHONE)
+    );
+    NatsServer::start_phones_with(&phones).await
+}
 
 /// How long and how big: `--quick` makes a run of about two minutes.
 #[derive(Clone, Copy)]
@@ -96,7 +150,7 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn new(devices: usize, workload: Workload) -> Traffic {
+    fn new(devices: usize, workload: Workload, source: Source) -> Traffic {
         let people = 5;
         let households = devices.div_ceil(people * 2).max(1);
         let mut config = generate_config(Generate {
@@ -113,6 +167,9 @@ impl Traffic {
         }
         config.presence.debounce = Duration::ZERO;
         config.notifier.max_sse_clients_per_household = 100_000;
+        if source == Source::NatsMqtt {
+            config.ingest.nats_mqtt = Some(Default::default());
+        }
         let world = World::from_config(&config, 7).expect("world from config");
         let config = toml::to_string(&config).expect("config as TOML");
         Traffic {
@@ -321,29 +378,78 @@ async fn kv_rate(n: usize) -> f64 {
 /// The three services and their brokers.
 struct Pipeline {
     nats: NatsServer,
-    mosquitto: Mosquitto,
+    /// With [`Source::Mosquitto`].
+    mosquitto: Option<Mosquitto>,
     services: Vec<Service>,
+    /// Where the load generator publishes (`mqtt://[user:password@]…`).
+    phones_url: String,
 }
 
+/// The services, in `Pipeline::services`' order.
+const SERVICES: [&str; 3] = ["ingest", "presence", "notifier"];
+
 impl Pipeline {
-    async fn start(config: &str) -> Pipeline {
-        let nats = NatsServer::start().await;
-        let mosquitto = Mosquitto::start().await;
+    async fn start(config: &str, source: Source) -> Pipeline {
         let mut services = Vec::new();
-        for kind in ["ingest", "presence", "notifier"] {
-            services.push(Service::start(kind, &nats.url(), &mosquitto.url(), config).await);
-        }
-        Pipeline {
-            nats,
-            mosquitto,
-            services,
+        match source {
+            Source::Mosquitto => {
+                let nats = NatsServer::start().await;
+                let mosquitto = Mosquitto::start().await;
+                for kind in SERVICES {
+                    services
+                        .push(Service::start(kind, &nats.url(), &mosquitto.url(), config).await);
+                }
+                Pipeline {
+                    phones_url: mosquitto.url(),
+                    nats,
+                    mosquitto: Some(mosquitto),
+                    services,
+                }
+            }
+            Source::NatsMqtt => {
+                // Two accounts: the services must be WHEREABOUTS users to
+                // see the phones' import, so each connects as deployed.
+                let nats = phones_server().await;
+                for kind in SERVICES {
+                    let url = nats.url_as(kind, deploy_password(kind));
+                    let no_mqtt: &[(&str, &str)] = match kind {
+                        "ingest" => &[("INGEST_NO_MQTT", "true")],
+                        _ => &[],
+                    };
+                    services.push(
+                        Service::start_with(kind, &url, "mqtt://127.0.0.1:1", config, no_mqtt)
+                            .await,
+                    );
+                }
+                Pipeline {
+                    phones_url: nats.mqtt_url(BENCH_PHONE),
+                    nats,
+                    mosquitto: None,
+                    services,
+                }
+            }
         }
     }
 
-    fn cpu(&self) -> Vec<f64> {
-        self.services
+    /// Every process of the pipeline: (name, pid).
+    fn processes(&self) -> Vec<(&'static str, u32)> {
+        let mut all: Vec<(&'static str, u32)> = SERVICES
             .iter()
-            .map(|s| cpu_seconds(s.pid().expect("running")))
+            .zip(&self.services)
+            .map(|(kind, s)| (*kind, s.pid().expect("running")))
+            .collect();
+        all.push(("nats-server", self.nats.pid().expect("running")));
+        if let Some(mosquitto) = &self.mosquitto {
+            all.push(("mosquitto", mosquitto.pid().expect("running")));
+        }
+        all
+    }
+
+    /// CPU seconds of each of [`Pipeline::processes`].
+    fn cpu(&self) -> Vec<f64> {
+        self.processes()
+            .iter()
+            .map(|(_, pid)| cpu_seconds(*pid))
             .collect()
     }
 
@@ -361,14 +467,22 @@ impl Pipeline {
         }
     }
 
-    /// Waits until presence handled every message on OWNTRACKS.
+    /// Waits until OWNTRACKS holds `expected` messages and presence handled
+    /// them all; `false` once neither moved for 30 s (a message lost on the
+    /// way never arrives) or after 300 s.
     async fn drain(&self, js: &jetstream::Context, expected: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(300);
-        while Instant::now() < deadline {
-            if stream_count(js, "OWNTRACKS").await >= expected
-                && self.presence_done(js).await >= expected
-            {
+        let (mut last, mut moved) = ((0, 0), Instant::now());
+        while Instant::now() < deadline && moved.elapsed() < Duration::from_secs(30) {
+            let now = (
+                stream_count(js, "OWNTRACKS").await,
+                self.presence_done(js).await,
+            );
+            if now.0 >= expected && now.1 >= expected {
                 return true;
+            }
+            if now != last {
+                (last, moved) = (now, Instant::now());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -477,10 +591,17 @@ fn place_event_key(frame: &[u8]) -> Option<u64> {
 
 /// One row of the printed table.
 fn row(what: &str, value: String) {
-    println!("| {what:<58} | {value:>28} |");
+    println!("| {what:<70} | {value:>28} |");
 }
 
-pub(crate) async fn bench(scale: Scale) {
+/// The raw baselines the pipeline's rates are compared with.
+struct Baselines {
+    /// QoS 1 pub→sub through each source's broker.
+    mqtt: HashMap<&'static str, f64>,
+    kv: f64,
+}
+
+pub(crate) async fn bench(scale: Scale, sources: &[Source]) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "# pipeline benchmark: {} devices, {} SSE clients; load average {}",
@@ -491,10 +612,21 @@ pub(crate) async fn bench(scale: Scale) {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("| {:<58} | {:>28} |", "what", "figure");
-    println!("|{:-<60}|{:->30}|", "", "");
-    let mqtt = raw_rate(scale.messages).await;
-    row("mosquitto QoS 1 pub→sub", format!("{mqtt:.0} msg/s"));
+    println!("| {:<70} | {:>28} |", "what", "figure");
+    println!("|{:-<72}|{:->30}|", "", "");
+    let mut mqtt = HashMap::new();
+    for &source in sources {
+        let (what, rate) = match source {
+            Source::Mosquitto => ("mosquitto QoS 1 pub→sub", raw_rate(scale.messages).await),
+            Source::NatsMqtt => {
+                let nats = phones_server().await;
+                let rate = raw_rate_at(&nats.mqtt_url(BENCH_PHONE), scale.messages).await;
+                ("nats-server MQTT QoS 1 pub→sub", rate)
+            }
+        };
+        row(what, format!("{rate:.0} msg/s"));
+        mqtt.insert(source.name(), rate);
+    }
     let js = jetstream_rate(scale.messages).await;
     row(
         "JetStream acked publish, 1,024 in flight",
@@ -502,18 +634,21 @@ pub(crate) async fn bench(scale: Scale) {
     );
     let kv = kv_rate(scale.messages).await;
     row("KV put, 512 in flight", format!("{kv:.0} puts/s"));
+    let baselines = Baselines { mqtt, kv };
+    // Workload by workload, so that the sources' runs are close in time.
     for workload in [Workload::Realistic, Workload::WorstCase] {
-        run_workload(scale, workload, mqtt, kv).await;
+        for &source in sources {
+            run_workload(scale, workload, source, &baselines).await;
+        }
     }
 }
 
-async fn run_workload(scale: Scale, workload: Workload, mqtt: f64, kv: f64) {
-    let name = workload.name();
-    let mut traffic = Traffic::new(scale.devices, workload);
-    let pipeline = Pipeline::start(&traffic.config).await;
+async fn run_workload(scale: Scale, workload: Workload, source: Source, baselines: &Baselines) {
+    let name = &format!("{}, {}", workload.name(), source.name());
+    let mut traffic = Traffic::new(scale.devices, workload, source);
+    let pipeline = Pipeline::start(&traffic.config, source).await;
     let js = pipeline.nats.jetstream().await;
-    let url = pipeline.mosquitto.url();
-    let mut publisher = Publisher::connect(&url, "bench-phones").await;
+    let mut publisher = Publisher::connect(&pipeline.phones_url, "bench-phones").await;
 
     // Warm up: every device once, so that the runs see known devices.
     for _ in 0..traffic.world.devices.len() {
@@ -550,18 +685,19 @@ async fn run_workload(scale: Scale, workload: Workload, mqtt: f64, kv: f64) {
         ),
     );
     row(
-        &format!("{name}: ratio to mosquitto QoS 1"),
-        format!("{:.2}", rate / mqtt),
+        &format!("{name}: ratio to its broker's QoS 1 pub→sub"),
+        format!("{:.2}", rate / baselines.mqtt[source.name()]),
     );
     row(
         &format!("{name}: presence rate / KV put rate"),
-        format!("{:.2}", rate / kv),
+        format!("{:.2}", rate / baselines.kv),
     );
     row(
         &format!("{name}: PRESENCE events per message"),
         format!("{:.2}", events as f64 / scale.messages as f64),
     );
-    for (kind, (before, after)) in ["ingest", "presence", "notifier"]
+    for ((kind, _), (before, after)) in pipeline
+        .processes()
         .iter()
         .zip(cpu_before.iter().zip(&cpu_after))
     {
@@ -643,11 +779,7 @@ async fn run_workload(scale: Scale, workload: Workload, mqtt: f64, kv: f64) {
             ),
         );
     }
-    for (kind, service) in ["ingest", "presence", "notifier"]
-        .iter()
-        .zip(&pipeline.services)
-    {
-        let pid = service.pid().expect("running");
+    for (kind, pid) in pipeline.processes() {
         row(
             &format!("{name}: {kind} peak RSS, CPU total"),
             format!("{:.1} MiB, {:.1} s", peak_rss_mib(pid), cpu_seconds(pid)),
