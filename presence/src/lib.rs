@@ -105,6 +105,7 @@ pub async fn run(
         positions,
         config,
         metrics,
+        device_revisions: Default::default(),
     };
     engine.run(shutdown).await.context("presence service")?;
     http.await

@@ -87,6 +87,11 @@ pub(crate) struct Engine {
     /// routed with.
     pub(crate) config: LiveConfig,
     pub(crate) metrics: Metrics,
+    /// The last revision this instance wrote of each device key, so that a
+    /// device write is a compare-and-set without a read first
+    /// (`store::write_device`). Bounded by the devices presence keeps.
+    pub(crate) device_revisions:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 /// What a person's queue holds: a message to apply, or a timer tick, each

@@ -234,17 +234,88 @@ pub(super) async fn store_side_effects(
     devices: &[DeviceState],
     events: &[PresenceEvent],
 ) -> anyhow::Result<()> {
-    let devices = devices.iter().map(|d| async move {
-        let bytes = serde_json::to_vec(d)?;
-        engine
-            .kv
-            .put(device_key(&d.household, &d.user, &d.device), bytes.into())
-            .await
-            .context("writing device state")?;
-        anyhow::Ok(())
-    });
+    let devices = devices.iter().map(|d| write_device(engine, d));
     tokio::try_join!(try_join_all(devices), publish_events(engine, events))?;
     Ok(())
+}
+
+/// Writes a device's state unless the stored one is newer. Two writes of
+/// one device can reach the KV in either order — a write retried across a
+/// node failover, another instance's later batch — and a plain put would
+/// let the older one win; so each write is a compare-and-set, and on a
+/// conflict the stored state is read and kept when it is newer.
+async fn write_device(engine: &Engine, device: &DeviceState) -> anyhow::Result<()> {
+    let key = device_key(&device.household, &device.user, &device.device);
+    let bytes: bytes::Bytes = serde_json::to_vec(device)?.into();
+    let remembered = |revision: Option<u64>| {
+        let mut revisions = engine
+            .device_revisions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match revision {
+            Some(revision) => revisions.insert(key.clone(), revision),
+            None => revisions.get(&key).copied(),
+        }
+    };
+    let mut expected = remembered(None);
+    // A handful of rounds: each conflict means a newer write came between.
+    for _ in 0..5 {
+        let revision = match expected {
+            Some(revision) => revision,
+            None => match engine
+                .kv
+                .entry(&key)
+                .await
+                .context("reading device state")?
+            {
+                Some(entry) => {
+                    let stored = (entry.operation == kv::Operation::Put)
+                        .then(|| serde_json::from_slice::<DeviceState>(&entry.value).ok())
+                        .flatten();
+                    if stored.is_some_and(|stored| is_newer(&stored, device)) {
+                        return Ok(());
+                    }
+                    entry.revision
+                }
+                None => 0,
+            },
+        };
+        let written = if revision == 0 {
+            engine.kv.create(&key, bytes.clone()).await.map_err(|e| {
+                (
+                    e.kind() == kv::CreateErrorKind::AlreadyExists,
+                    anyhow::Error::new(e),
+                )
+            })
+        } else {
+            engine
+                .kv
+                .update(&key, bytes.clone(), revision)
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        anyhow::Error::new(e),
+                    )
+                })
+        };
+        match written {
+            Ok(revision) => {
+                remembered(Some(revision));
+                return Ok(());
+            }
+            Err((true, _)) => expected = None,
+            Err((false, e)) => return Err(e.context("writing device state")),
+        }
+    }
+    anyhow::bail!("writing device state {key}: still conflicting after 5 rounds")
+}
+
+/// Whether `stored` is of a later message than `new` (the machine never
+/// moves a device's `last_seen` back; on a tie, a later fix wins).
+fn is_newer(stored: &DeviceState, new: &DeviceState) -> bool {
+    let fix_time = |d: &DeviceState| d.last_fix.as_ref().map(|f| f.tst);
+    (stored.last_seen, fix_time(stored)) > (new.last_seen, fix_time(new))
 }
 
 /// Publishes events in order (the last one on a person's subject tells
