@@ -50,7 +50,22 @@ impl NatsCluster {
         Self::start_inner(true).await
     }
 
+    /// Starts the nodes on fresh ports, again when one lost its port to
+    /// another test between `free_port` and its own bind.
     async fn start_inner(phones: bool) -> NatsCluster {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(phones).await {
+                Ok(cluster) => return cluster,
+                Err(log) if attempt < 3 && log.contains("address already in use") => {
+                    attempt += 1;
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
+    }
+
+    async fn try_start(phones: bool) -> Result<NatsCluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("whereabouts-cluster-")
             .tempdir()
@@ -107,10 +122,10 @@ impl NatsCluster {
             cluster.spawn(i);
         }
         for i in 0..cluster.nodes.len() {
-            cluster.wait_accepting(i).await;
+            cluster.try_wait_accepting(i).await?;
         }
         cluster.wait_jetstream().await;
-        cluster
+        Ok(cluster)
     }
 
     /// Every node's client URL, comma-separated: what `NATS_URL` takes.
@@ -196,12 +211,22 @@ impl NatsCluster {
     }
 
     async fn wait_accepting(&mut self, i: usize) {
+        if let Err(why) = self.try_wait_accepting(i).await {
+            panic!("{why}");
+        }
+    }
+
+    /// Waits until node `i` accepts connections; its log when it exited.
+    async fn try_wait_accepting(&mut self, i: usize) -> Result<(), String> {
         let port = self.nodes[i].client_port;
         let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
         while !process::accepts(port) {
             let child = self.nodes[i].child.as_mut().expect("spawned");
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("cluster node {i} exited ({status})\n{}", self.log(i));
+                return Err(format!(
+                    "cluster node {i} exited ({status})\n{}",
+                    self.log(i)
+                ));
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -210,6 +235,7 @@ impl NatsCluster {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
     }
 
     async fn wait_jetstream(&self) {
