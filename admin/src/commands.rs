@@ -15,6 +15,7 @@ use shared::subjects::person_key;
 
 use crate::nats::Nats;
 use crate::print_json;
+use crate::table::text;
 
 const SUBJECT_PREFIX: &str = "whereabouts.commands";
 const WAIT: Duration = Duration::from_secs(5);
@@ -114,14 +115,6 @@ pub(crate) async fn push_regions(
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// A JSON string as it is; anything else as JSON.
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Where a command went, from the service's reply.

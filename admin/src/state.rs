@@ -18,7 +18,8 @@ use shared::token::encode;
 use time::OffsetDateTime;
 
 use crate::nats::Nats;
-use crate::{print_json, rfc3339, table};
+use crate::table::{self, text};
+use crate::{print_json, rfc3339};
 
 /// One person in `status`.
 #[derive(Debug, Serialize)]
@@ -245,15 +246,6 @@ pub(crate) async fn devices(
         &cells,
     );
     Ok(())
-}
-
-/// A JSON value as a table cell: strings as they are, null as nothing.
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// One device's drift entry in a few words.

@@ -1,4 +1,6 @@
-//! Human output: rows of cells in aligned columns.
+//! Human output: rows of cells in aligned columns, JSON values as cells.
+
+use serde_json::Value;
 
 /// Prints `header` and `rows` with each column as wide as its widest cell.
 pub(crate) fn print(header: &[&str], rows: &[Vec<String>]) {
@@ -19,5 +21,15 @@ pub(crate) fn print(header: &[&str], rows: &[Vec<String>]) {
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// A JSON value as human text: strings as they are, null as nothing,
+/// anything else as JSON.
+pub(crate) fn text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }

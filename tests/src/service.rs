@@ -193,6 +193,24 @@ impl Service {
     }
 
     /// The whole `/metrics` text (Prometheus exposition format).
+    /// How many events the notifier's sink `sink` has settled: delivered,
+    /// filtered out or given up (`notifier_deliveries_total`).
+    pub async fn sink_settled(&self, sink: &str) -> f64 {
+        let mut settled = 0.0;
+        for outcome in ["delivered", "filtered", "failed", "invalid"] {
+            settled += self
+                .metric_matching(
+                    "notifier_deliveries_total",
+                    &[
+                        &format!("sink=\"{sink}\""),
+                        &format!("outcome=\"{outcome}\""),
+                    ],
+                )
+                .await;
+        }
+        settled
+    }
+
     pub async fn metrics_text(&self) -> String {
         reqwest::get(format!("{}/metrics", self.url()))
             .await

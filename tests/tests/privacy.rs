@@ -151,18 +151,7 @@ async fn wait_sink_settled(notifier: &Service, sink: &str, count: usize) {
         &format!("sink {sink} settled {count} events"),
         WAIT,
         async || {
-            let mut settled = 0.0;
-            for outcome in ["delivered", "filtered", "failed", "invalid"] {
-                settled += notifier
-                    .metric_matching(
-                        "notifier_deliveries_total",
-                        &[
-                            &format!("sink=\"{sink}\""),
-                            &format!("outcome=\"{outcome}\""),
-                        ],
-                    )
-                    .await;
-            }
+            let settled = notifier.sink_settled(sink).await;
             (settled >= count as f64)
                 .then_some(())
                 .ok_or(format!("{settled} settled"))
