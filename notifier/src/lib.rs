@@ -176,8 +176,6 @@ async fn serve_until_shutdown(
         "live",
         live.clone().follow(start, people.clone(), shutdown.clone()),
     );
-    state_ready.set(true);
-
     let mut running = sinks::Running::new(
         js.clone(),
         settings.mqtt_url,
@@ -187,6 +185,9 @@ async fn serve_until_shutdown(
         tasks.clone(),
     );
     running.apply(&config).await?;
+    // Ready once the sinks' consumers exist: what is published from now on
+    // reaches them.
+    state_ready.set(true);
     tasks.spawn_long(
         "sinks",
         running.follow(live_config.clone(), shutdown.clone()),

@@ -150,7 +150,7 @@ fn parse_kind(sink: &SinkConfig) -> anyhow::Result<Kind> {
 impl Configured {
     /// Starts the sink: builds it and spawns its driver on `tasks`, to run
     /// until `context.shutdown`; the handle tells when it has stopped.
-    pub(crate) fn start(
+    pub(crate) async fn start(
         self,
         js: &jetstream::Context,
         context: &Context<'_>,
@@ -161,6 +161,12 @@ impl Configured {
             .build(&self.name, context)
             .with_context(|| format!("sink {:?}", self.name))?;
         metrics.register_sink(&self.name);
+        // The durable consumer first, so that every event published once the
+        // notifier says it is ready is the sink's (it starts at the stream's
+        // end). A failure here is retried by the driver.
+        if let Err(e) = sink_consumer(js, &self.name, &self.filter).await {
+            tracing::warn!(sink = %self.name, error = format!("{e:#}"), "sink consumer not created yet; retrying");
+        }
         tracing::info!(sink = %self.name, "sink started");
         Ok(context.tasks.spawn_until(
             format!("sink {}", self.name),
@@ -215,14 +221,14 @@ async fn drive(
     }
 }
 
-async fn consume(
+/// The sink's durable consumer `sink-<name>` on PRESENCE, created or
+/// brought to these settings (one made by an older version, or with other
+/// households, gets them).
+async fn sink_consumer(
     js: &jetstream::Context,
     name: &str,
     filter: &SinkFilter,
-    sink: &dyn Sink,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<consumer::PullConsumer> {
     let durable = format!("sink-{}", shared::token::encode(name));
     let filter_subjects = if filter.households.is_empty() {
         vec!["presence.>".to_string()]
@@ -248,6 +254,18 @@ async fn consume(
             ..Default::default()
         })
         .await?;
+    Ok(consumer)
+}
+
+async fn consume(
+    js: &jetstream::Context,
+    name: &str,
+    filter: &SinkFilter,
+    sink: &dyn Sink,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer = sink_consumer(js, name, filter).await?;
     let depth = metrics.queue_depth.with_label_values(&[name]);
     let mut messages = consumer.messages().await?;
     loop {

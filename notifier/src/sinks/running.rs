@@ -128,7 +128,7 @@ impl Running {
                 shutdown: &stop,
                 tasks: &self.tasks,
             };
-            match sink.start(&self.js, &context, &self.metrics) {
+            match sink.start(&self.js, &context, &self.metrics).await {
                 Ok(task) => {
                     self.started.insert(
                         name,
