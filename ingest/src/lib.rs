@@ -116,23 +116,29 @@ pub async fn run(
     }));
     let http = tokio::spawn(serve(listener, app, shutdown.clone()));
 
-    // Streams first: publishing to a missing stream has no responder.
+    // Streams first: publishing to a missing stream has no responder. The
+    // buckets too before ready: NATS may go away in between, and a failed
+    // set-up is retried, never the end of the service.
     let streams = &first.streams;
-    let setup = shared::jetstream::retry_setup("streams", &shutdown, || {
-        shared::jetstream::ensure_ingest_streams(&js, streams)
+    let setup = shared::jetstream::retry_setup("streams and buckets", &shutdown, || async {
+        shared::jetstream::ensure_ingest_streams(&js, streams).await?;
+        let phones = commands::replies::bucket(&js, streams)
+            .await
+            .context("creating the phones bucket")?;
+        let queue = commands::queue::bucket(&js, streams)
+            .await
+            .context("creating the commands bucket")?;
+        Ok((phones, queue))
     });
-    if setup.await.is_none() {
+    let Some((phones, queue)) = setup.await else {
         return Ok(());
-    }
+    };
     streams_ready.set(true);
 
     let mqtt = match &settings.mqtt {
         Some(m) => Some(mqtt::connect(m, &first.ingest.client_id)?),
         None => None,
     };
-    let phones = commands::replies::bucket(&js, streams)
-        .await
-        .context("creating the phones bucket")?;
     let replies = tokio::spawn(commands::replies::keep(
         js.clone(),
         phones.clone(),
@@ -147,9 +153,7 @@ pub async fn run(
             .as_ref()
             .map(|n| n.cmd_prefix.clone()),
         js: js.clone(),
-        queue: commands::queue::bucket(&js, streams)
-            .await
-            .context("creating the commands bucket")?,
+        queue,
         phones,
     };
     let commands = tokio::spawn(commands.serve(nats, shutdown.clone()));

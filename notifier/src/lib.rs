@@ -161,10 +161,14 @@ async fn serve_until_shutdown(
     let live = live::Live::new(js.clone());
     // Position first, then state: events after the position are replayed
     // over a state at least that new.
-    let start = live
-        .stream_last_seq()
-        .await
-        .context("reading PRESENCE position")?;
+    let start = shared::jetstream::retry_setup("PRESENCE position", &shutdown, || async {
+        live.stream_last_seq()
+            .await
+            .context("reading PRESENCE position")
+    });
+    let Some(start) = start.await else {
+        return Ok(());
+    };
     let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
     tasks.spawn_long(
         "people",
@@ -184,9 +188,20 @@ async fn serve_until_shutdown(
         metrics.clone(),
         tasks.clone(),
     );
-    running.apply(&config).await?;
     // Ready once the sinks' consumers exist: what is published from now on
-    // reaches them.
+    // reaches them. A sink already started is kept on a retry.
+    let mut backoff = shared::retry::Backoff::default();
+    while let Err(e) = running.apply(&config).await {
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            error = format!("{e:#}"),
+            retry_in_ms = delay.as_millis() as u64,
+            "cannot start every sink yet"
+        );
+        if !shared::retry::sleep_unless_cancelled(delay, &shutdown).await {
+            return Ok(());
+        }
+    }
     state_ready.set(true);
     tasks.spawn_long(
         "sinks",
