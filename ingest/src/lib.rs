@@ -13,7 +13,7 @@
 //! - `mqtt`: the persistent MQTT session, ordered manual acks; `store`,
 //!   the one classify → publish path of both MQTT sources.
 //! - `nats_mqtt`: the second MQTT source, phones on nats-server's own MQTT
-//!   listener, read from the PHONES_IN stream (`[ingest.nats_mqtt]`).
+//!   listener, read from their account's `$MQTT_msgs` stream (`[ingest.nats_mqtt]`).
 //! - `http`: OwnTracks HTTP mode, `POST /pub`.
 //! - `commands`: the `whereabouts-commands` service: `cmd`s to the phones,
 //!   queued for HTTP-mode ones, shared regions and their drift; the phones'
@@ -48,7 +48,7 @@ pub struct Settings {
     pub nats_auth: shared::jetstream::NatsAuth,
     /// `None` runs without the mosquitto bridge.
     pub mqtt: Option<MqttSettings>,
-    /// `WHEREABOUTS_INSTANCE`: names this ingest's PHONES_IN durable.
+    /// `WHEREABOUTS_INSTANCE`: names this ingest's `$MQTT_msgs` durable.
     pub instance: Option<String>,
     /// The config as loaded at start, and its file, read again on SIGHUP.
     pub config: Loaded,
@@ -196,7 +196,7 @@ pub async fn run(
         tokio::select! {
             result = source => result.context("nats-mqtt source task")?.context("nats-mqtt source")?,
             _ = async { shutdown.cancelled().await; tokio::time::sleep(Duration::from_secs(10)).await } => {
-                tracing::warn!("nats-mqtt source did not drain in time; PHONES_IN redelivers what was not acked");
+                tracing::warn!("nats-mqtt source did not drain in time; $MQTT_msgs redelivers what was not acked");
             }
         }
     }

@@ -74,10 +74,10 @@ pub(crate) struct Metrics {
     /// QoS 0 messages dropped because the QoS 0 budget was full.
     pub(crate) mqtt_dropped: IntCounter,
     /// MQTT messages received but not yet acknowledged to the broker (or,
-    /// from nats-server's MQTT listener, to PHONES_IN).
+    /// from nats-server's MQTT listener, to `$MQTT_msgs`).
     pub(crate) inflight: IntGauge,
-    /// Messages taken from PHONES_IN (phones on nats-server's MQTT listener).
-    pub(crate) nats_mqtt_received: IntCounter,
+    /// Messages from phones on nats-server's MQTT listener, by `qos`.
+    pub(crate) nats_mqtt_received: IntCounterVec,
     /// Of those, deliveries JetStream made again (after a restart or an
     /// unacked wait).
     pub(crate) nats_mqtt_redelivered: IntCounter,
@@ -156,17 +156,18 @@ impl Metrics {
             inflight: gauge(
                 registry,
                 "ingest_inflight_messages",
-                "MQTT messages received and not yet acknowledged to the broker or to PHONES_IN.",
+                "MQTT messages received and not yet acknowledged to the broker or to $MQTT_msgs.",
             ),
-            nats_mqtt_received: counter(
+            nats_mqtt_received: counter_vec(
                 registry,
                 "ingest_nats_mqtt_messages_total",
-                "Messages taken from PHONES_IN (phones on nats-server's MQTT listener), redeliveries included.",
+                "Messages from phones on nats-server's MQTT listener by qos (1: from $MQTT_msgs, redeliveries included; 0: from the import).",
+                &["qos"],
             ),
             nats_mqtt_redelivered: counter(
                 registry,
                 "ingest_nats_mqtt_redeliveries_total",
-                "PHONES_IN messages delivered again (after a restart, or unacked past the ack wait).",
+                "$MQTT_msgs messages delivered again (after a restart, or unacked past the ack wait).",
             ),
             http_requests: counter_vec(
                 registry,

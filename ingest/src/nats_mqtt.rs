@@ -1,14 +1,25 @@
 //! The second MQTT source: phones on nats-server's own MQTT listener.
 //!
-//! The phones live in their own NATS account; what they publish
-//! (`owntracks.u.d`) is imported into ours as `<prefix>.owntracks.u.d`
-//! (`deploy/nats-server-mqtt.conf`). ingest captures that prefix in the
-//! PHONES_IN stream, reads it with a durable pull consumer, turns each
-//! subject back into the MQTT topic the phone used, and runs the mosquitto
-//! bridge's own classify → publish path (`mqtt::store`): same envelopes,
-//! same rejects, same `Nats-Msg-Id` (topic and payload), so a phone moving
-//! between the brokers is not stored twice. A PHONES_IN message is acked
-//! only once OWNTRACKS (or REJECTED) stored its verdict.
+//! The phones live in their own NATS account (`deploy/nats-server-mqtt.conf`).
+//! nats-server stores each QoS 1 message a phone publishes in that
+//! account's `$MQTT_msgs` stream, replicated, *before* it sends the
+//! PUBACK; the stream keeps a message only while a consumer wants it
+//! (interest retention). So ingest reads QoS 1 from there, through the
+//! account's JetStream API imported under `api_prefix`: a durable pull
+//! consumer per ingest, created before any phone's message can arrive
+//! (ingest creates the stream itself if no phone has connected yet). A
+//! message is acked only once OWNTRACKS (or REJECTED) stored its verdict,
+//! so nothing PUBACKed is lost while any node that holds it lives.
+//!
+//! QoS 0 publishes are never stored by nats-server: ingest takes them from
+//! the `<prefix>.owntracks.>` import as they pass, which is what QoS 0
+//! promises (a message sent while no ingest runs is gone, as through
+//! mosquitto). The QoS 1 copies on the import are skipped.
+//!
+//! Each subject is turned back into the topic the phone used and goes the
+//! mosquitto bridge's own classify → publish path (`mqtt::store`): same
+//! envelopes, same rejects, same `Nats-Msg-Id` (topic and payload), so a
+//! phone moving between the brokers is not stored twice.
 //!
 //! Order: each ingest has its own durable (`ingest-nats-mqtt-<instance>`)
 //! and reads every message, in stream order, with its acks in order, as
@@ -17,9 +28,6 @@
 //! consecutive messages to both, and the later one could be stored first.
 //! (Publishes retried around a leader election can still land out of
 //! order, as on the mosquitto path: `publish` retries each on its own.)
-//! A durable that joins an existing set starts one duplicate window back,
-//! so it neither replays the stream into duplicates nor misses what the
-//! others are storing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,11 +36,10 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use shared::config::{NatsMqttConfig, StreamsConfig};
+use shared::config::StreamsConfig;
 use shared::retry::Backoff;
 use shared::server::ReadyFlag;
-use shared::subjects::{NATS_MQTT_DURABLE, PHONES_IN_STREAM};
-use time::OffsetDateTime;
+use shared::subjects::{MQTT_MSGS_PREFIX, MQTT_MSGS_STREAM, NATS_MQTT_DURABLE};
 use tokio_util::sync::CancellationToken;
 
 use crate::classify::Classifier;
@@ -43,6 +50,10 @@ use crate::mqtt::MAX_IN_FLIGHT;
 /// out again (to this ingest after a restart, or again while OWNTRACKS is
 /// unavailable; the copies are dropped by id).
 const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// The header nats-server puts on what its MQTT listener received: the
+/// QoS as its first character.
+const QOS_HEADER: &str = "Nmqtt-Pub";
 
 /// The MQTT topic a phone published on, from its imported subject: the
 /// inverse of nats-server's conversion (`/` → `.`, `.` in a level → `//`,
@@ -75,7 +86,7 @@ pub(crate) fn topic_to_subject(topic: &str) -> Option<String> {
     Some(tokens.join("."))
 }
 
-/// This ingest's durable on PHONES_IN.
+/// This ingest's durable on `$MQTT_msgs`.
 pub(crate) fn durable_name(instance: Option<&str>) -> String {
     match instance {
         // Consumer names allow no `.`, `*`, `>` or whitespace.
@@ -90,80 +101,65 @@ pub(crate) fn durable_name(instance: Option<&str>) -> String {
     }
 }
 
-/// PHONES_IN: the imported prefix, bounded, replicated like the others.
-pub(crate) async fn ensure_stream(
-    js: &jetstream::Context,
-    c: &NatsMqttConfig,
-    streams: &StreamsConfig,
-) -> anyhow::Result<()> {
+/// `$MQTT_msgs`, made as nats-server makes it when the first phone
+/// connects (which then finds it there), so that ingest's durable exists
+/// before the first message: the stream drops what no consumer wants.
+async fn ensure_store(phones: &jetstream::Context, streams: &StreamsConfig) -> anyhow::Result<()> {
+    if phones.get_stream(MQTT_MSGS_STREAM).await.is_ok() {
+        return Ok(());
+    }
     let config = stream::Config {
-        name: PHONES_IN_STREAM.into(),
-        subjects: vec![format!("{}.>", c.prefix)],
+        name: MQTT_MSGS_STREAM.into(),
+        subjects: vec![format!("{MQTT_MSGS_PREFIX}.>")],
         storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::Old,
-        max_age: c.max_age,
-        max_bytes: c.max_bytes,
+        retention: stream::RetentionPolicy::Interest,
         num_replicas: streams.replicas,
         ..Default::default()
     };
-    match js.get_stream(PHONES_IN_STREAM).await {
-        Ok(_) => js
-            .update_stream(config)
-            .await
-            .map(drop)
-            .context("updating stream PHONES_IN"),
-        Err(_) => js
-            .get_or_create_stream(config)
-            .await
-            .map(drop)
-            .context("creating stream PHONES_IN"),
+    match phones.create_stream(config).await {
+        Ok(_) => {
+            tracing::info!("created the phones' account's {MQTT_MSGS_STREAM} stream (no phone had connected yet)");
+            Ok(())
+        }
+        // Made meanwhile by nats-server or another ingest.
+        Err(e) => match phones.get_stream(MQTT_MSGS_STREAM).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(e).with_context(|| {
+                format!("creating {MQTT_MSGS_STREAM} in the phones' account (is its JetStream API imported?)")
+            }),
+        },
     }
 }
 
-/// This ingest's durable, created on first use: from the stream's start
-/// when it is the first ingest, else one duplicate window back.
+/// This ingest's durable on `$MQTT_msgs`: the phones' `owntracks/…`
+/// topics, removed after `max_age` without this ingest (so that a gone
+/// instance does not keep every message forever).
 async fn consumer(
-    js: &jetstream::Context,
+    phones: &jetstream::Context,
     durable: &str,
-    duplicate_window: Duration,
+    max_age: Duration,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    let stream = js
-        .get_stream(PHONES_IN_STREAM)
+    let stream = phones
+        .get_stream(MQTT_MSGS_STREAM)
         .await
-        .context("opening stream PHONES_IN")?;
-    if let Ok(existing) = stream.get_consumer(durable).await {
-        return Ok(existing);
-    }
-    let mut names = stream.consumer_names();
-    let mut others = false;
-    while let Some(name) = names.next().await {
-        let name = name.context("listing PHONES_IN's consumers")?;
-        others |= name.starts_with(NATS_MQTT_DURABLE);
-    }
-    let deliver_policy = if others {
-        consumer::DeliverPolicy::ByStartTime {
-            start_time: OffsetDateTime::now_utc() - duplicate_window,
-        }
-    } else {
-        consumer::DeliverPolicy::All
-    };
-    tracing::info!(%durable, ?deliver_policy, "creating the PHONES_IN consumer");
+        .with_context(|| format!("opening stream {MQTT_MSGS_STREAM}"))?;
     stream
         .get_or_create_consumer(
             durable,
             consumer::pull::Config {
                 durable_name: Some(durable.to_string()),
                 description: Some("ingest: phones on nats-server's MQTT listener".into()),
-                deliver_policy,
+                filter_subject: format!("{MQTT_MSGS_PREFIX}.owntracks.>"),
+                deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
                 max_ack_pending: MAX_IN_FLIGHT as i64,
+                inactive_threshold: max_age,
                 ..Default::default()
             },
         )
         .await
-        .with_context(|| format!("creating consumer {durable} on PHONES_IN"))
+        .with_context(|| format!("creating consumer {durable} on {MQTT_MSGS_STREAM}"))
 }
 
 /// Runs the source until `shutdown`: finishes what is in flight, leaves the
@@ -183,12 +179,34 @@ pub(crate) async fn run(
         .clone()
         .context("nats_mqtt::run without [ingest.nats_mqtt]")?;
     let streams = config.streams.clone();
+    let phones = jetstream::with_prefix(js.client(), &settings.api_prefix);
     let durable = durable_name(instance.as_deref());
+
+    // QoS 0 first: subscribed before ready, like the durable.
+    let import = format!("{}.owntracks.>", settings.prefix);
+    let Some(qos0) =
+        shared::jetstream::retry_setup("the phones' QoS 0 import", &shutdown, || async {
+            let subscribed = js.client().subscribe(import.clone()).await;
+            subscribed.with_context(|| format!("subscribing to {import}"))
+        })
+        .await
+    else {
+        return Ok(());
+    };
+    let qos0 = tokio::spawn(take_qos0(
+        qos0,
+        settings.prefix.clone(),
+        classifier.clone(),
+        js.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
         let attempt = async {
-            ensure_stream(&js, &settings, &streams).await?;
-            let consumer = consumer(&js, &durable, streams.duplicate_window).await?;
+            ensure_store(&phones, &streams).await?;
+            let consumer = consumer(&phones, &durable, settings.max_age).await?;
             consumer
                 .messages()
                 .await
@@ -202,16 +220,8 @@ pub(crate) async fn run(
             Ok(messages) => {
                 ready.set(true);
                 backoff.reset();
-                tracing::info!(%durable, prefix = %settings.prefix, "taking phones' messages from PHONES_IN");
-                consume(
-                    messages,
-                    &settings.prefix,
-                    &classifier,
-                    &js,
-                    &metrics,
-                    &shutdown,
-                )
-                .await;
+                tracing::info!(%durable, "taking phones' QoS 1 messages from {MQTT_MSGS_STREAM}");
+                consume(messages, &classifier, &js, &metrics, &shutdown).await;
                 ready.set(false);
             }
             Err(e) => {
@@ -219,7 +229,7 @@ pub(crate) async fn run(
                 tracing::warn!(
                     error = format!("{e:#}"),
                     retry_in_ms = delay.as_millis() as u64,
-                    "PHONES_IN consumer not available"
+                    "{MQTT_MSGS_STREAM} consumer not available"
                 );
                 if !shared::retry::sleep_unless_cancelled(delay, &shutdown).await {
                     break;
@@ -228,7 +238,48 @@ pub(crate) async fn run(
         }
     }
     ready.set(false);
+    if let Err(e) = qos0.await {
+        tracing::warn!(error = %e, "phones' QoS 0 task failed");
+    }
     Ok(())
+}
+
+/// The QoS of a message from nats-server's MQTT listener; 0 without the
+/// header (a plain NATS publish in the phones' account).
+fn qos(headers: Option<&async_nats::HeaderMap>) -> u8 {
+    headers
+        .and_then(|h| h.get(QOS_HEADER))
+        .and_then(|v| v.as_str().bytes().next())
+        .map_or(0, |b| b.saturating_sub(b'0'))
+}
+
+/// Stores the phones' QoS 0 publishes one by one, in their order, until
+/// `shutdown`; the QoS 1 copies come from the durable.
+async fn take_qos0(
+    mut messages: async_nats::Subscriber,
+    prefix: String,
+    classifier: Arc<Classifier>,
+    js: jetstream::Context,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = messages.next() => match next {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        if qos(message.headers.as_ref()) > 0 {
+            continue;
+        }
+        let Some(topic) = subject_to_topic(&prefix, &message.subject) else {
+            continue;
+        };
+        metrics.nats_mqtt_received.with_label_values(&["0"]).inc();
+        crate::mqtt::store(&classifier, &js, &metrics, &topic, &message.payload, false).await;
+    }
 }
 
 /// Stores each message's verdict, up to [`MAX_IN_FLIGHT`] at once, and
@@ -236,7 +287,6 @@ pub(crate) async fn run(
 /// pull stream ends (the caller opens it again).
 async fn consume(
     mut messages: consumer::pull::Stream,
-    prefix: &str,
     classifier: &Arc<Classifier>,
     js: &jetstream::Context,
     metrics: &Metrics,
@@ -252,7 +302,7 @@ async fn consume(
                 let done: jetstream::Message = done;
                 metrics.inflight.dec();
                 if let Err(e) = done.ack().await {
-                    tracing::warn!(error = %e, subject = %done.subject, "PHONES_IN ack not sent; JetStream will redeliver");
+                    tracing::warn!(error = %e, subject = %done.subject, "{MQTT_MSGS_STREAM} ack not sent; JetStream will redeliver");
                 }
             }
             next = messages.next(), if open && in_flight.len() < MAX_IN_FLIGHT => {
@@ -260,7 +310,7 @@ async fn consume(
                     Some(Ok(message)) => message,
                     Some(Err(e)) => {
                         // Missed heartbeats, a reconnect: the stream carries on.
-                        tracing::warn!(error = %e, "PHONES_IN pull");
+                        tracing::warn!(error = %e, "{MQTT_MSGS_STREAM} pull");
                         continue;
                     }
                     None => {
@@ -268,19 +318,22 @@ async fn consume(
                         continue;
                     }
                 };
-                metrics.nats_mqtt_received.inc();
-                if message.info().is_ok_and(|i| i.delivered > 1) {
-                    metrics.nats_mqtt_redelivered.inc();
-                }
+                let topic = subject_to_topic(MQTT_MSGS_PREFIX, &message.subject);
+                // The `cmd`s the commands service stored for the phones
+                // share the stream: theirs, not ours.
+                let ours = topic.as_deref().filter(|t| !t.ends_with("/cmd")).map(str::to_string);
                 metrics.inflight.inc();
+                if ours.is_some() {
+                    metrics.nats_mqtt_received.with_label_values(&["1"]).inc();
+                    if message.info().is_ok_and(|i| i.delivered > 1) {
+                        metrics.nats_mqtt_redelivered.inc();
+                    }
+                }
                 let (classifier, js, metrics) = (classifier.clone(), js.clone(), metrics.clone());
-                let topic = subject_to_topic(prefix, &message.subject);
                 in_flight.push_back(async move {
-                    match topic {
+                    if let Some(topic) = ours {
                         // Phones publish live: never a retained replay.
-                        Some(topic) => crate::mqtt::store(&classifier, &js, &metrics, &topic, &message.payload, false).await,
-                        // The stream captures `<prefix>.>` only.
-                        None => tracing::error!(subject = %message.subject, "PHONES_IN message outside its prefix: acked, not stored"),
+                        crate::mqtt::store(&classifier, &js, &metrics, &topic, &message.payload, false).await;
                     }
                     message
                 });
@@ -317,6 +370,11 @@ mod tests {
                 Some(subject)
             );
         }
+        assert_eq!(
+            subject_to_topic(MQTT_MSGS_PREFIX, "$MQTT.msgs.owntracks.jane.my//phone.cmd")
+                .as_deref(),
+            Some("owntracks/jane/my.phone/cmd")
+        );
         assert_eq!(subject_to_topic("phones", "phonesx.owntracks.a.b"), None);
         assert_eq!(subject_to_topic("phones", "owntracks.a.b"), None);
     }
@@ -326,6 +384,19 @@ mod tests {
         assert_eq!(topic_to_subject("owntracks/jane/My Phone"), None);
         assert_eq!(topic_to_subject("owntracks/+/phone"), None);
         assert_eq!(topic_to_subject(""), None);
+    }
+
+    #[test]
+    fn the_qos_is_the_headers_first_character() {
+        let with = |value: &str| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(QOS_HEADER, value);
+            qos(Some(&h))
+        };
+        assert_eq!(with("0"), 0);
+        assert_eq!(with("1"), 1);
+        assert_eq!(with("1r"), 1);
+        assert_eq!(qos(None), 0);
     }
 
     #[test]

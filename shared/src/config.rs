@@ -90,16 +90,19 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsMqttConfig {
-    /// The phones' `owntracks.>` is imported as `<prefix>.owntracks.>`;
-    /// ingest's PHONES_IN stream captures `<prefix>.>`.
+    /// The phones' `owntracks.>` is imported as `<prefix>.owntracks.>`:
+    /// ingest reads their QoS 0 publishes there.
     pub prefix: String,
     /// `cmd`s are published on `<cmd_prefix>.<topic as a subject>`, which
     /// the phones' account maps onto its MQTT QoS 1 store.
     pub cmd_prefix: String,
-    /// How long PHONES_IN keeps a phone's message that no ingest took.
+    /// The phones' account's JetStream API, as imported into ours: ingest
+    /// reads their QoS 1 publishes from its `$MQTT_msgs` stream.
+    pub api_prefix: String,
+    /// How long the phones' QoS 1 messages wait for an ingest instance
+    /// that stopped reading; its durable is then removed.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
-    pub max_bytes: i64,
 }
 
 impl Default for NatsMqttConfig {
@@ -107,8 +110,8 @@ impl Default for NatsMqttConfig {
         NatsMqttConfig {
             prefix: "phones".into(),
             cmd_prefix: "phonecmd".into(),
+            api_prefix: "$JS.phones.API".into(),
             max_age: Duration::from_secs(7 * 86_400),
-            max_bytes: 256 << 20,
         }
     }
 }
@@ -125,7 +128,7 @@ impl NatsMqttConfig {
                     "ingest.nats_mqtt.{name} {value:?} must be one subject token (no '.', '*', '>', '$', spaces)"
                 );
             }
-            // The contract's own subjects would loop back into PHONES_IN.
+            // The contract's own subjects would carry the phones' raw payloads.
             if ["owntracks", "rejected", "presence", "whereabouts"].contains(&value) {
                 bail!("ingest.nats_mqtt.{name} {value:?} is one of the contract's subject roots");
             }
@@ -134,12 +137,21 @@ impl NatsMqttConfig {
         token("prefix", &self.prefix)?;
         token("cmd_prefix", &self.cmd_prefix)?;
         if self.prefix == self.cmd_prefix {
+            bail!("ingest.nats_mqtt: prefix and cmd_prefix must differ");
+        }
+        let api = &self.api_prefix;
+        if api.is_empty()
+            || api.contains(['*', '>'])
+            || api.chars().any(char::is_whitespace)
+            || api.split('.').any(str::is_empty)
+            || api == "$JS.API"
+        {
             bail!(
-                "ingest.nats_mqtt: prefix and cmd_prefix must differ (PHONES_IN would capture the cmds)"
+                "ingest.nats_mqtt.api_prefix {api:?} must be a subject without wildcards, and not our own \"$JS.API\""
             );
         }
-        if self.max_bytes <= 0 {
-            bail!("ingest.nats_mqtt.max_bytes must be positive");
+        if self.max_age < Duration::from_secs(60) {
+            bail!("ingest.nats_mqtt.max_age must be at least a minute");
         }
         Ok(())
     }
@@ -814,6 +826,29 @@ mod tests {
             config.households["weasleys"].tz().iana_name(),
             Some("Europe/London")
         );
+    }
+
+    #[test]
+    fn nats_mqtt_names_are_checked() {
+        let with = |table: &str| Config::from_toml(&format!("[ingest.nats_mqtt]\n{table}"));
+        let defaults = with("").expect("the defaults");
+        assert_eq!(
+            defaults.ingest.nats_mqtt.unwrap().api_prefix,
+            "$JS.phones.API"
+        );
+        for bad in [
+            "prefix = \"owntracks\"",
+            "prefix = \"a.b\"",
+            "cmd_prefix = \"phones\"",
+            "api_prefix = \"$JS.API\"",
+            "api_prefix = \"$JS.*.API\"",
+            "api_prefix = \"$JS..API\"",
+            "max_age = \"1s\"",
+            "max_bytes = 1",
+        ] {
+            assert!(with(bad).is_err(), "{bad} was taken");
+        }
+        assert!(with("api_prefix = \"$JS.tracker-phones.API\"").is_ok());
     }
 
     #[test]

@@ -12,11 +12,14 @@ pub const POSITIONS_BUCKET: &str = "positions";
 pub const COMMANDS_SERVICE: &str = "whereabouts-commands";
 /// What phones published when asked (`waypoints`, `status`, `dump`).
 pub const PHONES_BUCKET: &str = "phones";
-/// ingest's stream of what phones publish on nats-server's MQTT listener
-/// (raw payloads, under `[ingest.nats_mqtt] prefix`; not part of the
-/// contract's data, only its names).
-pub const PHONES_IN_STREAM: &str = "PHONES_IN";
-/// ingest's durable consumer on PHONES_IN; `-<instance>` appended with
+/// nats-server's store of the QoS 1 messages its MQTT listener received, in
+/// the phones' account (`[ingest.nats_mqtt]`; raw payloads, not part of
+/// the contract's data, only its names). A message is in it before the
+/// phone gets its PUBACK.
+pub const MQTT_MSGS_STREAM: &str = "$MQTT_msgs";
+/// The subjects of `$MQTT_msgs`: `$MQTT.msgs.<topic as a subject>`.
+pub const MQTT_MSGS_PREFIX: &str = "$MQTT.msgs";
+/// ingest's durable consumer on `$MQTT_msgs`; `-<instance>` appended with
 /// `WHEREABOUTS_INSTANCE`. Reserved: every `ingest-nats-mqtt*` name.
 pub const NATS_MQTT_DURABLE: &str = "ingest-nats-mqtt";
 

@@ -96,6 +96,15 @@ impl MqttPublisher {
             .await;
     }
 
+    /// Publishes one QoS 0 message (not retained): queued, nothing to wait
+    /// for.
+    pub async fn publish_qos0(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtMostOnce, false, payload.into())
+            .await
+            .unwrap_or_else(|e| panic!("queue a publish to {topic}: {e}"));
+    }
+
     /// Publishes one retained QoS 1 message and waits for its PUBACK.
     pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.publish_with(topic, payload, true).await;

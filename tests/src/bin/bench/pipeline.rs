@@ -39,7 +39,7 @@ use super::{now_ns, options, peak_rss_mib, percentile, raw_rate, raw_rate_at};
 pub(crate) enum Source {
     /// mosquitto, bridged by ingest.
     Mosquitto,
-    /// nats-server's own MQTT listener; ingest reads PHONES_IN.
+    /// nats-server's own MQTT listener; ingest reads its `$MQTT_msgs`.
     NatsMqtt,
 }
 
