@@ -11,6 +11,9 @@
 #   nats-passwords.conf     the NATS passwords, included by nats-users.conf
 #   mosquitto/passwd        the broker's password file (phones, ingest, notifier)
 #   mosquitto/acl           the broker's ACL (`whereabouts mosquitto-acl`)
+#   nats-phones.conf        the same phones as users of nats-server's MQTT
+#                           listener, for deploy/nats-server-mqtt.conf
+#                           (`whereabouts nats-phones`; bcrypt hashes)
 #   tls/cert.pem tls/key.pem  a certificate for --host signed by a private
 #                           CA (tls/ca.pem, for the phones), unless you put
 #                           your own there first
@@ -57,27 +60,30 @@ done
 
 secret() { openssl rand -hex "${1:-16}"; }
 
-cli_acl() {
+# The admin CLI with the config `$1` and the arguments after it (stdin passes
+# through).
+cli() {
   local config=$1
+  shift
   if [ -n "${WHEREABOUTS_CLI:-}" ]; then
     # shellcheck disable=SC2086 # a command with arguments
-    WHEREABOUTS_CONFIG=$config $WHEREABOUTS_CLI mosquitto-acl
+    WHEREABOUTS_CONFIG=$config $WHEREABOUTS_CLI "$@"
   elif [ -x target/release/whereabouts ]; then
-    WHEREABOUTS_CONFIG=$config target/release/whereabouts mosquitto-acl
+    WHEREABOUTS_CONFIG=$config target/release/whereabouts "$@"
   elif [ -x target/debug/whereabouts ]; then
-    WHEREABOUTS_CONFIG=$config target/debug/whereabouts mosquitto-acl
+    WHEREABOUTS_CONFIG=$config target/debug/whereabouts "$@"
   elif command -v cargo >/dev/null; then
-    WHEREABOUTS_CONFIG=$config cargo run -q --release -p whereabouts-admin --bin whereabouts -- mosquitto-acl
+    WHEREABOUTS_CONFIG=$config cargo run -q --release -p whereabouts-admin --bin whereabouts -- "$@"
   else
     docker compose build -q ingest >&2
-    docker run --rm -v "$config:/tmp/whereabouts.toml:ro" \
-      -e WHEREABOUTS_CONFIG=/tmp/whereabouts.toml whereabouts:local whereabouts mosquitto-acl
+    docker run --rm -i -v "$config:/tmp/whereabouts.toml:ro" \
+      -e WHEREABOUTS_CONFIG=/tmp/whereabouts.toml whereabouts:local whereabouts "$@"
   fi
 }
 
 write_acl() {
   mkdir -p "$dir/mosquitto"
-  cli_acl "$dir/whereabouts.toml" > "$dir/mosquitto/acl.new"
+  cli "$dir/whereabouts.toml" mosquitto-acl > "$dir/mosquitto/acl.new"
   mv "$dir/mosquitto/acl.new" "$dir/mosquitto/acl"
   # Read inside the containers by their own users (see docs/deploy.md).
   chmod 644 "$dir/mosquitto/acl"
@@ -166,6 +172,12 @@ passwd_cmd whereabouts-ingest "$mqtt_ingest"
 passwd_cmd whereabouts-notifier "$mqtt_notifier"
 for user in "${users[@]}"; do passwd_cmd "$user" "${pw[$user]}"; done
 write_acl
+
+# --- nats-server's MQTT listener (deploy/nats-server-mqtt.conf), if used ------
+for user in "${users[@]}"; do echo "$user ${pw[$user]}"; done \
+  | cli "$dir/whereabouts.toml" nats-phones > "$dir/nats-phones.conf"
+chmod 644 "$dir/nats-phones.conf"
+echo "wrote $dir/nats-phones.conf"
 
 # --- TLS ------------------------------------------------------------------------
 mkdir -p "$dir/tls"

@@ -12,7 +12,8 @@
 //! - `what_if`: `what-if`, an exported trace replayed offline
 //!   (`presence::replay`) under the current and a candidate configuration.
 //! - `check`: `check-config`, errors and warnings of a config file.
-//! - `acl`: `mosquitto-acl`, the broker ACL that follows from a config.
+//! - `acl`: `mosquitto-acl` and `nats-phones`, the phones' broker
+//!   permissions that follow from a config.
 //! - `commands`: `push-regions`, `locate`, `configure`, through the
 //!   `whereabouts-commands` NATS service.
 //! - `forget`: `forget`, a person's or device's keys, stream subjects and
@@ -32,6 +33,7 @@ mod state;
 mod table;
 mod what_if;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -113,6 +115,15 @@ enum Command {
     /// Prints the mosquitto ACL for the config's users and households (a
     /// phone writes its own user's topics and reads its household's).
     MosquittoAcl,
+    /// Prints the phones' users for nats-server's MQTT listener
+    /// (`nats-phones.conf`): the same grants on subjects. Reads
+    /// `<user> <password>` lines on stdin; the passwords are stored as
+    /// bcrypt hashes, and users without one are left out.
+    NatsPhones {
+        /// bcrypt's cost (4–31): 11 as `nats server passwd`.
+        #[arg(long, default_value_t = 11)]
+        cost: u32,
+    },
     /// Sends the household's regions to each of its devices.
     PushRegions { household: String },
     /// Asks each device of a person for a location now.
@@ -163,6 +174,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { file } => return Ok(check::run(&file, json)),
         Command::MosquittoAcl => print!("{}", acl::mosquitto_acl(&config()?)?),
+        Command::NatsPhones { cost } => {
+            let passwords = read_passwords(std::io::stdin().lock())?;
+            let (file, skipped) = acl::nats_phones(&config()?, &passwords, cost)?;
+            if !skipped.is_empty() {
+                eprintln!(
+                    "no password on stdin for {}: left out (HTTP-mode phones need none)",
+                    skipped.join(", ")
+                );
+            }
+            print!("{file}");
+        }
         Command::WhatIf {
             trace,
             candidate,
@@ -225,6 +247,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Command::CheckConfig { .. }
                 | Command::MosquittoAcl
+                | Command::NatsPhones { .. }
                 | Command::WhatIf { .. }
                 | Command::Simulate { .. } => {
                     unreachable!("handled without NATS")
@@ -263,4 +286,21 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
+}
+
+/// `<user> <password>` lines (blank lines and `#` comments skipped).
+fn read_passwords(input: impl std::io::BufRead) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (n, line) in input.lines().enumerate() {
+        let line = line.context("reading passwords from stdin")?;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, password)) = line.split_once(char::is_whitespace) else {
+            anyhow::bail!("stdin line {}: expected `<user> <password>`", n + 1);
+        };
+        out.insert(user.to_string(), password.trim().to_string());
+    }
+    Ok(out)
 }

@@ -1161,6 +1161,25 @@ async fn first_run_generates_a_working_secure_setup() {
     };
     assert_ne!(password("harry"), password("ron"));
 
+    // nats-server's MQTT listener takes the same phones with the same
+    // passwords, stored as hashes.
+    let phones = std::fs::read_to_string(out.join("nats-phones.conf")).unwrap();
+    assert!(
+        !phones.contains(&password("harry")),
+        "a plain password in nats-phones.conf"
+    );
+    let nats = NatsServer::start_phones_with(&phones).await;
+    let on_nats = format!(
+        "mqtt://harry:{}@127.0.0.1:{}",
+        password("harry"),
+        nats.mqtt_port()
+    );
+    MqttPublisher::connect(&on_nats, "harry-phone")
+        .await
+        .publish("owntracks/harry/phone", "{}")
+        .await;
+    drop(nats);
+
     // The env files name only variables the services read.
     for (kind, _) in SERVICES {
         let known = help_variables(&service_help(kind));

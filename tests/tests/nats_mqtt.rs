@@ -418,3 +418,98 @@ async fn phones_on_two_nodes_with_one_killed() {
         );
     }
 }
+
+/// `whereabouts nats-phones` makes the phones' users from the config: a
+/// phone logs in with its password (stored as a bcrypt hash) and its own
+/// topics are stored; another user's topic is dropped by the server; a
+/// wrong password is refused; a user without a password is left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_phone_users_write_only_their_own_topics() {
+    let config = format!(
+        "{CONFIG}
+[[households.weasleys.people]]
+name = \"Jane\"
+devices = [\"jane/phone\"]
+[[households.weasleys.people]]
+name = \"Bob\"
+devices = [\"bob/phone\"]
+[[households.weasleys.people]]
+name = \"Ron\"
+devices = [\"ron/phone\"]
+"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("whereabouts.toml");
+    std::fs::write(&file, &config).unwrap();
+    let bin = whereabouts_tests::cargo_build(&["whereabouts-admin"]).join("whereabouts");
+    let mut child = std::process::Command::new(bin)
+        .args(["nats-phones", "--cost", "4"])
+        .env("WHEREABOUTS_CONFIG", &file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run whereabouts nats-phones");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        for user in ["jane", "bob"] {
+            writeln!(stdin, "{user} {}", phone_password(user)).unwrap();
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ron"), "{stderr}");
+    let phones = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        !phones.contains(&phone_password("jane")),
+        "a plain password"
+    );
+
+    let nats = NatsServer::start_phones_with(&phones).await;
+    let _ingest = Service::start_with(
+        "ingest",
+        &nats.url_as("ingest", deploy_password("ingest")),
+        "mqtt://127.0.0.1:1",
+        &config,
+        &[("INGEST_NO_MQTT", "true")],
+    )
+    .await;
+    let js = nats.jetstream().await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let jane = MqttPublisher::connect(&nats.mqtt_url("jane"), "jane-phone").await;
+    jane.publish("owntracks/jane/phone", location(now - 3))
+        .await;
+    // PUBACKed (MQTT 3.1.1 cannot refuse it) but dropped by the server.
+    jane.publish("owntracks/bob/phone", location(now - 2)).await;
+    jane.publish("owntracks/jane/phone", location(now - 1))
+        .await;
+    eventually("jane's two fixes", WAIT, async || {
+        let got = envelopes(&js, "owntracks.weasleys.jane.phone.location").await;
+        (got.len() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        envelopes(&js, "owntracks.weasleys.bob.>").await.is_empty(),
+        "jane wrote bob's topic"
+    );
+
+    for (user, password) in [("jane", "wrong"), ("ron", "ron-mqtt-password")] {
+        let mut options = MqttOptions::new(format!("{user}-x"), "127.0.0.1", nats.mqtt_port());
+        options.set_credentials(user, password);
+        let (_client, mut eventloop) = AsyncClient::new(options, 10);
+        let refused = tokio::time::timeout(WAIT, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .expect("an answer to CONNECT");
+        assert!(refused.is_err(), "{user} logged in with {password:?}");
+    }
+}
