@@ -1,7 +1,8 @@
 //! SIGTERM stops every service within 10 s, whatever state it is in: with
 //! its stdout and stderr gone (the reader of its pipe died, as when
 //! `kill -TERM -- -PGID` takes out the `sed` of `scripts/run.sh`), and
-//! with NATS gone (its connection in a retry loop).
+//! with NATS gone (its connection in a retry loop). And NATS gone the
+//! moment a service is ready ends no service.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ const BOUND: Duration = Duration::from_secs(10);
 struct Running {
     kind: &'static str,
     child: Child,
+    port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -37,21 +39,8 @@ impl Drop for Running {
 /// Starts `kind` with piped output (debug logs, so that it keeps writing)
 /// and waits for `/readyz`.
 async fn start(kind: &'static str, nats: &NatsServer, mqtt: &Mosquitto) -> Running {
-    let (mut running, port) = spawn(kind, &nats.url(), &mqtt.url());
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(&url).await
-            && r.status().is_success()
-        {
-            break;
-        }
-        if let Ok(Some(status)) = running.child.try_wait() {
-            panic!("{kind} exited before ready: {status}");
-        }
-        assert!(Instant::now() < deadline, "{kind} not ready after 30 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut running, _) = spawn(kind, &nats.url(), &mqtt.url());
+    running.wait_ready().await;
     running
 }
 
@@ -79,12 +68,31 @@ fn spawn(kind: &'static str, nats_url: &str, mqtt_url: &str) -> (Running, u16) {
     let running = Running {
         kind,
         child,
+        port,
         _dir: dir,
     };
     (running, port)
 }
 
 impl Running {
+    /// Waits for `/readyz`; panics if the process exits first.
+    async fn wait_ready(&mut self) {
+        let (kind, url) = (self.kind, format!("http://127.0.0.1:{}/readyz", self.port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{kind} exited before ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "{kind} not ready after 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Closes our ends of its stdout and stderr: its next writes fail (EPIPE).
     fn close_output(&mut self) {
         drop(self.child.stdout.take());
@@ -179,4 +187,26 @@ async fn sigterm_while_nats_was_never_reachable_stops_every_service() {
         .iter_mut()
         .map(|s| s.assert_stops("NATS never reachable"));
     futures::future::join_all(stops).await;
+}
+
+/// NATS stopped the moment each service reports ready: set-up it still
+/// had to do (ingest's buckets, the notifier's sinks, presence's consumer)
+/// is retried, so it keeps running and is ready again once NATS is back.
+/// (CI once saw ingest exit here: its buckets came after readiness.)
+#[tokio::test]
+async fn nats_gone_right_after_ready_ends_no_service() {
+    let mut nats = NatsServer::start().await;
+    let mqtt = Mosquitto::start().await;
+    for kind in ["ingest", "presence", "notifier"] {
+        let mut service = start(kind, &nats, &mqtt).await;
+        // Its logs in the reconnect loop would fill an unread pipe.
+        service.close_output();
+        nats.stop().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let status = service.child.try_wait().unwrap();
+        assert!(status.is_none(), "{kind} exited with NATS gone: {status:?}");
+        nats.restart().await;
+        service.wait_ready().await;
+        service.assert_stops("NATS back").await;
+    }
 }

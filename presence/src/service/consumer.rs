@@ -27,9 +27,64 @@ impl Engine {
             tokio::spawn(async move { engine.timers(stop, queues).await })
         };
 
+        // NATS may go away at any point, here too: the consumer is made
+        // (and, should its message stream end, made again) with retries,
+        // never the end of the service.
+        'open: while !shutdown.is_cancelled() {
+            let open = shared::jetstream::retry_setup("the OWNTRACKS consumer", &shutdown, || {
+                self.open_consumer()
+            });
+            let Some(mut messages) = open.await else {
+                break;
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => break 'open,
+                    next = messages.next() => next,
+                };
+                let mut message = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "OWNTRACKS consumer error");
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!("OWNTRACKS consumer ended; opening it again");
+                        let pause = Duration::from_secs(1);
+                        if !shared::retry::sleep_unless_cancelled(pause, &shutdown).await {
+                            break 'open;
+                        }
+                        continue 'open;
+                    }
+                };
+                let received = Instant::now();
+                let config = self.config.get();
+                let Some((input, person)) = self.route(&message, &config).await else {
+                    continue;
+                };
+                // Only the ack is needed from here on: queued messages hold no payload.
+                message.message.payload = bytes::Bytes::new();
+                let household = input.household.clone();
+                let work = Work::Message {
+                    message: Box::new(message),
+                    input: Box::new(input),
+                    received,
+                    config,
+                };
+                queues.push(&household, &person, work);
+            }
+        }
+        timers.abort();
+        // Tasks finish the batch in hand; the rest is redelivered.
+        queues.idle(Duration::from_secs(5)).await;
+        Ok(())
+    }
+
+    /// The shared durable on OWNTRACKS, created or updated (so that a new
+    /// version's settings apply), and its message stream.
+    async fn open_consumer(&self) -> anyhow::Result<consumer::pull::Stream> {
         let stream = self.js.get_stream(OWNTRACKS_STREAM).await?;
         let consumer: consumer::PullConsumer = stream
-            // Create or update, so that a new version's settings apply.
             .create_consumer(consumer::pull::Config {
                 durable_name: Some(CONSUMER.into()),
                 // No subject filter: with thousands of devices a filtered
@@ -43,45 +98,12 @@ impl Engine {
             })
             .await
             .context("creating the presence consumer")?;
-        let mut messages = consumer
+        consumer
             .stream()
             .max_messages_per_batch(1000)
             .messages()
             .await
-            .context("consuming OWNTRACKS")?;
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                next = messages.next() => next,
-            };
-            let mut message = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "OWNTRACKS consumer error");
-                    continue;
-                }
-                None => anyhow::bail!("OWNTRACKS consumer ended"),
-            };
-            let received = Instant::now();
-            let config = self.config.get();
-            let Some((input, person)) = self.route(&message, &config).await else {
-                continue;
-            };
-            // Only the ack is needed from here on: queued messages hold no payload.
-            message.message.payload = bytes::Bytes::new();
-            let household = input.household.clone();
-            let work = Work::Message {
-                message: Box::new(message),
-                input: Box::new(input),
-                received,
-                config,
-            };
-            queues.push(&household, &person, work);
-        }
-        timers.abort();
-        // Tasks finish the batch in hand; the rest is redelivered.
-        queues.idle(Duration::from_secs(5)).await;
-        Ok(())
+            .context("consuming OWNTRACKS")
     }
 
     /// Decodes a message into an input and its person; handles (acks or
