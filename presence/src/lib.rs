@@ -106,6 +106,7 @@ pub async fn run(
         config,
         metrics,
         device_revisions: Default::default(),
+        written: Default::default(),
     };
     engine.run(shutdown).await.context("presence service")?;
     http.await

@@ -213,6 +213,9 @@ async fn store_batch(
         }
         match write_state(engine, &key, bytes, revision).await? {
             Some(new_revision) => {
+                if !private {
+                    engine.wrote(&key, new_revision, next, &config);
+                }
                 *cached = Some((applied.person.clone(), new_revision));
                 break applied;
             }

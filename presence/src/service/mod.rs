@@ -42,7 +42,7 @@ mod consumer;
 mod queues;
 mod store;
 mod timer_queue;
-mod timers;
+pub(crate) mod timers;
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -92,6 +92,11 @@ pub(crate) struct Engine {
     /// (`store::write_device`). Bounded by the devices presence keeps.
     pub(crate) device_revisions:
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// What the timer watch needs of a person state this instance wrote,
+    /// by key, until the watch sees that revision: it then need not parse
+    /// the state back (`timers::Written`).
+    pub(crate) written:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, timers::Written>>>,
 }
 
 /// What a person's queue holds: a message to apply, or a timer tick, each

@@ -3,13 +3,18 @@
 //! tick for them when it comes due. Derived from the KV alone, they survive
 //! restarts and work with several instances. The same watch counts devices
 //! by status for the `presence_devices` gauge. A config reload restarts the
-//! watch, so every deadline is computed again with the new settings.
+//! watch, so every deadline is computed again with the new settings. A
+//! state this instance wrote itself is not parsed back: its batch left a
+//! note ([`Written`]) with what the watch needs, taken when the watch
+//! reaches that revision.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
+use shared::config::Config;
 use shared::retry::{Backoff, sleep_unless_cancelled};
 use shared::state::{PersonState, Status};
 use time::OffsetDateTime;
@@ -32,7 +37,41 @@ struct Watched {
     statuses: Vec<Status>,
 }
 
+/// A person state this instance stored, as the watch would read it: its
+/// revision, the person, their devices' statuses and next deadline under
+/// `config`. The watch takes it instead of parsing the value back (a tenth
+/// of presence's CPU in a profile) when revision and config still match.
+pub(crate) struct Written {
+    revision: u64,
+    config: Arc<Config>,
+    person: Person,
+    statuses: Vec<Status>,
+    deadline: Option<OffsetDateTime>,
+}
+
 impl Engine {
+    /// Notes a person state this instance stored at `revision` under
+    /// `config` (its stored form: coordinates of a `place` person are not
+    /// in it, and the deadlines come from what is stored).
+    pub(super) fn wrote(
+        &self,
+        key: &str,
+        revision: u64,
+        state: &PersonState,
+        config: &Arc<Config>,
+    ) {
+        let household = household(config, &state.household);
+        let written = Written {
+            revision,
+            config: config.clone(),
+            person: (state.household.clone(), state.person.clone()),
+            statuses: state.devices.iter().map(|d| d.status).collect(),
+            deadline: machine::next_deadline(state, household, &config.presence),
+        };
+        let mut all = self.written.lock().expect("written lock");
+        all.insert(key.to_string(), written);
+    }
+
     /// Runs timer ticks when stored deadlines come due.
     pub(super) async fn timers(&self, shutdown: CancellationToken, queues: Queues) {
         let mut backoff = Backoff::default();
@@ -87,6 +126,17 @@ impl Engine {
         watched: &mut HashMap<String, Watched>,
         due: &mut TimerQueue<Person>,
     ) {
+        if let Some(written) = self.take_written(entry) {
+            let now = Watched {
+                person: Some(written.person.clone()),
+                statuses: written.statuses,
+            };
+            self.rescheduled(entry, now, watched, due);
+            if let Some(at) = written.deadline {
+                due.schedule(written.person, at);
+            }
+            return;
+        }
         let state = (entry.operation == kv::Operation::Put)
             .then(|| serde_json::from_slice::<PersonState>(&entry.value).ok())
             .flatten();
@@ -99,6 +149,41 @@ impl Engine {
                 .map(|s| s.devices.iter().map(|d| d.status).collect())
                 .unwrap_or_default(),
         };
+        self.rescheduled(entry, now, watched, due);
+        let Some(state) = state else { return };
+        let config = self.config.get();
+        let household = household(&config, &state.household);
+        let deadline = machine::next_deadline(&state, household, &config.presence);
+        tracing::debug!(key = %entry.key, ?deadline, "person deadline");
+        if let Some(at) = deadline {
+            due.schedule((state.household, state.person), at);
+        }
+    }
+
+    /// What this instance noted of `entry`'s revision, if it wrote it under
+    /// the config in force; an older note is dropped.
+    fn take_written(&self, entry: &kv::Entry) -> Option<Written> {
+        let mut all = self.written.lock().expect("written lock");
+        let written = all.get(&entry.key)?;
+        if written.revision > entry.revision {
+            return None; // The watch has yet to reach it.
+        }
+        let written = all.remove(&entry.key)?;
+        let current = entry.operation == kv::Operation::Put
+            && written.revision == entry.revision
+            && Arc::ptr_eq(&written.config, &self.config.get());
+        current.then_some(written)
+    }
+
+    /// Recounts a key's devices and cancels its person's deadline; the
+    /// caller schedules the new one.
+    fn rescheduled(
+        &self,
+        entry: &kv::Entry,
+        now: Watched,
+        watched: &mut HashMap<String, Watched>,
+        due: &mut TimerQueue<Person>,
+    ) {
         for s in &now.statuses {
             self.metrics.devices(*s).inc();
         }
@@ -108,14 +193,6 @@ impl Engine {
         }
         if let Some(person) = &before.person {
             due.cancel(person);
-        }
-        let Some(state) = state else { return };
-        let config = self.config.get();
-        let household = household(&config, &state.household);
-        let deadline = machine::next_deadline(&state, household, &config.presence);
-        tracing::debug!(key = %entry.key, ?deadline, "person deadline");
-        if let Some(at) = deadline {
-            due.schedule((state.household, state.person), at);
         }
     }
 }
