@@ -211,11 +211,11 @@ async fn store_batch(
             *cached = Some((current, revision));
             return Err(failure);
         }
+        if !private {
+            engine.writing(&key, &bytes, next, &config);
+        }
         match write_state(engine, &key, bytes, revision).await? {
             Some(new_revision) => {
-                if !private {
-                    engine.wrote(&key, new_revision, next, &config);
-                }
                 *cached = Some((applied.person.clone(), new_revision));
                 break applied;
             }

@@ -4,9 +4,9 @@
 //! restarts and work with several instances. The same watch counts devices
 //! by status for the `presence_devices` gauge. A config reload restarts the
 //! watch, so every deadline is computed again with the new settings. A
-//! state this instance wrote itself is not parsed back: its batch left a
-//! note ([`Written`]) with what the watch needs, taken when the watch
-//! reaches that revision.
+//! state this instance wrote itself is not parsed back: its batch leaves a
+//! note ([`Written`]) with what the watch needs before it writes, and the
+//! watch takes it when it sees those very bytes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,12 +37,15 @@ struct Watched {
     statuses: Vec<Status>,
 }
 
-/// A person state this instance stored, as the watch would read it: its
-/// revision, the person, their devices' statuses and next deadline under
+/// A person state this instance is storing, as the watch would read it:
+/// its bytes, the person, their devices' statuses and next deadline under
 /// `config`. The watch takes it instead of parsing the value back (a tenth
-/// of presence's CPU in a profile) when revision and config still match.
+/// of presence's CPU in a profile) when it sees the same bytes under the
+/// same config: the same state, whoever wrote it. Left before the write,
+/// so the watch cannot see the write first; one per key (the next write's
+/// replaces it).
 pub(crate) struct Written {
-    revision: u64,
+    bytes: bytes::Bytes,
     config: Arc<Config>,
     person: Person,
     statuses: Vec<Status>,
@@ -50,19 +53,19 @@ pub(crate) struct Written {
 }
 
 impl Engine {
-    /// Notes a person state this instance stored at `revision` under
-    /// `config` (its stored form: coordinates of a `place` person are not
-    /// in it, and the deadlines come from what is stored).
-    pub(super) fn wrote(
+    /// Notes a person state about to be stored as `bytes` under `config`.
+    /// `state` must read as `bytes` do (not a `place` person's: their
+    /// stored form lacks coordinates the deadlines may depend on).
+    pub(super) fn writing(
         &self,
         key: &str,
-        revision: u64,
+        bytes: &bytes::Bytes,
         state: &PersonState,
         config: &Arc<Config>,
     ) {
         let household = household(config, &state.household);
         let written = Written {
-            revision,
+            bytes: bytes.clone(),
             config: config.clone(),
             person: (state.household.clone(), state.person.clone()),
             statuses: state.devices.iter().map(|d| d.status).collect(),
@@ -160,19 +163,17 @@ impl Engine {
         }
     }
 
-    /// What this instance noted of `entry`'s revision, if it wrote it under
-    /// the config in force; an older note is dropped.
+    /// The note of `entry`'s very bytes under the config in force, if this
+    /// instance left one. A note that does not match stays: its write may
+    /// still be on its way to the watch.
     fn take_written(&self, entry: &kv::Entry) -> Option<Written> {
+        if entry.operation != kv::Operation::Put {
+            return None;
+        }
         let mut all = self.written.lock().expect("written lock");
         let written = all.get(&entry.key)?;
-        if written.revision > entry.revision {
-            return None; // The watch has yet to reach it.
-        }
-        let written = all.remove(&entry.key)?;
-        let current = entry.operation == kv::Operation::Put
-            && written.revision == entry.revision
-            && Arc::ptr_eq(&written.config, &self.config.get());
-        current.then_some(written)
+        let same = written.bytes == entry.value && Arc::ptr_eq(&written.config, &self.config.get());
+        if same { all.remove(&entry.key) } else { None }
     }
 
     /// Recounts a key's devices and cancels its person's deadline; the
