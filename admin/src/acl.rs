@@ -185,16 +185,7 @@ pub(crate) fn nats_phones(
 fn subjects(filters: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for filter in filters {
-        let tokens: Vec<String> = filter
-            .split('/')
-            .map(|level| match level {
-                "+" => "*".to_string(),
-                "#" => ">".to_string(),
-                "" => "/".to_string(),
-                level => level.replace('.', "//"),
-            })
-            .collect();
-        let subject = tokens.join(".");
+        let subject = shared::topic::nats_subject(filter);
         if let Some(parent) = subject.strip_suffix(".>") {
             out.push(parent.to_string());
         }

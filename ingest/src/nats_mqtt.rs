@@ -76,14 +76,7 @@ pub(crate) fn topic_to_subject(topic: &str) -> Option<String> {
     if topic.is_empty() || topic.contains([' ', '+', '#']) {
         return None;
     }
-    let tokens: Vec<String> = topic
-        .split('/')
-        .map(|level| match level {
-            "" => "/".to_string(),
-            level => level.replace('.', "//"),
-        })
-        .collect();
-    Some(tokens.join("."))
+    Some(shared::topic::nats_subject(topic))
 }
 
 /// This ingest's durable on `$MQTT_msgs`.

@@ -189,7 +189,9 @@ async fn serve_until_shutdown(
         tasks.clone(),
     );
     // Ready once the sinks' consumers exist: what is published from now on
-    // reaches them. A sink already started is kept on a retry.
+    // reaches them. A sink already started is kept on a retry. (Not
+    // `retry_setup`: `apply` borrows `running` mutably, which a closure
+    // returning its future cannot lend.)
     let mut backoff = shared::retry::Backoff::default();
     while let Err(e) = running.apply(&config).await {
         let delay = backoff.next_delay();

@@ -2,7 +2,8 @@
 //! `owntracks/{household}/{user}/{device}`, one or several at once (so a
 //! household can move its phones to its own namespace one by one). Levels
 //! after the pattern are the suffix (`event`, `info`, `cmd`, …), and which
-//! message type each suffix takes.
+//! message type each suffix takes. Also the NATS subject nats-server's
+//! MQTT listener gives a topic ([`nats_subject`]).
 
 use thiserror::Error;
 
@@ -255,6 +256,22 @@ pub fn fits_suffix(suffix: Option<&str>, kind: MessageType) -> bool {
         return kind != MessageType::Cmd;
     };
     expected_kind(suffix).is_none_or(|expected| kind == expected)
+}
+
+/// The NATS subject nats-server's MQTT listener gives an MQTT topic or
+/// filter: each level a token, a `.` inside a level `//`, an empty level
+/// `/`, and the wildcards `+` and `#` as `*` and `>`.
+pub fn nats_subject(topic: &str) -> String {
+    topic
+        .split('/')
+        .map(|level| match level {
+            "" => "/".to_string(),
+            "+" => "*".to_string(),
+            "#" => ">".to_string(),
+            level => level.replace('.', "//"),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 #[cfg(test)]

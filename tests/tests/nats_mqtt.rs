@@ -38,6 +38,19 @@ fn location(tst: i64) -> String {
     .to_string()
 }
 
+/// The envelopes on `filter` once there are `n` of them (within [`WAIT`]).
+async fn wait_envelopes(
+    js: &async_nats::jetstream::Context,
+    filter: &str,
+    n: usize,
+) -> Vec<(String, Value)> {
+    eventually(&format!("{n} envelopes on {filter}"), WAIT, async || {
+        let got = envelopes(js, filter).await;
+        (got.len() == n).then_some(got)
+    })
+    .await
+}
+
 /// The `Whereabouts-Reason` of each REJECTED message on `filter`.
 async fn reasons(js: &async_nats::jetstream::Context, filter: &str) -> Vec<String> {
     stream_messages(js, "REJECTED", filter)
@@ -102,11 +115,7 @@ async fn phones_on_the_nats_listener_take_the_mosquitto_path() {
     on_nats
         .publish("owntracks/bob/phone", location(now - 5))
         .await;
-    let bob = eventually("bob's two envelopes", WAIT, async || {
-        let got = envelopes(&js, "owntracks.weasleys.bob.phone.location").await;
-        (got.len() == 2).then_some(got)
-    })
-    .await;
+    let bob = wait_envelopes(&js, "owntracks.weasleys.bob.phone.location", 2).await;
     let (mut a, mut b) = (bob[0].1.clone(), bob[1].1.clone());
     for e in [&mut a, &mut b] {
         let map = e.as_object_mut().unwrap();
@@ -145,11 +154,7 @@ async fn phones_on_the_nats_listener_take_the_mosquitto_path() {
     on_nats
         .publish_qos0("owntracks/bob/phone", location(now - 2))
         .await;
-    eventually("the QoS 0 fix", WAIT, async || {
-        let got = envelopes(&js, "owntracks.weasleys.bob.phone.location").await;
-        (got.len() == 3).then_some(())
-    })
-    .await;
+    wait_envelopes(&js, "owntracks.weasleys.bob.phone.location", 3).await;
     assert_eq!(
         ingest
             .metric("ingest_nats_mqtt_messages_total", "qos=\"0\"")
@@ -485,11 +490,7 @@ devices = [\"ron/phone\"]
     jane.publish("owntracks/bob/phone", location(now - 2)).await;
     jane.publish("owntracks/jane/phone", location(now - 1))
         .await;
-    eventually("jane's two fixes", WAIT, async || {
-        let got = envelopes(&js, "owntracks.weasleys.jane.phone.location").await;
-        (got.len() == 2).then_some(())
-    })
-    .await;
+    wait_envelopes(&js, "owntracks.weasleys.jane.phone.location", 2).await;
     assert!(
         envelopes(&js, "owntracks.weasleys.bob.>").await.is_empty(),
         "jane wrote bob's topic"
