@@ -304,3 +304,17 @@ fn read_passwords(input: impl std::io::BufRead) -> anyhow::Result<BTreeMap<Strin
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::read_passwords;
+
+    #[test]
+    fn passwords_are_read_per_line_and_a_bad_line_is_named() {
+        let read = read_passwords("# phones\n\njane  s3cret pass\nbob x\n".as_bytes()).unwrap();
+        assert_eq!(read["jane"], "s3cret pass");
+        assert_eq!(read["bob"], "x");
+        let error = read_passwords("jane x\nbob\n".as_bytes()).unwrap_err();
+        assert!(error.to_string().contains("line 2"), "{error}");
+    }
+}
