@@ -37,7 +37,6 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use shared::config::StreamsConfig;
-use shared::retry::Backoff;
 use shared::server::ReadyFlag;
 use shared::subjects::{MQTT_MSGS_PREFIX, MQTT_MSGS_STREAM, NATS_MQTT_DURABLE};
 use tokio_util::sync::CancellationToken;
@@ -195,40 +194,23 @@ pub(crate) async fn run(
         shutdown.clone(),
     ));
 
-    let mut backoff = Backoff::default();
+    let what = format!("the {MQTT_MSGS_STREAM} consumer");
     while !shutdown.is_cancelled() {
-        let attempt = async {
+        let open = shared::jetstream::retry_setup(&what, &shutdown, || async {
             ensure_store(&phones, &streams).await?;
             let consumer = consumer(&phones, &durable, settings.max_age).await?;
             consumer
                 .messages()
                 .await
                 .with_context(|| format!("pulling from {durable}"))
+        });
+        let Some(messages) = open.await else {
+            break;
         };
-        let messages = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            attempt = attempt => attempt,
-        };
-        match messages {
-            Ok(messages) => {
-                ready.set(true);
-                backoff.reset();
-                tracing::info!(%durable, "taking phones' QoS 1 messages from {MQTT_MSGS_STREAM}");
-                consume(messages, &classifier, &js, &metrics, &shutdown).await;
-                ready.set(false);
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "{MQTT_MSGS_STREAM} consumer not available"
-                );
-                if !shared::retry::sleep_unless_cancelled(delay, &shutdown).await {
-                    break;
-                }
-            }
-        }
+        ready.set(true);
+        tracing::info!(%durable, "taking phones' QoS 1 messages from {MQTT_MSGS_STREAM}");
+        consume(messages, &classifier, &js, &metrics, &shutdown).await;
+        ready.set(false);
     }
     ready.set(false);
     if let Err(e) = qos0.await {

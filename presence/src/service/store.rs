@@ -247,17 +247,13 @@ pub(super) async fn store_side_effects(
 async fn write_device(engine: &Engine, device: &DeviceState) -> anyhow::Result<()> {
     let key = device_key(&device.household, &device.user, &device.device);
     let bytes: bytes::Bytes = serde_json::to_vec(device)?.into();
-    let remembered = |revision: Option<u64>| {
-        let mut revisions = engine
+    let revisions = || {
+        engine
             .device_revisions
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match revision {
-            Some(revision) => revisions.insert(key.clone(), revision),
-            None => revisions.get(&key).copied(),
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     };
-    let mut expected = remembered(None);
+    let mut expected = revisions().get(&key).copied();
     // A handful of rounds: each conflict means a newer write came between.
     for _ in 0..5 {
         let revision = match expected {
@@ -301,7 +297,7 @@ async fn write_device(engine: &Engine, device: &DeviceState) -> anyhow::Result<(
         };
         match written {
             Ok(revision) => {
-                remembered(Some(revision));
+                revisions().insert(key, revision);
                 return Ok(());
             }
             Err((true, _)) => expected = None,
